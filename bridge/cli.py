@@ -1,0 +1,43 @@
+"""`chargebridge` command line: a thin dispatcher over `bridge.commands.*`."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+from bridge import __version__
+
+# sub-command -> module in bridge.commands; order is the order shown in --help.
+SUBCOMMANDS: dict[str, str] = {
+    "decode": "decode",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="chargebridge",
+        description="MQTT bridge for DNY (AP3000) electric-bicycle charging piles.",
+    )
+    parser.add_argument("--version", action="version", version=f"chargebridge {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, module_name in SUBCOMMANDS.items():
+        module = importlib.import_module(f"bridge.commands.{module_name}")
+        p = sub.add_parser(name, help=module.HELP, description=module.HELP)
+        module.add_arguments(p)
+        p.set_defaults(_main=module.main)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args._main(args))
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        # `chargebridge decode ... | head` closes our stdout early; that is not an error.
+        sys.stderr.close()
+        return 0

@@ -1,0 +1,1 @@
+"""Everything MQTT: topic names, payload models, the client with reconnect and outbox."""

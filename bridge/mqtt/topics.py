@@ -1,0 +1,132 @@
+"""The only place where topic strings exist (API.md section 3).
+
+Every publisher and subscriber builds or parses topics through `Topics`, so a rename is
+one edit and a typo is impossible.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+DEVICE_REQUEST_COMMANDS = (
+    "start_charging",
+    "stop_charging",
+    "adjust_charging",
+    "query_status",
+    "reboot",
+    "set_limits",
+    "set_params",
+    "locate",
+    "read_params",
+    "raw",
+    "card_reply",
+)
+CHARGING_ACTIONS = ("start", "stop", "query")
+EVENT_KINDS = ("port", "order", "device")
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceRequestTopic:
+    device_id: str
+    command: str
+
+
+@dataclass(frozen=True, slots=True)
+class Topics:
+    base: str = "chargebridge"
+
+    # --- bridge (gateway) -------------------------------------------------
+    @property
+    def bridge_state(self) -> str:
+        return f"{self.base}/bridge/state"
+
+    @property
+    def bridge_stats(self) -> str:
+        return f"{self.base}/bridge/stats"
+
+    # --- devices ----------------------------------------------------------
+    def device(self, device_id: str) -> str:
+        return f"{self.base}/devices/{device_id}"
+
+    def port(self, device_id: str, port: int) -> str:
+        """`port` is 1-based, as on MQTT everywhere."""
+        return f"{self.base}/devices/{device_id}/ports/{port}"
+
+    def event(self, device_id: str, kind: str) -> str:
+        assert kind in EVENT_KINDS, kind
+        return f"{self.base}/devices/{device_id}/event/{kind}"
+
+    def device_request(self, device_id: str, command: str) -> str:
+        return f"{self.base}/devices/{device_id}/request/{command}"
+
+    def device_response(self, device_id: str, command: str) -> str:
+        return f"{self.base}/devices/{device_id}/response/{command}"
+
+    @property
+    def all_device_requests(self) -> str:
+        return f"{self.base}/devices/+/request/+"
+
+    @property
+    def all_port_events(self) -> str:
+        return f"{self.base}/devices/+/event/port"
+
+    @property
+    def all_order_events(self) -> str:
+        return f"{self.base}/devices/+/event/order"
+
+    @property
+    def all_device_events(self) -> str:
+        return f"{self.base}/devices/+/event/device"
+
+    @property
+    def all_device_responses(self) -> str:
+        return f"{self.base}/devices/+/response/+"
+
+    def parse_device_request(self, topic: str) -> DeviceRequestTopic | None:
+        """`{b}/devices/{id}/request/{command}` -> parts, or None for any other topic."""
+        prefix = f"{self.base}/devices/"
+        if not topic.startswith(prefix):
+            return None
+        parts = topic[len(prefix) :].split("/")
+        if len(parts) != 3 or parts[1] != "request" or not parts[0] or not parts[2]:
+            return None
+        return DeviceRequestTopic(parts[0], parts[2])
+
+    def parse_device_topic(self, topic: str) -> tuple[str, str] | None:
+        """`{b}/devices/{id}/{rest...}` -> (device_id, rest), or None."""
+        prefix = f"{self.base}/devices/"
+        if not topic.startswith(prefix):
+            return None
+        device_id, _, rest = topic[len(prefix) :].partition("/")
+        return (device_id, rest) if device_id else None
+
+    # --- charging service -------------------------------------------------
+    def session(self, session_id: str) -> str:
+        return f"{self.base}/sessions/{session_id}"
+
+    @property
+    def all_sessions(self) -> str:
+        return f"{self.base}/sessions/+"
+
+    @property
+    def charging_stats(self) -> str:
+        return f"{self.base}/charging/stats"
+
+    def charging_request(self, action: str) -> str:
+        return f"{self.base}/charging/request/{action}"
+
+    def charging_response(self, action: str) -> str:
+        return f"{self.base}/charging/response/{action}"
+
+    @property
+    def all_charging_requests(self) -> str:
+        return f"{self.base}/charging/request/+"
+
+    def parse_charging_request(self, topic: str) -> str | None:
+        prefix = f"{self.base}/charging/request/"
+        return topic[len(prefix) :] if topic.startswith(prefix) else None
+
+    def parse_session(self, topic: str) -> str | None:
+        prefix = f"{self.base}/sessions/"
+        rest = topic[len(prefix) :] if topic.startswith(prefix) else ""
+        return rest if rest and "/" not in rest else None
