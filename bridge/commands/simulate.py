@@ -75,9 +75,7 @@ def main(args: argparse.Namespace) -> int:
     )
     summary: dict[str, Any] = {}
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(
-            run(config, target, args.duration, summary, None if args.quiet else sys.stderr)
-        )
+        asyncio.run(run(config, target, args.duration, summary, None if args.quiet else sys.stderr))
     print(json.dumps(summary, indent=2))
     return 0
 

@@ -407,8 +407,9 @@ class SimulatedDevice:
 
     def _send_time_request(self, now: float, *, resend: bool = False) -> None:
         self._time_id = self._send_frame(0x22, b"", self._time_id if resend else None)
-        self._time_at = now + (self.timing.heartbeat_s if not self.time_synced else
-                               self.timing.time_refresh_s)
+        self._time_at = now + (
+            self.timing.heartbeat_s if not self.time_synced else self.timing.time_refresh_s
+        )
 
     def _send_settlement(self, now: float) -> None:
         record = self.settlements[0]
@@ -588,11 +589,15 @@ class SimulatedDevice:
 
     def _on_card_reply(self, frame: Frame, payload: object, now: float) -> None:
         # Status 0: the user waits for the server's 0x82; any refusal: the user gives up soon.
-        if isinstance(payload, CardSwipeReply) and payload.account_status != 0:
-            if self.users is not None and payload.port < self.port_count:
-                p = self.ports[payload.port]
-                if p.session is None and p.plugged:
-                    p.user_at, p.user_action = now + self.users.swipe_delay_s, "unplug"
+        if (
+            isinstance(payload, CardSwipeReply)
+            and payload.account_status != 0
+            and self.users is not None
+            and payload.port < self.port_count
+        ):
+            p = self.ports[payload.port]
+            if p.session is None and p.plugged:
+                p.user_at, p.user_action = now + self.users.swipe_delay_s, "unplug"
 
     def _on_query(self, frame: Frame, payload: object, now: float) -> None:
         """0x81: the device re-sends its registration and heartbeat; no reply frame."""

@@ -275,7 +275,9 @@ class Fleet:
     def swipe_card(self, index: int, port: int) -> None:
         self._act(index, SimulatedDevice.swipe_card, port)
 
-    def _act(self, index: int, action: Callable[[SimulatedDevice, int, float], None], port: int) -> None:
+    def _act(
+        self, index: int, action: Callable[[SimulatedDevice, int, float], None], port: int
+    ) -> None:
         driver = self._drivers[index]
         action(driver.device, port, self.clock.now())
         driver.pump()
@@ -310,9 +312,7 @@ class Fleet:
         self._protocols.add(proto)
         try:
             async with asyncio.timeout(self.config.connect_timeout_s):
-                await self.loop.create_connection(
-                    lambda: proto, self.target.host, self.target.port
-                )
+                await self.loop.create_connection(lambda: proto, self.target.host, self.target.port)
         except (OSError, TimeoutError) as exc:
             self._protocols.discard(proto)
             self.stats.connect_failures += 1

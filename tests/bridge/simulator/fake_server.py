@@ -61,9 +61,9 @@ class FakeServer:
     def target(self) -> str:
         return f"127.0.0.1:{self.port}"
 
-    async def wait_for(self, predicate, timeout: float = 10.0) -> None:  # type: ignore[no-untyped-def]
+    async def wait_for(self, predicate, within: float = 10.0) -> None:  # type: ignore[no-untyped-def]
         """Return once `predicate()` holds; re-checked after every received item."""
-        async with asyncio.timeout(timeout):
+        async with asyncio.timeout(within):
             while not predicate():
                 self.arrived.clear()
                 await self.arrived.wait()

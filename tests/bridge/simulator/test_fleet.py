@@ -34,8 +34,8 @@ from tests.bridge.simulator.fake_server import FakeServer
 ORDER = bytes.fromhex("0102030405060708090A0B0C0D0E0F10")
 
 
-async def until(fleet: Fleet, predicate, timeout: float = 10.0) -> None:  # type: ignore[no-untyped-def]
-    async with asyncio.timeout(timeout):
+async def until(fleet: Fleet, predicate, within: float = 10.0) -> None:  # type: ignore[no-untyped-def]
+    async with asyncio.timeout(within):
         await fleet.wait_until(predicate)
 
 
@@ -62,7 +62,7 @@ async def test_a_full_session_over_tcp_ends_with_an_acknowledged_settlement() ->
             pid = fleet.devices[0].physical_id
             fleet.plug(0, 1)
             server.send(pid, 77, 0x82, ChargeControl(0, 500, 1, 1, 0, ORDER))
-            await until(fleet, lambda s: s.settlements_acked == 1, timeout=30)
+            await until(fleet, lambda s: s.settlements_acked == 1, within=30)
         [reply] = server.of(0x82, pid)
         body = decode_payload(0x82, reply.data, Sender.DEVICE)
         assert isinstance(body, ChargeControlReply)
@@ -82,7 +82,7 @@ async def test_one_thousand_devices_in_one_process_all_register() -> None:
         target = TcpTarget.parse(server.target)
         config = FleetConfig(devices=1000, kind="mixed", ramp_per_s=10_000)
         async with Fleet(config, target) as fleet:
-            await until(fleet, lambda s: s.registered == 1000, timeout=60)
+            await until(fleet, lambda s: s.registered == 1000, within=60)
             assert fleet.stats.connected == 1000
         assert len(server.registered) == 1000
         assert {pid >> 24 for pid in server.registered} == {0x04, 0x05, 0x06}
