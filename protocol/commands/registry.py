@@ -236,6 +236,22 @@ COMMAND_NAMES: dict[int, str] = {
 }
 
 
+# Decoders that choose between several models by the data (documented tolerant decoding).
+DISPATCHED: dict[tuple[int, Sender], tuple[type[Payload], ...]] = {
+    (0x05, DEVICE): (upgrade.UpgradeRequest, upgrade.LegacyUpgradeRequest),
+    (0xFA, SERVER): (common.Empty, upgrade.FirmwarePacket),
+}
+
+
+def models_for(command: int, sender: Sender) -> tuple[type[Payload], ...]:
+    """The payload classes a (command, sender) can decode to; empty for RawPayload commands."""
+    if (command, sender) in DISPATCHED:
+        return DISPATCHED[command, sender]
+    decoder = DECODERS.get((command, sender))
+    owner = getattr(decoder, "__self__", None)
+    return (owner,) if isinstance(owner, type) and issubclass(owner, Payload) else ()
+
+
 def command_name(command: int) -> str:
     """Snake-case name of a command code (`heartbeat` for 0x21), `unknown_XX` otherwise."""
     name = COMMAND_NAMES.get(command)
