@@ -6,9 +6,11 @@ import argparse
 import asyncio
 import contextlib
 import json
+import logging
 import sys
 from typing import Any, TextIO
 
+from bridge.simulator.device import DeviceTiming
 from bridge.simulator.fleet import KINDS, Fleet, FleetConfig, SerialTarget, TcpTarget
 
 HELP = "run simulated chargers (DNY devices) against a gateway"
@@ -52,6 +54,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="simulate users: plug in, swipe cards, unplug",
     )
     parser.add_argument(
+        "--heartbeat",
+        metavar="S",
+        type=_positive_float,
+        default=DeviceTiming().heartbeat_s,
+        help="heartbeat (0x21) interval in device seconds (vendor default 180)",
+    )
+    parser.add_argument(
         "--first-index", type=int, default=0, help="index of the first device (physical IDs)"
     )
     parser.add_argument("--baudrate", type=int, default=9600, help="serial line speed")
@@ -61,6 +70,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(message)s")
     config = FleetConfig(
         devices=args.devices,
         kind=args.kind,
@@ -69,6 +79,7 @@ def main(args: argparse.Namespace) -> int:
         ramp_per_s=args.ramp,
         auto_plug=args.auto_plug,
         first_index=args.first_index,
+        timing=DeviceTiming(heartbeat_s=args.heartbeat),
     )
     target: TcpTarget | SerialTarget = (
         args.connect if args.connect else SerialTarget(args.serial, args.baudrate)

@@ -53,7 +53,7 @@ class FleetStats:
             for f in fields(self)
             if not f.name.startswith("_") and f.name != "latencies_s"
         }
-        samples = sorted(x / time_scale for x in self.latencies_s)
+        samples = sorted(round(x / time_scale, 6) for x in self.latencies_s)
         out["energy_reported_kwh"] = round(out.pop("energy_reported_wh") / 1000.0, 3)
         out["ack_latency_s"] = {
             "count": self._latency_seen,

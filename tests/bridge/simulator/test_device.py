@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from bridge.simulator.device import DeviceTiming, SimulatedDevice, UserBehaviour
 from bridge.simulator.session import (
@@ -386,3 +388,32 @@ def test_simulated_users_plug_charge_and_leave() -> None:
     assert swipes > 20
     assert dev.stats.sessions_completed > 10
     assert dev.stats.settlements_acked >= dev.stats.sessions_completed - 2
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 10_000), stop_at=st.floats(60.0, 30_000.0))
+def test_reported_energy_is_monotonic_and_the_settlement_adds_only_the_remainder(
+    seed: int, stop_at: float
+) -> None:
+    dev = SimulatedDevice.create(seed, ports=2, seed=seed)
+    dev.connect(0.0)
+    dev.plug(0, 0.0)
+    command(dev, 0x82, start(), 0.0)
+    session = dev.ports[0].session
+    assert session is not None
+    out = run(dev, stop_at, ack=(0x03,))
+    if dev.ports[0].session is not None:
+        command(dev, 0x82, stop(), stop_at)
+    out += run(dev, stop_at + 3.0, ack=(0x03,))
+    reports = [payload(f) for f in out if f.command == 0x06]
+    [record] = [payload(f) for f in out if f.command == 0x03]
+    assert isinstance(record, Settlement)
+    energies = [r.energy for r in reports]  # type: ignore[attr-defined]
+    assert energies == sorted(energies)
+    # The record's energy is the same running sum, floored to 0.01 kWh.
+    assert record.energy == int(session.energy_wh // 10)
+    last = energies[-1] if energies else 0
+    # Between the last report and the end: at most 300 s at <= 1.2 x 400 W (= 4 units).
+    assert last <= record.energy <= last + 5
+    assert record.duration == int(session.elapsed_s)
+    assert record.max_power >= max((r.peak_power for r in reports), default=0)  # type: ignore[attr-defined]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import signal
 import sys
 import tty
 from collections.abc import Iterator
@@ -237,3 +238,29 @@ async def test_simulate_command_rejects_a_bad_target() -> None:
     async with asyncio.timeout(30):
         _, err = await proc.communicate()
     assert proc.returncode == 2 and b"HOST:PORT" in err
+
+
+async def test_ctrl_c_stops_cleanly_and_still_prints_the_summary() -> None:
+    async with FakeServer() as server:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "bridge",
+            "simulate",
+            "--devices",
+            "3",
+            "--connect",
+            server.target,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        assert proc.stderr is not None
+        async with asyncio.timeout(30):
+            while b"registered 3" not in await proc.stderr.readline():
+                pass
+            proc.send_signal(signal.SIGINT)
+            out, err = await proc.communicate()
+    assert proc.returncode == 0, err
+    assert b"Traceback" not in err
+    summary = json.loads(out)
+    assert summary["registered"] == 3 and summary["connected"] == 3
