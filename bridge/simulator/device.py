@@ -29,6 +29,7 @@ from protocol import (
     Frame,
     Heartbeat,
     Locate,
+    Payload,
     PayloadError,
     PortPowerReport,
     Registration,
@@ -45,9 +46,11 @@ from protocol import (
 from protocol.ids import device_number
 
 from .session import (
+    SAMPLE_S,
     STOP_BY_SERVER,
     STOP_FULL,
     STOP_UNPLUGGED,
+    PeriodStats,
     PortSession,
     PowerCurve,
 )
@@ -69,10 +72,36 @@ AUTO_PORT = 0xFF
 ONLINE_START, OFFLINE_CARD_START = 1, 0
 
 # 0x83/0x84/0x85/0x86 defaults as the reference lists them, answered to 0x90..0x93.
-DEFAULT_PARAMS_1 = RunningParams1(3, 10, 20, 1800, 3600, 180)
-DEFAULT_PARAMS_2 = RunningParams2(800, 30, 1800, 10, 300, 10800, 300, 300, 1800, 300, 80, 80, 0, 1)
-DEFAULT_LIMITS = ChargeLimits(36000, 20000, 2700, 1000)
-DEFAULT_CARD_PARAMS = CardParams(0, bytes.fromhex("159185191880"), b"\xff" * 6)
+DEFAULT_PARAMS_1 = RunningParams1(
+    unplug_power=3,
+    unplug_detection_time=10,
+    float_percentage=20,
+    float_detection_time=1800,
+    float_time=3600,
+    heartbeat_interval=180,
+)
+DEFAULT_PARAMS_2 = RunningParams2(
+    dynamic_overload_power=800,
+    dynamic_overload_time=30,
+    dynamic_overload_start=1800,
+    unplug_interference_power=10,
+    unplug_interference_time=300,
+    float_stage2_time_point=10800,
+    float_stage2_detection_time=300,
+    min_power=300,
+    min_power_time_point=1800,
+    second_max_power_window=300,
+    ambient_alarm_temperature=80,
+    port_alarm_temperature=80,
+    unplug_detection=0,
+    qr_backlight=1,
+)
+DEFAULT_LIMITS = ChargeLimits(
+    max_charge_time=36000, overload_power=20000, over_voltage=2700, under_voltage=1000
+)
+DEFAULT_CARD_PARAMS = CardParams(
+    sector=0, user_key=bytes.fromhex("159185191880"), new_card_key=b"\xff" * 6
+)
 
 SETTABLE = {0x83: 0x90, 0x84: 0x91, 0x85: 0x92, 0x86: 0x93}
 """Parameter set command -> the query command that reads the same layout back."""
@@ -158,7 +187,7 @@ class SimulatedDevice:
     time_synced: bool = False
     clock_offset: float = 0.0
     reboot_at: float | None = None
-    params: dict[int, object] = field(default_factory=dict)
+    params: dict[int, Payload] = field(default_factory=dict)
     settlements: deque[_Record] = field(default_factory=deque)
     _out: list[bytes] = field(default_factory=list)
     _message_id: int = 0
@@ -427,7 +456,7 @@ class SimulatedDevice:
             if s is not None:
                 deadline = min(deadline, p.report_at, s.started_at + s.planned_end_s())
                 if s.energy_limit_wh is not None:
-                    deadline = min(deadline, s.started_at + s.elapsed_s + 30.0)
+                    deadline = min(deadline, s.started_at + s.elapsed_s + SAMPLE_S)
         return deadline
 
     def _tick_ports(self, now: float) -> None:
@@ -466,7 +495,7 @@ class SimulatedDevice:
             port_temperature=65 + round(self.rng.gauss(32, 3)),
             timestamp=self.unix_time(now),
         )
-        s.period = type(period)()
+        s.period = PeriodStats()
         self._send_frame(0x06, encode_payload(report))
 
     def _start(
@@ -557,13 +586,13 @@ class SimulatedDevice:
 
     # ------------------------------------------------------- server commands
 
-    def _on_registration_reply(self, frame: Frame, payload: object, now: float) -> None:
+    def _on_registration_reply(self, frame: Frame, payload: Payload, now: float) -> None:
         if frame.message_id == self._registration_id and not self.registered:
             self.registered = True
             self._registration_at = math.inf
             self.stats.registered += 1
 
-    def _on_heartbeat_reply(self, frame: Frame, payload: object, now: float) -> None:
+    def _on_heartbeat_reply(self, frame: Frame, payload: Payload, now: float) -> None:
         sent_at = self._heartbeats.pop(frame.message_id, None)
         if sent_at is None:
             return
@@ -572,14 +601,14 @@ class SimulatedDevice:
         self.stats.heartbeats_acked += 1
         self.stats.ack_latency(now - sent_at)
 
-    def _on_time_reply(self, frame: Frame, payload: object, now: float) -> None:
+    def _on_time_reply(self, frame: Frame, payload: Payload, now: float) -> None:
         if isinstance(payload, TimeReply) and frame.message_id == self._time_id:
             self.clock_offset = payload.unix_time - now
             self.time_synced = True
             self._time_id = None
             self._time_at = now + self.timing.time_refresh_s
 
-    def _on_settlement_reply(self, frame: Frame, payload: object, now: float) -> None:
+    def _on_settlement_reply(self, frame: Frame, payload: Payload, now: float) -> None:
         if not self.settlements or frame.message_id != self.settlements[0].message_id:
             return
         record = self.settlements.popleft()
@@ -587,7 +616,7 @@ class SimulatedDevice:
         self.stats.energy_reported_wh += record.payload.energy * 10.0
         self._settlement_at = now + self.timing.settlement_next_s if self.settlements else math.inf
 
-    def _on_card_reply(self, frame: Frame, payload: object, now: float) -> None:
+    def _on_card_reply(self, frame: Frame, payload: Payload, now: float) -> None:
         # Status 0: the user waits for the server's 0x82; any refusal: the user gives up soon.
         if (
             isinstance(payload, CardSwipeReply)
@@ -599,12 +628,12 @@ class SimulatedDevice:
             if p.session is None and p.plugged:
                 p.user_at, p.user_action = now + self.users.swipe_delay_s, "unplug"
 
-    def _on_query(self, frame: Frame, payload: object, now: float) -> None:
+    def _on_query(self, frame: Frame, payload: Payload, now: float) -> None:
         """0x81: the device re-sends its registration and heartbeat; no reply frame."""
         self._send_registration(now)
         self._send_heartbeat(now)
 
-    def _on_charge_control(self, frame: Frame, payload: object, now: float) -> None:
+    def _on_charge_control(self, frame: Frame, payload: Payload, now: float) -> None:
         if not isinstance(payload, ChargeControl):
             return
         result, port = self._charge_control(payload, now)
@@ -642,7 +671,7 @@ class SimulatedDevice:
         self._end_session(p, now)
         return OK, p.index
 
-    def _on_adjust(self, frame: Frame, payload: object, now: float) -> None:
+    def _on_adjust(self, frame: Frame, payload: Payload, now: float) -> None:
         if not isinstance(payload, AdjustCharging):
             return
         result = ADJUST_BAD_REQUEST
@@ -658,16 +687,16 @@ class SimulatedDevice:
                     s.max_time_s = None
         self._reply(frame, encode_payload(ResultReply(result)))
 
-    def _on_reboot(self, frame: Frame, payload: object, now: float) -> None:
+    def _on_reboot(self, frame: Frame, payload: Payload, now: float) -> None:
         """0x87: answer, then the I/O layer drops the link and reconnects after `reboot_s`."""
         self._reply(frame, encode_payload(ResultReply(0)))
         self.reboot_at = now + self.timing.reboot_s
 
-    def _on_locate(self, frame: Frame, payload: object, now: float) -> None:
+    def _on_locate(self, frame: Frame, payload: Payload, now: float) -> None:
         if isinstance(payload, Locate):
             self._reply(frame, encode_payload(ResultReply(0)))
 
-    def _on_set_params(self, frame: Frame, payload: object, now: float) -> None:
+    def _on_set_params(self, frame: Frame, payload: Payload, now: float) -> None:
         """0x83..0x86: keep the values (0x83's heartbeat interval and 0x85's max charge time take
         effect) and answer success."""
         self.params[frame.command] = payload
@@ -675,11 +704,11 @@ class SimulatedDevice:
             self.timing = replace(self.timing, heartbeat_s=float(payload.heartbeat_interval))
         self._reply(frame, encode_payload(ResultReply(0)))
 
-    def _on_get_params(self, frame: Frame, payload: object, now: float) -> None:
+    def _on_get_params(self, frame: Frame, payload: Payload, now: float) -> None:
         setter = next(k for k, v in SETTABLE.items() if v == frame.command)
-        self._reply(frame, encode_payload(self.params[setter]))  # type: ignore[arg-type]
+        self._reply(frame, encode_payload(self.params[setter]))
 
-    def _on_clear_memory(self, frame: Frame, payload: object, now: float) -> None:
+    def _on_clear_memory(self, frame: Frame, payload: Payload, now: float) -> None:
         self._reply(frame, encode_payload(ResultReply(0)))
 
 
