@@ -212,6 +212,7 @@ def parse_event(device_id: str, data: dict[str, Any], now: float | None = None) 
             peaks = [v for v in (p.max_power_w, p.peak_power_w) if v is not None]
             event = m.PowerReported(
                 ts=ts,
+                at=now,
                 order_no=p.order_no,
                 device_id=device_id,
                 port=p.port,
@@ -227,6 +228,7 @@ def parse_event(device_id: str, data: dict[str, Any], now: float | None = None) 
             s = _SettledEvent.model_validate(data)
             event = m.Settled(
                 ts=ts,
+                at=now,
                 order_no=s.order_no,
                 device_id=device_id,
                 port=s.port,
@@ -240,10 +242,10 @@ def parse_event(device_id: str, data: dict[str, Any], now: float | None = None) 
             r = _ReplyEvent.model_validate(data)
             reason = r.reason or r.result or kind
             replies: dict[str, m.Event] = {
-                "started": m.StartAccepted(ts=ts, port=r.port),
-                "start_failed": m.StartRefused(ts=ts, reason=reason),
-                "stopped": m.StopAccepted(ts=ts),
-                "stop_failed": m.StopRefused(ts=ts, reason=reason),
+                "started": m.StartAccepted(ts=ts, at=now, port=r.port),
+                "start_failed": m.StartRefused(ts=ts, at=now, reason=reason),
+                "stopped": m.StopAccepted(ts=ts, at=now),
+                "stop_failed": m.StopRefused(ts=ts, at=now, reason=reason),
             }
             event = replies[kind]
     except ValidationError as exc:

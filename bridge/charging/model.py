@@ -47,17 +47,23 @@ def parse_iso(text: str) -> float:
 
 @dataclass(frozen=True, slots=True)
 class _Event:
-    """Base: `ts` is when it happened (Unix s); `kind` is the `type` in the session's events."""
+    """Base: `ts` is when it happened (Unix s); `kind` is the `type` in the session's events.
+
+    `at` is when the service applied it (default `ts`); it sets `last_update`, so that the
+    timeout measures silence as the service sees it, whatever the gateway's clock says and
+    however long the event waited in the broker's queue.
+    """
 
     kind: ClassVar[str] = ""
     ts: float
+    at: float | None = field(default=None, kw_only=True)
 
     def record(self) -> dict[str, Any]:
         """The entry kept in the session's `events` list: `{"ts", "type", ...fields}`."""
         entry: dict[str, Any] = {"ts": iso(self.ts), "type": self.kind}
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
-            if value is not None and f.name not in ("ts", "order_no", "device_id"):
+            if value is not None and f.name not in ("ts", "at", "order_no", "device_id"):
                 entry[f.name] = value
         return entry
 
@@ -267,7 +273,8 @@ def _opt_float(value: Any) -> float | None:
 def _noted(session: ChargingSession, event: Event, **changes: Any) -> ChargingSession:
     """`session` with `changes`, the event appended to its history and `last_update` moved."""
     events = (*session.events, event.record())[-MAX_EVENTS:]
-    return dataclasses.replace(session, events=events, last_update=event.ts, **changes)
+    now = event.ts if event.at is None else event.at
+    return dataclasses.replace(session, events=events, last_update=now, **changes)
 
 
 def _measures(event: PowerReported, session: ChargingSession) -> dict[str, Any]:
@@ -371,7 +378,8 @@ def transition(session: ChargingSession | None, event: Event) -> Result:
             return session, _IGNORED
         return _noted(session, event, status="stopping"), _fx()
     if isinstance(event, StopAccepted):
-        if status != "stopping":
+        # Both the `stopped` order event and the command's response report the same reply.
+        if status != "stopping" or _stop_confirmed(session):
             return session, _IGNORED
         return _noted(session, event), _fx(Effect.STOP_APPLIED)
     if isinstance(event, StopRefused):
@@ -379,6 +387,14 @@ def transition(session: ChargingSession | None, event: Event) -> Result:
             return session, _IGNORED
         return _noted(session, event, status="charging"), _fx()
     return session, _IGNORED  # StartRequested for an order that exists
+
+
+def _stop_confirmed(session: ChargingSession) -> bool:
+    """Whether the device already confirmed the latest stop request."""
+    for entry in reversed(session.events):
+        if entry["type"] in (StopAccepted.kind, StopRequested.kind):
+            return bool(entry["type"] == StopAccepted.kind)
+    return False
 
 
 def _tick(session: ChargingSession, tick: Tick) -> Result:

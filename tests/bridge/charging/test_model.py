@@ -320,3 +320,21 @@ def test_completed_exactly_once_whatever_the_order(kinds: list[str]) -> None:
     assert stats.sessions_completed == (1 if "settle" in kinds else 0)
     assert stats.sessions_created == 1
     assert stats.charging_start_events <= 1
+
+
+def test_stop_confirmed_by_event_and_response_counts_once() -> None:
+    s, steps = run(
+        [requested(), StartAccepted(ts=T0 + 1), StopRequested(ts=T0 + 2), StopAccepted(ts=T0 + 3)]
+    )
+    assert transition(s, StopAccepted(ts=T0 + 4)) == (s, {Effect.IGNORED})
+
+
+def test_last_update_is_when_the_service_applied_the_event() -> None:
+    s, _ = run([requested(), PowerReported(**{**vars_of(power(T0 + 5)), "at": T0 + 7200})])
+    assert s is not None and s.last_update == T0 + 7200
+    assert s.events[-1]["ts"] == iso(T0 + 5)
+    assert transition(s, Tick(ts=T0 + 7300, session_timeout=900))[1] == frozenset()
+
+
+def vars_of(event: Event) -> dict[str, object]:
+    return {f.name: getattr(event, f.name) for f in dataclasses.fields(event)}
