@@ -323,7 +323,7 @@ def test_completed_exactly_once_whatever_the_order(kinds: list[str]) -> None:
 
 
 def test_stop_confirmed_by_event_and_response_counts_once() -> None:
-    s, steps = run(
+    s, _ = run(
         [requested(), StartAccepted(ts=T0 + 1), StopRequested(ts=T0 + 2), StopAccepted(ts=T0 + 3)]
     )
     assert transition(s, StopAccepted(ts=T0 + 4)) == (s, {Effect.IGNORED})
