@@ -79,7 +79,9 @@ class ChargingService:
         self._replies: dict[str, asyncio.Future[dict[str, Any]]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._stats_changed = asyncio.Event()
-        self._stats_changed.set()  # publish once at start
+        # Set by the first on_connect: nothing may be published before adoption has read
+        # what the broker retains, or our empty state would overwrite it.
+        self.current = asyncio.Event()
 
     # --- wiring -----------------------------------------------------------------
     def mqtt_settings(self) -> MqttSettings:
@@ -113,6 +115,7 @@ class ChargingService:
         futures = [self._publish_session(s) for s in self.sessions.values()]
         futures.append(self._publish_stats())
         await asyncio.gather(*futures)
+        self.current.set()
         log.info("republished %d sessions and the statistics", len(self.sessions))
 
     async def _adopt(self) -> None:
@@ -189,6 +192,7 @@ class ChargingService:
 
     async def stats_loop(self) -> None:
         """Publish the statistics when they changed, at most every `stats_interval_s`."""
+        await self.current.wait()
         while True:
             await self._stats_changed.wait()
             self._stats_changed.clear()
@@ -504,6 +508,7 @@ class ChargingService:
 
     # --- housekeeping ------------------------------------------------------------------
     async def cleanup_loop(self) -> None:
+        await self.current.wait()
         while True:
             await asyncio.sleep(self.settings.cleanup_interval_s)
             self.cleanup()
