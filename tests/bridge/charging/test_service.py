@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import aiomqtt
 
@@ -38,7 +39,7 @@ ZERO_STATS = {
 }
 
 
-def stats(**changes: object) -> dict[str, object]:
+def stats(**changes: Any) -> dict[str, Any]:
     return {**ZERO_STATS, **changes}
 
 
