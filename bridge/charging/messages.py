@@ -32,7 +32,7 @@ DEVICE_ID_RE = r"^[0-9A-F]{8}$"
 
 OrderNo = Annotated[str, Field(pattern=ORDER_NO_RE.pattern)]
 DeviceId = Annotated[StrictStr, Field(pattern=DEVICE_ID_RE)]
-PortNo = Annotated[StrictInt, Field(ge=1, le=255)]
+PortNo = Annotated[StrictInt, Field(ge=1, le=254)]
 
 
 class RequestError(ValueError):
@@ -50,10 +50,10 @@ class StartRequest(_Request):
     port: PortNo | Literal["auto"]
     order_no: OrderNo | None = None
     mode: Literal["full", "time", "energy"] = "full"
-    duration_s: Annotated[StrictInt, Field(ge=0, le=65535)] | None = None
-    energy_kwh: Annotated[float, Field(ge=0, le=655.35)] | None = None
+    duration_s: Annotated[StrictInt, Field(ge=1, le=0xFFFF)] | None = None
+    energy_kwh: Annotated[float, Field(gt=0, le=655.35)] | None = None
     balance_cents: Annotated[StrictInt, Field(ge=0, le=0xFFFFFFFF)] | None = None
-    max_power_w: Annotated[float, Field(gt=0, le=6553.5)] | None = None
+    max_power_w: Annotated[float, Field(ge=0, le=6553.5)] | None = None
 
     @model_validator(mode="after")
     def _limit_matches_mode(self) -> StartRequest:
@@ -65,7 +65,9 @@ class StartRequest(_Request):
 
     def device_command(self, order_no: str, request_id: str) -> dict[str, Any]:
         """The `start_charging` device request (API.md section 5)."""
-        fields = self.model_dump(exclude={"request_id", "order_no"}, exclude_none=True)
+        fields = self.model_dump(
+            exclude={"request_id", "order_no", "device_id"}, exclude_none=True
+        )
         return {"request_id": request_id, "order_no": order_no, **fields}
 
 
