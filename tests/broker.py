@@ -40,6 +40,10 @@ def render_conf(port: int, store: Path, extra: str = "") -> str:
         r"^persistence_location\s+.*$", f"persistence_location {store}/", text, flags=re.M
     )
     text = re.sub(r"^autosave_interval\s+.*$", "autosave_interval 1", text, flags=re.M)
+    if os.geteuid() == 0:
+        # As root, mosquitto drops to the `mosquitto` user, which cannot write to the
+        # test's private temp dir; keep it as the invoking user instead.
+        text += "\nuser root\n"
     return text + "\n" + extra
 
 

@@ -1,0 +1,77 @@
+"""The embedded MQTT broker (amqtt) used by `run` and `demo` when no broker is configured.
+
+It exists so that a newcomer sees chargebridge work with nothing installed. Production uses
+Mosquitto (see mosquitto.conf): amqtt 0.12 speaks MQTT 3.1.1 only and does not deliver
+messages queued for an offline persistent session, so durability is Mosquitto's job.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import socket
+from types import TracebackType
+
+from amqtt.broker import Broker
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 1883
+
+
+class BrokerPortInUse(RuntimeError):
+    """The embedded broker's port is taken (often by a Mosquitto already running)."""
+
+
+def port_is_free(host: str, port: int) -> bool:
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+class EmbeddedBroker:
+    """`async with EmbeddedBroker(port=1883) as broker:` -> `broker.url` for MqttSettings."""
+
+    def __init__(self, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT) -> None:
+        self.host = host
+        self.port = port
+        self._broker: Broker | None = None
+
+    @property
+    def url(self) -> str:
+        return f"mqtt://{self.host}:{self.port}"
+
+    async def __aenter__(self) -> EmbeddedBroker:
+        if not port_is_free(self.host, self.port):
+            raise BrokerPortInUse(
+                f"port {self.host}:{self.port} is already in use; choose another with "
+                f"--broker-port, or use the broker that listens there with "
+                f"--mqtt mqtt://{self.host}:{self.port}"
+            )
+        for name in ("amqtt", "transitions"):
+            logging.getLogger(name).setLevel(logging.WARNING)
+        config = {
+            "listeners": {
+                "default": {"type": "tcp", "bind": f"{self.host}:{self.port}"},
+            },
+            "plugins": {
+                "amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": True},
+            },
+        }
+        self._broker = Broker(config)
+        await self._broker.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._broker is not None:
+            with contextlib.suppress(Exception):
+                await self._broker.shutdown()
+            self._broker = None

@@ -1,0 +1,385 @@
+"""One MQTT connection that survives broker outages.
+
+aiomqtt leaves reconnection to the caller (its client is an async context manager that ends
+with the connection). `MqttClient` is that caller: it reconnects with exponential back-off,
+re-subscribes, runs `on_connect` (republish retained state) before delivering new messages,
+and keeps an ordered outbox so publishers never lose a message to an outage:
+
+* `await publish(...)` returns only once the broker acknowledged the message (QoS 1 PUBACK);
+  the gateway acknowledges a settlement to the device only after that.
+* messages go out in submission order; those in flight when the connection drops are sent
+  again, first, on the next connection (at-least-once; consumers are idempotent).
+* with `manual_ack`, incoming QoS 1 messages are acknowledged to the broker only when the
+  consumer calls `ack(message)`, so a crash before processing leaves them with the broker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import math
+import ssl
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Coroutine
+from dataclasses import dataclass, field
+from typing import Any, Literal
+from urllib.parse import unquote, urlsplit
+
+import aiomqtt
+import paho.mqtt.client as paho
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from pydantic import BaseModel, Field, field_validator
+
+log = logging.getLogger("chargebridge.mqtt")
+
+BACKOFF_INITIAL_S = 1.0
+BACKOFF_MAX_S = 30.0
+
+
+class Will(BaseModel):
+    topic: str
+    payload: bytes
+    retain: bool = True
+    qos: int = 1
+
+
+class MqttSettings(BaseModel):
+    """How to reach the broker; `url` carries credentials and TLS (`mqtts://`)."""
+
+    url: str = Field(
+        "mqtt://127.0.0.1:1883",
+        description="Broker URL: mqtt://[user:password@]host[:port], mqtts:// for TLS.",
+    )
+    client_id: str = ""
+    clean_start: bool = True
+    session_expiry_s: int | None = None
+    keepalive_s: int = 30
+    protocol: Literal["5", "3.1.1"] = "5"
+    will: Will | None = None
+    manual_ack: bool = False
+    tls_ca_file: str | None = None
+    tls_insecure: bool = False
+    max_inflight: int = 100
+
+    @field_validator("url")
+    @classmethod
+    def _check_url(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme not in ("mqtt", "mqtts"):
+            raise ValueError(f"scheme must be mqtt:// or mqtts://, not {parts.scheme!r}://")
+        if not parts.hostname:
+            raise ValueError("the URL has no host")
+        try:
+            _ = parts.port
+        except ValueError as exc:
+            raise ValueError(f"bad port: {exc}") from None
+        return value
+
+    @property
+    def host(self) -> str:
+        return urlsplit(self.url).hostname or "127.0.0.1"
+
+    @property
+    def port(self) -> int:
+        parts = urlsplit(self.url)
+        return parts.port or (8883 if parts.scheme == "mqtts" else 1883)
+
+    @property
+    def tls(self) -> bool:
+        return urlsplit(self.url).scheme == "mqtts"
+
+    @property
+    def username(self) -> str | None:
+        user = urlsplit(self.url).username
+        return unquote(user) if user else None
+
+    @property
+    def password(self) -> str | None:
+        pw = urlsplit(self.url).password
+        return unquote(pw) if pw is not None else None
+
+    @property
+    def v5(self) -> bool:
+        return self.protocol == "5"
+
+    def redacted_url(self) -> str:
+        """The URL without the password, for logs."""
+        parts = urlsplit(self.url)
+        if parts.password is None:
+            return self.url
+        netloc = f"{parts.username}:***@{parts.hostname}"
+        if parts.port:
+            netloc += f":{parts.port}"
+        return parts._replace(netloc=netloc).geturl()
+
+
+@dataclass(slots=True)
+class _Outgoing:
+    seq: int
+    topic: str
+    payload: bytes
+    qos: int
+    retain: bool
+    properties: Properties | None
+    future: asyncio.Future[None] = field(repr=False)
+
+
+Payload = bytes | str
+
+
+class MqttClient:
+    """Use as `async with MqttClient(settings, ...) as mqtt:`; see the module docstring."""
+
+    def __init__(
+        self,
+        settings: MqttSettings,
+        *,
+        subscriptions: list[tuple[str, int]] | None = None,
+        on_connect: Callable[[], Coroutine[Any, Any, None]] | None = None,
+        max_incoming: int = 10_000,
+    ) -> None:
+        self.settings = settings
+        self.subscriptions = list(subscriptions or [])
+        self.on_connect = on_connect
+        self.connected = asyncio.Event()
+        self.disconnected = asyncio.Event()
+        self.disconnected.set()
+        self.connections = 0  # successful connections so far, for logs and tests
+        self._seq = itertools.count()
+        self._pending: deque[_Outgoing] = deque()
+        self._inflight: dict[int, _Outgoing] = {}
+        self._wakeup = asyncio.Event()
+        self._incoming: asyncio.Queue[aiomqtt.Message] = asyncio.Queue(max_incoming)
+        self._client: aiomqtt.Client | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    # --- lifecycle ------------------------------------------------------------------
+    async def __aenter__(self) -> MqttClient:
+        self._task = asyncio.create_task(self._connection_loop(), name="mqtt-connection")
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self, flush_timeout: float = 2.0) -> None:
+        """Try to flush queued messages, then disconnect cleanly (no will)."""
+        if self._task is None:
+            return
+        if self.connected.is_set() and (self._pending or self._inflight):
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(flush_timeout):
+                    await self._drained()
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+        self._task = None
+
+    async def _drained(self) -> None:
+        while self._pending or self._inflight:
+            futures = [m.future for m in (*self._pending, *self._inflight.values())]
+            await asyncio.gather(*futures, return_exceptions=True)
+
+    async def wait_connected(self) -> None:
+        await self.connected.wait()
+
+    # --- publishing -----------------------------------------------------------------
+    @property
+    def queued(self) -> int:
+        """Messages accepted but not yet acknowledged by the broker."""
+        return len(self._pending) + len(self._inflight)
+
+    def submit(
+        self,
+        topic: str,
+        payload: Payload,
+        *,
+        qos: int = 1,
+        retain: bool = False,
+        properties: Properties | None = None,
+    ) -> asyncio.Future[None]:
+        """Queue a message; the future completes on the broker's acknowledgement."""
+        data = payload.encode() if isinstance(payload, str) else bytes(payload)
+        if not self.settings.v5:
+            properties = None
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._pending.append(
+            _Outgoing(next(self._seq), topic, data, qos, retain, properties, future)
+        )
+        self._wakeup.set()
+        return future
+
+    async def publish(
+        self,
+        topic: str,
+        payload: Payload,
+        *,
+        qos: int = 1,
+        retain: bool = False,
+        properties: Properties | None = None,
+    ) -> None:
+        """Publish and wait for the broker's acknowledgement, across reconnects."""
+        await self.submit(topic, payload, qos=qos, retain=retain, properties=properties)
+
+    # --- receiving ------------------------------------------------------------------
+    @property
+    def messages(self) -> AsyncIterator[aiomqtt.Message]:
+        return self._iterate()
+
+    async def _iterate(self) -> AsyncIterator[aiomqtt.Message]:
+        while True:
+            yield await self._incoming.get()
+
+    def ack(self, message: aiomqtt.Message) -> None:
+        """With `manual_ack`: tell the broker this QoS>0 message has been processed."""
+        if self.settings.manual_ack and message.qos > 0 and self._client is not None:
+            # If the connection dropped since, the broker redelivers the message anyway.
+            self._client._client.ack(message.mid, message.qos)
+
+    # --- internals ------------------------------------------------------------------
+    def _make_client(self) -> aiomqtt.Client:
+        s = self.settings
+        will = None
+        if s.will is not None:
+            will = aiomqtt.Will(s.will.topic, s.will.payload, s.will.qos, s.will.retain)
+        properties = None
+        if s.v5 and s.session_expiry_s is not None:
+            properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+            properties.SessionExpiryInterval = s.session_expiry_s
+        tls_context = None
+        if s.tls:
+            tls_context = ssl.create_default_context(cafile=s.tls_ca_file)
+            if s.tls_insecure:
+                tls_context.check_hostname = False
+                tls_context.verify_mode = ssl.CERT_NONE
+        kwargs: dict[str, Any] = {}
+        if s.v5:
+            kwargs["protocol"] = aiomqtt.ProtocolVersion.V5
+            kwargs["clean_start"] = s.clean_start
+        else:
+            kwargs["protocol"] = aiomqtt.ProtocolVersion.V311
+            kwargs["clean_session"] = s.clean_start
+        client = aiomqtt.Client(
+            s.host,
+            s.port,
+            username=s.username,
+            password=s.password,
+            identifier=s.client_id or None,
+            will=will,
+            keepalive=s.keepalive_s,
+            properties=properties,
+            tls_context=tls_context,
+            timeout=10,
+            max_inflight_messages=s.max_inflight,
+            **kwargs,
+        )
+        client.pending_calls_threshold = s.max_inflight + 10  # our window, not a leak
+        if s.manual_ack:
+            client._client.manual_ack_set(True)
+        return client
+
+    async def _connection_loop(self) -> None:
+        backoff = BACKOFF_INITIAL_S
+        while True:
+            client = self._make_client()
+            try:
+                async with client:
+                    backoff = BACKOFF_INITIAL_S
+                    self._client = client
+                    self.connections += 1
+                    log.info("connected to %s", self.settings.redacted_url())
+                    await self._serve(client)
+            except aiomqtt.MqttError as exc:
+                log.warning(
+                    "MQTT connection to %s lost or refused: %s; retrying in %.0f s",
+                    self.settings.redacted_url(),
+                    exc,
+                    backoff,
+                )
+            finally:
+                self._client = None
+                self.connected.clear()
+                self.disconnected.set()
+                self._requeue_inflight()
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, BACKOFF_MAX_S)
+
+    async def _serve(self, client: aiomqtt.Client) -> None:
+        sender = asyncio.create_task(self._sender(client), name="mqtt-sender")
+        try:
+            for topic, qos in self.subscriptions:
+                await client.subscribe(topic, qos)
+            if self.on_connect is not None:
+                # Incoming messages wait in aiomqtt's queue until this is done. Race it
+                # against the connection: publishes awaited in it cannot finish offline.
+                task = asyncio.create_task(self.on_connect(), name="mqtt-on-connect")
+                lost = client._disconnected  # aiomqtt exposes no public "disconnected" hook
+                await asyncio.wait((task, lost), return_when=asyncio.FIRST_COMPLETED)
+                if not task.done():
+                    task.cancel()
+                    raise aiomqtt.MqttError("connection lost while running on_connect")
+                task.result()
+            self.disconnected.clear()
+            self.connected.set()
+            async for message in client.messages:
+                await self._incoming.put(message)
+        finally:
+            sender.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await sender
+
+    def _requeue_inflight(self) -> None:
+        """Unacknowledged messages go back to the front, in their original order."""
+        if self._inflight:
+            resend = sorted(self._inflight.values(), key=lambda m: m.seq)
+            self._inflight.clear()
+            self._pending.extendleft(reversed([m for m in resend if not m.future.done()]))
+            self._wakeup.set()
+
+    async def _sender(self, client: aiomqtt.Client) -> None:
+        window = asyncio.Semaphore(self.settings.max_inflight)
+        async with asyncio.TaskGroup() as tg:
+            while True:
+                while not self._pending:
+                    self._wakeup.clear()
+                    await self._wakeup.wait()
+                await window.acquire()
+                if not self._pending:
+                    window.release()
+                    continue
+                message = self._pending.popleft()
+                if message.future.done():  # cancelled by its publisher
+                    window.release()
+                    continue
+                self._inflight[message.seq] = message
+                tg.create_task(self._send_one(client, message, window))
+
+    async def _send_one(
+        self, client: aiomqtt.Client, message: _Outgoing, window: asyncio.Semaphore
+    ) -> None:
+        try:
+            await client.publish(
+                message.topic,
+                message.payload,
+                message.qos,
+                message.retain,
+                message.properties,
+                timeout=math.inf,
+            )
+        except aiomqtt.MqttCodeError as exc:
+            if exc.rc in (paho.MQTT_ERR_NO_CONN, paho.MQTT_ERR_CONN_LOST):
+                return  # stays in flight; requeued when the connection loop notices
+            self._inflight.pop(message.seq, None)
+            if not message.future.done():
+                message.future.set_exception(exc)
+            log.error("broker refused a message on %s: %s", message.topic, exc)
+        except aiomqtt.MqttError:
+            return
+        else:
+            self._inflight.pop(message.seq, None)
+            if not message.future.done():
+                message.future.set_result(None)
+        finally:
+            window.release()

@@ -1,0 +1,162 @@
+"""MqttClient against a real Mosquitto: acknowledgements, outages, ordering, on_connect."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+
+import aiomqtt
+import pytest
+
+from bridge.mqtt.client import MqttClient, MqttSettings
+from tests.broker import Mosquitto
+
+
+def settings(broker: Mosquitto, **kw: object) -> MqttSettings:
+    return MqttSettings(url=broker.url, **kw)
+
+
+async def next_messages(
+    client: aiomqtt.Client, n: int, timeout: float = 10
+) -> list[aiomqtt.Message]:
+    out: list[aiomqtt.Message] = []
+    async with asyncio.timeout(timeout):
+        async for m in client.messages:
+            out.append(m)
+            if len(out) == n:
+                return out
+    raise AssertionError("unreachable")
+
+
+async def test_publish_returns_after_broker_ack_and_is_delivered(broker: Mosquitto) -> None:
+    async with (
+        aiomqtt.Client("127.0.0.1", broker.port) as sub,
+        MqttClient(settings(broker, client_id="t1")) as mqtt,
+    ):
+        await sub.subscribe("t/#", qos=1)
+        await mqtt.publish("t/a", b"hello")
+        assert mqtt.queued == 0
+        [msg] = await next_messages(sub, 1)
+        assert msg.payload == b"hello"
+
+
+async def test_outage_keeps_order_and_acks_only_after_broker_is_back(broker: Mosquitto) -> None:
+    # A persistent subscriber so that the broker keeps what arrives for it across restarts.
+    async with aiomqtt.Client(
+        "127.0.0.1", broker.port, identifier="watcher", clean_session=False
+    ) as sub:
+        await sub.subscribe("t/#", qos=1)
+    async with MqttClient(settings(broker, client_id="t2")) as mqtt:
+        await asyncio.wait_for(mqtt.wait_connected(), 10)
+        broker.stop()
+        async with asyncio.timeout(10):
+            await mqtt.disconnected.wait()
+        futures = [mqtt.submit("t/seq", str(i)) for i in range(200)]
+        await asyncio.sleep(0)
+        assert not any(f.done() for f in futures), "acknowledged while the broker was down"
+        assert mqtt.queued == 200
+        broker.start()
+        async with asyncio.timeout(20):
+            await asyncio.gather(*futures)
+        assert mqtt.queued == 0
+    async with aiomqtt.Client(
+        "127.0.0.1", broker.port, identifier="watcher", clean_session=False
+    ) as sub:
+        got = await next_messages(sub, 200)
+    assert [m.payload for m in got] == [str(i).encode() for i in range(200)]
+
+
+async def test_on_connect_runs_before_messages_after_every_connection(broker: Mosquitto) -> None:
+    calls: list[int] = []
+    reconnected = asyncio.Event()
+
+    async def on_connect() -> None:
+        calls.append(len(calls))
+        if len(calls) == 2:
+            reconnected.set()
+        await mqtt.publish("t/state", b"online", retain=True)
+
+    mqtt = MqttClient(
+        settings(broker, client_id="t3"), subscriptions=[("in/#", 1)], on_connect=on_connect
+    )
+    async with mqtt:
+        await asyncio.wait_for(mqtt.wait_connected(), 10)
+        assert calls == [0]
+        broker.kill()
+        broker.start()
+        async with aiomqtt.Client("127.0.0.1", broker.port) as pub:
+            async with asyncio.timeout(15):
+                await reconnected.wait()
+            await pub.publish("in/x", b"1", qos=1)
+            async with asyncio.timeout(10):
+                msg = await anext(aiter(mqtt.messages))
+        assert msg.payload == b"1"
+        assert calls == [0, 1]
+
+
+WILL_SCRIPT = """
+import asyncio, sys
+from bridge.mqtt.client import MqttClient, MqttSettings, Will
+
+async def main():
+    s = MqttSettings(url=sys.argv[1], client_id="dying", keepalive_s=2,
+                     will=Will(topic="t/state", payload=b"offline", retain=True))
+    async with MqttClient(s) as mqtt:
+        await asyncio.wait_for(mqtt.wait_connected(), 10)
+        print("connected", flush=True)
+        await asyncio.Event().wait()
+
+asyncio.run(main())
+"""
+
+
+async def test_will_is_published_when_the_process_dies(broker: Mosquitto) -> None:
+    async with aiomqtt.Client("127.0.0.1", broker.port) as sub:
+        await sub.subscribe("t/state", qos=1)
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-c", WILL_SCRIPT, broker.url, stdout=asyncio.subprocess.PIPE
+        )
+        assert proc.stdout is not None
+        async with asyncio.timeout(15):
+            assert await proc.stdout.readline() == b"connected\n"
+        proc.kill()
+        await proc.wait()
+        [msg] = await next_messages(sub, 1, timeout=15)
+        assert msg.payload == b"offline"
+        assert msg.retain is False  # live delivery; the broker retains it for later readers
+
+
+async def test_manual_ack_leaves_unprocessed_messages_with_the_broker(broker: Mosquitto) -> None:
+    s = settings(broker, client_id="svc", clean_start=False, session_expiry_s=3600, manual_ack=True)
+    async with MqttClient(s, subscriptions=[("jobs/#", 1)]) as mqtt:
+        await asyncio.wait_for(mqtt.wait_connected(), 10)
+    async with aiomqtt.Client("127.0.0.1", broker.port) as pub:
+        await pub.publish("jobs/1", b"a", qos=1)
+        await pub.publish("jobs/2", b"b", qos=1)
+    async with MqttClient(s, subscriptions=[("jobs/#", 1)]) as mqtt:
+        it = aiter(mqtt.messages)
+        async with asyncio.timeout(10):
+            first = await anext(it)
+            second = await anext(it)
+        assert (first.payload, second.payload) == (b"a", b"b")
+        mqtt.ack(first)  # "b" is never acknowledged: the process "crashes" before that
+    async with MqttClient(s, subscriptions=[("jobs/#", 1)]) as mqtt:
+        async with asyncio.timeout(10):
+            again = await anext(aiter(mqtt.messages))
+        assert again.payload == b"b"
+
+
+def test_settings_reject_bad_urls() -> None:
+    with pytest.raises(ValueError, match="scheme"):
+        MqttSettings(url="http://host")
+    with pytest.raises(ValueError, match="port"):
+        MqttSettings(url="mqtt://host:99999")
+    s = MqttSettings(url="mqtts://user:p%40ss@broker.example")
+    assert (s.host, s.port, s.tls, s.username, s.password) == (
+        "broker.example",
+        8883,
+        True,
+        "user",
+        "p@ss",
+    )
+    assert "p%40ss" not in s.redacted_url()

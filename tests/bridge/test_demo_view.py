@@ -1,0 +1,58 @@
+"""The live view's state is built only from MQTT messages; check that fold."""
+
+from __future__ import annotations
+
+import json
+
+from rich.console import Console
+
+from bridge.demo.view import LiveState, render
+from bridge.mqtt.topics import Topics
+
+
+def msg(state: LiveState, topic: str, payload: dict[str, object] | None) -> None:
+    state.apply(topic, json.dumps(payload).encode() if payload is not None else b"")
+
+
+def test_state_follows_retained_topics_and_clears_on_empty_payload() -> None:
+    t = Topics("cb")
+    s = LiveState(t)
+    msg(s, t.device("04AB373B"), {"device_id": "04AB373B", "online": True, "device_kind": "x"})
+    msg(s, t.port("04AB373B", 1), {"port": 1, "status": "charging", "power_w": 200.0})
+    msg(s, t.session("AA" * 16), {"session_id": "AA" * 16, "status": "charging", "power_w": 210})
+    msg(s, t.session("BB" * 16), {"session_id": "BB" * 16, "status": "completed"})
+    msg(s, t.charging_stats, {"sessions_completed": 1, "total_energy_delivered_kwh": 0.5})
+    assert [x["session_id"] for x in s.active_sessions()] == ["AA" * 16]
+    assert "chargers 1/1 online" in s.summary_line()
+    assert "1 active, 1 completed" in s.summary_line()
+    assert "210 W now, 0.500 kWh" in s.summary_line()
+    s.apply(t.session("BB" * 16), b"")
+    s.apply(t.port("04AB373B", 1), b"")
+    assert "BB" * 16 not in s.sessions and not s.ports
+    s.apply(t.device("04AB373B"), b"not json")  # ignored, not a crash
+    assert s.devices["04AB373B"]["online"] is True
+
+
+def test_render_shows_devices_and_sessions() -> None:
+    t = Topics()
+    s = LiveState(t)
+    msg(s, t.device("04AB373B"), {"online": True, "device_kind": "dual_socket", "signal": 9})
+    msg(s, t.port("04AB373B", 2), {"status": "charging"})
+    msg(
+        s,
+        t.session("CC" * 16),
+        {
+            "session_id": "CC" * 16,
+            "device_id": "04AB373B",
+            "port": 2,
+            "status": "charging",
+            "power_w": 321.5,
+            "energy_kwh": 0.012,
+            "duration_s": 60,
+        },
+    )
+    console = Console(width=140, record=True)
+    console.print(render(s))
+    text = console.export_text()
+    assert "04AB373B" in text and "dual_socket" in text
+    assert "321.5" in text and "0.012" in text and "charging" in text
