@@ -463,7 +463,11 @@ class Gateway:
         parsed = self.topics.parse_device_request(topic)
         if parsed is None:
             return
-        resp = await self._request(parsed.device_id, parsed.command, payload)
+        try:
+            resp = await self._request(parsed.device_id, parsed.command, payload)
+        except Exception as exc:
+            log.exception("device request failed", extra={"topic": topic})
+            resp = response(None, False, "failed", f"internal error: {exc!r}")
         body = resp.to_json()
         futures = [
             self.mqtt.submit(self.topics.device_response(parsed.device_id, parsed.command), body)
