@@ -144,7 +144,7 @@ class GatewaySettings(CommonSettings):
         if [v.lower() for v in value] == ["none"]:
             return []
         for item in value:
-            host, sep, port = item.rpartition(":")
+            _host, sep, port = item.rpartition(":")
             if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
                 raise ValueError(f"{item!r} is not HOST:PORT")
         return value
@@ -197,7 +197,7 @@ def load_settings(cls: type[S], cli: dict[str, Any], config_file: Path | None = 
 
     _Loader.__name__ = cls.__name__
     try:
-        return _Loader(**{k: v for k, v in cli.items() if v is not None})  # type: ignore[no-any-return]
+        return _Loader(**{k: v for k, v in cli.items() if v is not None})
     except ValidationError as exc:
         raise ConfigError(_one_line(exc)) from None
 

@@ -12,11 +12,12 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable
 from typing import Any, Protocol
 
 from pydantic import ValidationError
 
+import protocol as p
 from bridge.config import GatewaySettings
 from bridge.gateway import events, requests
 from bridge.gateway.dedup import BoundedTtlMap
@@ -36,7 +37,6 @@ from bridge.mqtt.payloads import (
     response,
 )
 from bridge.mqtt.topics import Topics
-import protocol as p
 from protocol import (
     BadFrame,
     ChecksumError,
@@ -149,7 +149,7 @@ class Gateway:
         self._submit(self.topics.port(dev.device_id, state.port), state, retain=True)
 
     def bridge_state(self, state: str) -> None:
-        self._submit(self.topics.bridge_state, BridgeState(state=state), retain=True)  # type: ignore[arg-type]
+        self._submit(self.topics.bridge_state, BridgeState(state=state), retain=True)
 
     async def on_mqtt_connect(self) -> None:
         """After every (re)connection: the will may have replaced our `online`."""
@@ -186,7 +186,7 @@ class Gateway:
             return
         dev.online = False
         self.dispatcher.device_gone(dev.physical_id)
-        self._event(dev, "device", events.offline(dev, self.gateway_id, reason))  # type: ignore[arg-type]
+        self._event(dev, "device", events.offline(dev, self.gateway_id, reason))
         self._device_state(dev)
         log.info("device offline", extra={"device_id": dev.device_id, "reason": reason})
 
@@ -206,7 +206,7 @@ class Gateway:
             elif isinstance(item, Iccid):
                 cs.iccid = item.value
             elif isinstance(item, Garbage):
-                self.stats.garbage_bytes += len(item.data)
+                self.stats.garbage_bytes += item.count
             elif isinstance(item, BadFrame):
                 self.stats.decode_errors += 1
                 if isinstance(item.error, ChecksumError):
@@ -246,9 +246,7 @@ class Gateway:
         self.stats.frames_in += 1
         dev = self._bind(cs, frame)
         if dev.device_id in self._debug_ids:
-            log.info(
-                "frame in", extra={"device_id": dev.device_id, "hex": frame.encode().hex(" ")}
-            )
+            log.info("frame in", extra={"device_id": dev.device_id, "hex": frame.encode().hex(" ")})
         if frame.command >= 0x80 and frame.command != 0xFA:
             self._on_command_reply(dev, frame)
             return
@@ -413,7 +411,9 @@ class Gateway:
             self._answer_swipe(dev, pending.frame, reply)
 
     def _answer_swipe(self, dev: Device, frame: Frame, reply: p.CardSwipeReply) -> None:
-        raw = encode_frame(frame.physical_id, frame.message_id, frame.command, encode_payload(reply))
+        raw = encode_frame(
+            frame.physical_id, frame.message_id, frame.command, encode_payload(reply)
+        )
         self._recent.update((frame.physical_id, frame.command, frame.message_id, frame.data), raw)
         self._write(dev, raw)
 
@@ -475,9 +475,7 @@ class Gateway:
         response_topic = getattr(properties, "ResponseTopic", None)
         if response_topic:
             futures.append(
-                self.mqtt.submit(
-                    response_topic, body, properties=_response_properties(properties)
-                )
+                self.mqtt.submit(response_topic, body, properties=_response_properties(properties))
             )
         for fut in futures:
             fut.add_done_callback(_log_failure)
@@ -494,10 +492,15 @@ class Gateway:
         model = DEVICE_COMMAND_REQUESTS.get(command)
         if model is None:
             known = ", ".join(DEVICE_COMMAND_REQUESTS)
-            return response(request_id, False, "invalid", f"unknown command {command!r}; known: {known}")
+            return response(
+                request_id, False, "invalid", f"unknown command {command!r}; known: {known}"
+            )
         if not DEVICE_ID_RE.match(device_id):
             return response(
-                request_id, False, "invalid", f"device_id {device_id!r} is not 8 upper-case hex digits"
+                request_id,
+                False,
+                "invalid",
+                f"device_id {device_id!r} is not 8 upper-case hex digits",
             )
         try:
             req = model.model_validate(body)
@@ -627,4 +630,3 @@ def _validation_message(exc: ValidationError) -> str:
         loc = ".".join(str(x) for x in err["loc"]) or "request"
         parts.append(f"{loc}: {err['msg']}")
     return "; ".join(parts)
-

@@ -67,7 +67,7 @@ def online(dev: Device, gw: str, frame: p.Frame, peer: str) -> DeviceOnlineEvent
 
 
 def offline(dev: Device, gw: str, reason: str) -> DeviceOfflineEvent:
-    return DeviceOfflineEvent(**_common(dev, gw, None), reason=reason)  # type: ignore[arg-type]
+    return DeviceOfflineEvent(**_common(dev, gw, None), reason=reason)
 
 
 def apply_registration(dev: Device, reg: p.Registration) -> None:
@@ -319,7 +319,7 @@ def order_result(
         kind = "stopped" if executed else "stop_failed"
     return OrderResultEvent(
         **_common(dev, gw, frame),
-        type=kind,  # type: ignore[arg-type]
+        type=kind,
         port=_port(wire_port) if wire_port is not None and wire_port != 0xFF else None,
         order_no=order_no_hex(order_no) if order_no else None,
         result=charge_result_name(code),
@@ -327,5 +327,3 @@ def order_result(
         reason=None if executed else charge_result_name(code).replace("_", " "),
         waiting_ports=[i + 1 for i in range(16) if waiting >> i & 1] if waiting else None,
     )
-
-

@@ -160,52 +160,68 @@ def _limits(req: SetLimitsRequest) -> Step:
     return Step(0x85, p.encode_payload(limits))
 
 
+# request field -> field of the protocol payload, in frame order
+_PARAMS_1 = dict(
+    zip(
+        PARAMS_1_FIELDS,
+        (
+            "unplug_power",
+            "unplug_detection_time",
+            "float_percentage",
+            "float_detection_time",
+            "float_time",
+            "heartbeat_interval",
+        ),
+        strict=True,
+    )
+)
+_PARAMS_2 = dict(
+    zip(
+        PARAMS_2_FIELDS,
+        (
+            "dynamic_overload_power",
+            "dynamic_overload_time",
+            "dynamic_overload_start",
+            "unplug_interference_power",
+            "unplug_interference_time",
+            "float_stage2_time_point",
+            "float_stage2_detection_time",
+            "min_power",
+            "min_power_time_point",
+            "second_max_power_window",
+            "ambient_alarm_temperature",
+            "port_alarm_temperature",
+            "unplug_detection",
+            "qr_backlight",
+        ),
+        strict=True,
+    )
+)
+
+
+def _wire_param(value: Any) -> Any:
+    # Booleans mean "on"; both frames encode on as 0 and off as 1.
+    return (0 if value else 1) if isinstance(value, bool) else value
+
+
 def _params(req: SetParamsRequest) -> list[Step]:
     steps = []
-    for names, command, build in (
-        (PARAMS_1_FIELDS, 0x83, _params_1),
-        (PARAMS_2_FIELDS, 0x84, _params_2),
-    ):
+    groups: tuple[tuple[dict[str, str], int, type[Any]], ...] = (
+        (_PARAMS_1, 0x83, p.RunningParams1),
+        (_PARAMS_2, 0x84, p.RunningParams2),
+    )
+    for names, command, payload_cls in groups:
         given = [n for n in names if getattr(req, n) is not None]
         if not given:
             continue
         missing = [n for n in names if getattr(req, n) is None]
         if missing:
             raise ValueError(f"{missing[0]}: required with {given[0]} (frame 0x{command:02X})")
-        steps.append(Step(command, p.encode_payload(build(req))))
+        payload = payload_cls(**{wire: _wire_param(getattr(req, n)) for n, wire in names.items()})
+        steps.append(Step(command, p.encode_payload(payload)))
     if not steps:
         raise ValueError("request: give every field of 0x83 or of 0x84")
     return steps
-
-
-def _params_1(r: SetParamsRequest) -> Any:
-    return p.RunningParams1(
-        unplug_power=r.unplug_power,
-        unplug_time=r.unplug_detection_s,
-        float_percent=r.float_percent,
-        float_detection_time=r.float_detection_s,
-        float_time=r.float_charge_s,
-        heartbeat_interval=r.heartbeat_interval_s,
-    )
-
-
-def _params_2(r: SetParamsRequest) -> Any:
-    return p.RunningParams2(
-        dynamic_overload_power=r.dynamic_overload_power,
-        dynamic_overload_time=r.dynamic_overload_detection_s,
-        dynamic_overload_start=r.dynamic_overload_start_s,
-        unplug_interference_power=r.unplug_interference_power,
-        unplug_interference_time=r.unplug_interference_s,
-        float_stage2_point=r.float_second_stage_point_s,
-        float_stage2_detection_time=r.float_second_stage_detection_s,
-        minimum_power=r.minimum_power,
-        minimum_power_point=r.minimum_power_point_s,
-        second_max_power_window=r.second_max_power_window_s,
-        ambient_alarm_temperature=r.ambient_alarm_temperature_c,
-        port_alarm_temperature=r.port_alarm_temperature_c,
-        unplug_detection=0 if r.unplug_detection else 1,
-        qr_backlight=0 if r.qr_backlight else 1,
-    )
 
 
 # ---------------------------------------------------------------------- replies
@@ -232,9 +248,13 @@ def outcome(step: Step, frame: p.Frame) -> Outcome:
     try:
         reply = p.decode_payload(frame.command, frame.data, p.Sender.DEVICE)
     except p.PayloadError as exc:
-        return Outcome(False, None, "bad_reply", f"reply not decodable: {exc}", {
-            "data_hex": frame.data.hex().upper()
-        })
+        return Outcome(
+            False,
+            None,
+            "bad_reply",
+            f"reply not decodable: {exc}",
+            {"data_hex": frame.data.hex().upper()},
+        )
     if isinstance(reply, p.ChargeControlReply):
         code = reply.result
         fields: dict[str, Any] = {}
@@ -249,8 +269,8 @@ def outcome(step: Step, frame: p.Frame) -> Outcome:
         return Outcome(ok, code, "ok" if code == 0 else name, name.replace("_", " "), fields)
     if isinstance(reply, p.ResultReply) and frame.command in (0x8A, 0x83, 0x84, 0x85, 0x87, 0x96):
         code = reply.result
-        name = adjust_result_name(code) if frame.command == 0x8A else (
-            "ok" if code == 0 else "failed"
+        name = (
+            adjust_result_name(code) if frame.command == 0x8A else ("ok" if code == 0 else "failed")
         )
         return Outcome(code == 0, code, name, name.replace("_", " "), {})
     fields = reply_fields(reply)

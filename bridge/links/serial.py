@@ -57,9 +57,7 @@ class SerialLink:
                 )
             except (OSError, ValueError) as exc:
                 # pyserial's SerialException is an OSError.
-                log.warning(
-                    "serial port unavailable", extra={"url": self.url, "error": str(exc)}
-                )
+                log.warning("serial port unavailable", extra={"url": self.url, "error": str(exc)})
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, BACKOFF_MAX_S)
                 continue

@@ -82,7 +82,7 @@ class TcpLink:
         """The bound (host, port) pairs; the real port when 0 was asked for."""
         if self.server is None:
             return []
-        return [tuple(s.getsockname()[:2]) for s in self.server.sockets]  # type: ignore[misc]
+        return [tuple(s.getsockname()[:2]) for s in self.server.sockets]
 
     def stop_accepting(self) -> None:
         if self.server is not None:

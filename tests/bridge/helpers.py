@@ -12,7 +12,7 @@ import asyncio
 import json
 import os
 from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
 from typing import Any
 
@@ -93,10 +93,8 @@ class FakeDevice:
     async def close(self) -> None:
         if self.writer is not None:
             self.writer.close()
-            try:
+            with suppress(ConnectionError):
                 await self.writer.wait_closed()
-            except ConnectionError:
-                pass
 
 
 @dataclass
@@ -178,7 +176,9 @@ async def mqtt_collector(
             pump.cancel()
 
 
-def gateway_settings(broker: Mosquitto, tmp_path: os.PathLike[str], **overrides: Any) -> GatewaySettings:
+def gateway_settings(
+    broker: Mosquitto, tmp_path: os.PathLike[str], **overrides: Any
+) -> GatewaySettings:
     values: dict[str, Any] = {
         "mqtt": broker.url,
         "gateway_id": "test-gw",
@@ -207,10 +207,8 @@ async def running_gateway(settings: GatewaySettings) -> AsyncIterator[GatewayApp
         yield app
     finally:
         task.cancel()
-        try:
+        with suppress(asyncio.CancelledError):
             await task
-        except asyncio.CancelledError:
-            pass
 
 
 def tcp_port(app: GatewayApp) -> int:
