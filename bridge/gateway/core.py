@@ -444,19 +444,17 @@ class Gateway:
             "reply to no pending command",
             extra={"device_id": dev.device_id, "command": frame.command},
         )
-        if frame.command == 0x82 and request is not None:
+        if isinstance(request, p.ChargeControl):
             # A reply after we gave up still says what the device did.
             self._order_result(dev, frame, request)
 
-    def _order_result(self, dev: Device, frame: Frame, request: Any) -> dict[str, Any]:
+    def _order_result(self, dev: Device, frame: Frame, sent: p.ChargeControl) -> None:
         try:
             reply = decode_payload(frame.command, frame.data, Sender.DEVICE)
         except PayloadError:
             self.stats.decode_errors += 1
-            return {}
-        event = events.order_result(dev, self.gateway_id, frame, reply, request)
-        self._event(dev, "order", event)
-        return {"order_no": event.order_no, "port": event.port, "reason": event.reason}
+            return
+        self._event(dev, "order", events.order_result(dev, self.gateway_id, frame, reply, sent))
 
     async def handle_request(self, topic: str, payload: bytes, properties: Any = None) -> None:
         """One `{b}/devices/{id}/request/{command}` message -> one response."""
@@ -529,10 +527,11 @@ class Gateway:
     ) -> CommandResponse:
         fields: dict[str, Any] = {}
         code: int | None = None
+        message = "sent; this command has no reply"
         for step in plan:
             try:
                 frame = await self.dispatcher.execute(
-                    dev, step.command, step.data, expect_reply=step.expect_reply, context=req
+                    dev, step.command, step.data, expect_reply=step.expect_reply, context=step.sent
                 )
             except DeviceOffline:
                 return response(request_id, False, "offline", "device is not connected", **fields)
@@ -548,14 +547,15 @@ class Gateway:
                 fields.update(step.extra)
                 continue
             outcome = requests.outcome(step, frame)
-            if step.command == 0x82:
-                self._order_result(dev, frame, req)
+            if isinstance(step.sent, p.ChargeControl):
+                self._order_result(dev, frame, step.sent)
             fields.update(step.extra)
             fields.update(outcome.fields)
             code = outcome.code
+            message = outcome.message
             if not outcome.ok:
                 return response(request_id, False, outcome.result, outcome.message, code, **fields)
-        return response(request_id, True, "ok", "done", code, **fields)
+        return response(request_id, True, "ok", message, code, **fields)
 
     # ------------------------------------------------------------------ background work
 

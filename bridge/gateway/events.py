@@ -295,33 +295,26 @@ def card_reply(c: p.CardSwipe, status: int, rate_mode: int, balance: int) -> p.C
 
 
 def order_result(
-    dev: Device, gw: str, frame: p.Frame, reply: Any, request: Any
+    dev: Device, gw: str, frame: p.Frame, reply: Any, sent: p.ChargeControl
 ) -> OrderResultEvent:
     """A 0x82 reply. Older devices send the result byte only: port and order number then come
-    from the request, when we know it. Starting vs stopping likewise."""
+    from the command we sent."""
+    code = reply.result
+    order_no, wire_port, waiting = sent.order_no, sent.port, None
     if isinstance(reply, p.ChargeControlReply):
-        code = reply.result
-        order_no = reply.order_no
-        wire_port = reply.port
+        order_no = reply.order_no or order_no
+        wire_port = reply.port if reply.port is not None else wire_port
         waiting = reply.waiting_ports
-    else:
-        code = reply.result
-        order_no, wire_port, waiting = None, None, None
-    start = getattr(request, "mode", None) is not None  # only start requests have a mode
-    if order_no is None and getattr(request, "order_no", None):
-        order_no = bytes.fromhex(request.order_no)
-    if wire_port is None and isinstance(getattr(request, "port", None), int):
-        wire_port = request.port - 1
     executed = charge_result_executed(code)
-    if start:
+    if sent.command == 1:
         kind = "started" if executed else "start_failed"
     else:
         kind = "stopped" if executed else "stop_failed"
     return OrderResultEvent(
         **_common(dev, gw, frame),
         type=kind,
-        port=_port(wire_port) if wire_port is not None and wire_port != 0xFF else None,
-        order_no=order_no_hex(order_no) if order_no else None,
+        port=_port(wire_port) if wire_port != 0xFF else None,
+        order_no=order_no_hex(order_no),
         result=charge_result_name(code),
         result_code=code,
         reason=None if executed else charge_result_name(code).replace("_", " "),

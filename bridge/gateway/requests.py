@@ -35,6 +35,7 @@ RATE_MODES = {"time": 0, "monthly": 1, "energy": 2, "count": 3}
 ADJUST_MODES = {"time": 0, "time_full_stop": 1, "energy": 2}
 READ_COMMANDS = {"params_1": 0x90, "params_2": 0x91, "limits": 0x92, "card": 0x93}
 NO_REPLY_COMMANDS = frozenset({0x81, 0xE4, 0xFE})
+RESPONSE_KEYS = ("request_id", "ok", "code", "result", "message")
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +44,7 @@ class Step:
     data: bytes
     expect_reply: bool = True
     extra: dict[str, Any] = field(default_factory=dict)  # fields for the response
+    sent: Any = None  # the protocol payload, to interpret the reply (0x82)
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,7 +78,14 @@ def plan(req: CommandRequest) -> list[Step]:
                 duration=0,
                 order_no=order_no,
             )
-            return [Step(0x82, p.encode_payload(control), extra={"order_no": req.order_no.upper()})]
+            return [
+                Step(
+                    0x82,
+                    p.encode_payload(control),
+                    extra={"order_no": req.order_no.upper()},
+                    sent=control,
+                )
+            ]
         case AdjustChargingRequest():
             if req.mode == "energy":
                 if req.energy_kwh is None:
@@ -141,7 +150,9 @@ def _start(req: StartChargingRequest) -> Step:
         order_no=order_no,
         **tail,
     )
-    return Step(0x82, p.encode_payload(control), extra={"order_no": order_no_hex(order_no)})
+    return Step(
+        0x82, p.encode_payload(control), extra={"order_no": order_no_hex(order_no)}, sent=control
+    )
 
 
 def _limits(req: SetLimitsRequest) -> Step:
@@ -267,13 +278,14 @@ def outcome(step: Step, frame: p.Frame) -> Outcome:
         ok = charge_result_executed(code)
         name = charge_result_name(code)
         return Outcome(ok, code, "ok" if code == 0 else name, name.replace("_", " "), fields)
-    if isinstance(reply, p.ResultReply) and frame.command in (0x8A, 0x83, 0x84, 0x85, 0x87, 0x96):
-        code = reply.result
-        name = (
-            adjust_result_name(code) if frame.command == 0x8A else ("ok" if code == 0 else "failed")
-        )
-        return Outcome(code == 0, code, name, name.replace("_", " "), {})
-    fields = reply_fields(reply)
     if isinstance(reply, p.RawPayload):
-        fields = {"data_hex": frame.data.hex().upper()}
-    return Outcome(True, None, "ok", "reply received", fields)
+        return Outcome(True, None, "ok", "reply received", {"data_hex": reply.data.hex().upper()})
+    fields = reply_fields(reply)
+    code = fields.pop("result", None)
+    for key in RESPONSE_KEYS:
+        fields.pop(key, None)
+    if not isinstance(code, int):
+        return Outcome(True, None, "ok", "reply received", fields)
+    # Parameter commands answer 0 for success; 0x8A has its own codes (reference A.14, A.21).
+    name = adjust_result_name(code) if frame.command == 0x8A else ("ok" if code == 0 else "failed")
+    return Outcome(code == 0, code, name, name.replace("_", " "), fields)

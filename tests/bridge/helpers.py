@@ -119,11 +119,12 @@ class MqttCollector:
         self._new = asyncio.Condition()
 
     async def _pump(self) -> None:
-        async for m in self.client.messages:
-            payload = m.payload if isinstance(m.payload, bytes) else str(m.payload).encode()
-            async with self._new:
-                self.messages.append(Received(str(m.topic), payload, m.retain, m.properties))
-                self._new.notify_all()
+        with suppress(aiomqtt.MqttError):  # the broker went away (fault tests): stop quietly
+            async for m in self.client.messages:
+                payload = m.payload if isinstance(m.payload, bytes) else str(m.payload).encode()
+                async with self._new:
+                    self.messages.append(Received(str(m.topic), payload, m.retain, m.properties))
+                    self._new.notify_all()
 
     async def wait(
         self,
@@ -158,14 +159,20 @@ class MqttCollector:
 
 @asynccontextmanager
 async def mqtt_collector(
-    broker: Mosquitto, *topics: str, identifier: str | None = None
+    broker: Mosquitto, *topics: str, persistent_id: str | None = None
 ) -> AsyncIterator[MqttCollector]:
-    async with aiomqtt.Client(
-        "127.0.0.1",
-        broker.port,
-        identifier=identifier,
-        protocol=aiomqtt.ProtocolVersion.V5,
-    ) as client:
+    """Subscribes to `topics`. With `persistent_id` the session outlives the connection (the
+    broker queues QoS 1 messages for it), for tests that must not miss what comes meanwhile."""
+    options: dict[str, Any] = (
+        {
+            "identifier": persistent_id,
+            "clean_session": False,
+            "protocol": aiomqtt.ProtocolVersion.V311,
+        }
+        if persistent_id
+        else {"protocol": aiomqtt.ProtocolVersion.V5}
+    )
+    async with aiomqtt.Client("127.0.0.1", broker.port, **options) as client:
         collector = MqttCollector(client)
         for topic in topics:
             await client.subscribe(topic, qos=1)
@@ -174,6 +181,8 @@ async def mqtt_collector(
             yield collector
         finally:
             pump.cancel()
+            with suppress(asyncio.CancelledError):
+                await pump
 
 
 def gateway_settings(
