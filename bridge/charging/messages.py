@@ -65,9 +65,7 @@ class StartRequest(_Request):
 
     def device_command(self, order_no: str, request_id: str) -> dict[str, Any]:
         """The `start_charging` device request (API.md section 5)."""
-        fields = self.model_dump(
-            exclude={"request_id", "order_no", "device_id"}, exclude_none=True
-        )
+        fields = self.model_dump(exclude={"request_id", "order_no", "device_id"}, exclude_none=True)
         return {"request_id": request_id, "order_no": order_no, **fields}
 
 

@@ -17,7 +17,6 @@ import hashlib
 import json
 import logging
 import os
-import socket
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -46,13 +45,6 @@ log = logging.getLogger("chargebridge.charging")
 
 DEVICE_COMMANDS = ("start_charging", "stop_charging")
 ADOPT_TIMEOUT_S = 10.0
-
-
-def default_client_id(settings: ChargingSettings) -> str:
-    """Fixed across restarts, so the broker keeps the session's queue for us."""
-    if settings.client_id:
-        return settings.client_id
-    return f"chargebridge-service-{settings.gateway_id or socket.gethostname()}"
 
 
 def new_order_no() -> str:
@@ -87,9 +79,9 @@ class ChargingService:
     def mqtt_settings(self) -> MqttSettings:
         return MqttSettings(
             url=self.settings.mqtt,
-            client_id=default_client_id(self.settings),
+            client_id=self.settings.client_id,
             clean_start=False,
-            session_expiry_s=self.settings.session_expiry_s,
+            session_expiry_s=self.settings.mqtt_session_expiry_s,
             manual_ack=True,
         )
 
@@ -198,7 +190,7 @@ class ChargingService:
             self._stats_changed.clear()
             self.store.commit(now=self.clock(), stats=self.stats)  # keeps processing times
             await self._publish_stats()
-            await asyncio.sleep(self.settings.stats_interval_s)
+            await asyncio.sleep(self.settings.stats_interval)
 
     def _count(self, **counts: int | float) -> None:
         self.stats = self.stats.add(**counts)
@@ -481,13 +473,13 @@ class ChargingService:
             topic = self.topics.device_request(device_id, command)
             self.client.submit(topic, json.dumps({**body, "request_id": request_id}))
             try:
-                async with asyncio.timeout(self.settings.command_timeout_s):
+                async with asyncio.timeout(self.settings.request_timeout_s):
                     reply = await future
             except TimeoutError:
                 reply = {
                     "ok": False,
                     "result": "timeout",
-                    "message": f"no response in {self.settings.command_timeout_s} s",
+                    "message": f"no response in {self.settings.request_timeout_s} s",
                 }
             finally:
                 self._replies.pop(request_id, None)

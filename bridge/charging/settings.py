@@ -1,88 +1,70 @@
-"""Settings of the charging service (env prefix `CHARGEBRIDGE_`; docs/charging.md lists them).
+"""Options of the charging service (docs/charging.md lists them with their defaults).
 
-Kept here until the lead folds them into `bridge/config.py`; passed explicitly, never global.
+`ChargingSettings` extends `bridge.config.CommonSettings` (mqtt, base_topic, gateway_id,
+state_dir, logging) in the one flat option namespace: `--session-timeout-s`,
+`CHARGEBRIDGE_SESSION_TIMEOUT_S`, `session_timeout_s = ...` in the TOML file. Names are
+chosen not to collide with the gateway's, so `run` can inherit from both classes;
+`stats_interval` is deliberately shared (API.md section 7: both stats topics).
 """
 
 from __future__ import annotations
 
-import tomllib
-from pathlib import Path
-from typing import Any
-
 from pydantic import Field
-from pydantic_settings import (
-    BaseSettings,
-    InitSettingsSource,
-    PydanticBaseSettingsSource,
-    SettingsConfigDict,
-)
+
+from bridge.config import CommonSettings
 
 
-class ChargingSettings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="CHARGEBRIDGE_", extra="ignore")
+class ChargingSettings(CommonSettings):
+    """Options of the charging service."""
 
-    mqtt: str = Field("mqtt://127.0.0.1:1883", description="Broker URL.")
-    base_topic: str = Field("chargebridge", min_length=1)
-    state_dir: Path = Field(
-        Path("./chargebridge-state"), description="Where the SQLite store lives."
+    service_client_id: str = Field(
+        default="",
+        description="MQTT client id of the service; keep it fixed "
+        "(default: chargebridge-service-{gateway_id})",
     )
-    gateway_id: str = Field("", description="Names the service's MQTT client id when set.")
-    client_id: str = Field(
-        "", description="MQTT client id; default `chargebridge-service-{gateway_id or host}`."
+    mqtt_session_expiry_s: int = Field(
+        default=7 * 24 * 3600,
+        ge=0,
+        description="seconds the broker keeps the service's queue while it is away",
     )
-    session_expiry_s: int = Field(
-        7 * 24 * 3600, ge=0, description="Broker keeps our queue so long."
-    )
-
-    event_logging: bool = Field(True, description="Log every processed event at INFO level.")
+    event_logging: bool = Field(default=True, description="log every processed event (info)")
     session_tracking: bool = Field(
-        True, description="Off: only count events; no sessions, requests answered ok:false."
+        default=True,
+        description="track sessions; off: only count events and refuse requests",
     )
-    command_timeout_s: float = Field(
-        30.0, gt=0, description="Wait so long for the gateway's answer to a device command."
+    request_timeout_s: float = Field(
+        default=35.0,
+        gt=0,
+        description="seconds to wait for the gateway's response to start/stop_charging "
+        "(the gateway answers `timeout` itself after its resend)",
     )
-    max_retries: int = Field(2, ge=0, description="Resends of a start_charging that timed out.")
-    retry_backoff_s: float = Field(2.0, ge=0, description="First back-off; doubles per retry.")
-    cleanup_interval_s: float = Field(60.0, gt=0, description="How often timeouts are checked.")
+    max_retries: int = Field(
+        default=2, ge=0, le=10, description="resends of a start/stop_charging that timed out"
+    )
+    retry_backoff_s: float = Field(
+        default=2.0, ge=0, description="pause before the first resend, doubling"
+    )
+    cleanup_interval_s: float = Field(
+        default=60.0, gt=0, description="seconds between checks for timeout and retention"
+    )
     session_timeout_s: float = Field(
-        900.0, gt=0, description="No update for so long: `timeout` (0x06 comes every 5 min)."
+        default=900.0,
+        gt=0,
+        description="no update for so long marks a session `timeout` (0x06 comes every 5 min)",
     )
     session_retention_s: float = Field(
-        86400.0, ge=0, description="Finished sessions stay retained so long, then are cleared."
+        default=86400.0, ge=0, description="seconds finished sessions stay retained"
     )
-    stats_interval_s: float = Field(5.0, ge=0, description="Stats published at most this often.")
+    stats_interval: float = Field(
+        default=5.0, gt=0, description="minimum seconds between two charging/stats messages"
+    )
     dedup_window_s: float = Field(
-        7 * 86400.0, gt=0, description="How long message fingerprints and settlements are kept."
+        default=7 * 86400.0,
+        gt=0,
+        description="seconds message fingerprints and settled orders are remembered",
     )
 
-
-def load_settings(config_file: Path | None = None, **overrides: Any) -> ChargingSettings:
-    """Precedence: `overrides` (command line), environment, TOML `config_file`, defaults.
-
-    The TOML file may hold the keys at top level or in a `[charging]` table (which wins).
-    """
-    file_values: dict[str, Any] = {}
-    if config_file is not None:
-        with config_file.open("rb") as fh:
-            data = tomllib.load(fh)
-        table = data.get("charging", {})
-        file_values = {k: v for k, v in data.items() if not isinstance(v, dict)}
-        file_values.update(table if isinstance(table, dict) else {})
-        known = ChargingSettings.model_fields
-        file_values = {k.replace("-", "_"): v for k, v in file_values.items()}
-        file_values = {k: v for k, v in file_values.items() if k in known}
-
-    class _Layered(ChargingSettings):
-        @classmethod
-        def settings_customise_sources(
-            cls,
-            settings_cls: type[BaseSettings],
-            init_settings: PydanticBaseSettingsSource,
-            env_settings: PydanticBaseSettingsSource,
-            dotenv_settings: PydanticBaseSettingsSource,
-            file_secret_settings: PydanticBaseSettingsSource,
-        ) -> tuple[PydanticBaseSettingsSource, ...]:
-            return (init_settings, env_settings, InitSettingsSource(settings_cls, file_values))
-
-    layered = _Layered(**{k: v for k, v in overrides.items() if v is not None})
-    return ChargingSettings.model_validate(layered.model_dump())
+    @property
+    def client_id(self) -> str:
+        """Fixed across restarts, so that the broker keeps the session's queue for us."""
+        return self.service_client_id or f"chargebridge-service-{self.gateway_id}"

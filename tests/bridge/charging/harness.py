@@ -19,10 +19,17 @@ from pathlib import Path
 from typing import Any
 
 import aiomqtt
+from pydantic import BaseModel, TypeAdapter
 
 from bridge.charging.model import iso
 from bridge.charging.service import run_service
 from bridge.charging.settings import ChargingSettings
+from bridge.mqtt.payloads import (
+    StartChargingRequest,
+    StopChargingRequest,
+    order_event_adapter,
+    port_event_adapter,
+)
 from bridge.mqtt.topics import Topics
 from tests.broker import Mosquitto
 
@@ -31,6 +38,15 @@ TOPICS = Topics(BASE)
 DEV = "04AB373B"
 ORDER = "0123456789ABCDEF0123456789ABCDEF"
 _message_ids = itertools.count(1)
+START_MODES = {"offline": 0, "online": 1, "code": 3}
+EVENT_ADAPTERS: dict[str, TypeAdapter[Any]] = {
+    "port": port_event_adapter,
+    "order": order_event_adapter,
+}
+REQUEST_MODELS: dict[str, type[BaseModel]] = {
+    "start_charging": StartChargingRequest,
+    "stop_charging": StopChargingRequest,
+}
 
 
 def settings_for(broker: Mosquitto, state_dir: Path, **kw: Any) -> ChargingSettings:
@@ -38,9 +54,9 @@ def settings_for(broker: Mosquitto, state_dir: Path, **kw: Any) -> ChargingSetti
         "mqtt": broker.url,
         "base_topic": BASE,
         "state_dir": state_dir,
-        "client_id": "chargebridge-service-test",
-        "stats_interval_s": 0.05,
-        "command_timeout_s": 5.0,
+        "service_client_id": "chargebridge-service-test",
+        "stats_interval": 0.05,
+        "request_timeout_s": 5.0,
         "retry_backoff_s": 0.05,
         "cleanup_interval_s": 0.1,
     }
@@ -91,6 +107,7 @@ def power_event(
         **_common("power", 0x06, ts, device_id),
         "port": port,
         "status": "charging",
+        "status_code": 1,
         "order_no": order_no,
         "duration_s": duration_s,
         "energy_kwh": energy_kwh,
@@ -104,6 +121,7 @@ def power_event(
         "temperature_c": 28.0,
         "port_temperature_c": None,
         "start_mode": start_mode,
+        "start_mode_code": START_MODES[start_mode],
     }
 
 
@@ -127,11 +145,13 @@ def settled_event(
         "max_power_w": 250.0,
         "energy_kwh": energy_kwh,
         "start_mode": start_mode,
+        "start_mode_code": START_MODES[start_mode],
         "card_id": card_id,
         "stop_reason": stop_reason,
         "stop_reason_code": 1,
         "second_max_power_w": 240.0,
-        "device_time": 1_790_000_000,
+        "device_time": "2026-11-26T08:00:00.000Z",
+        "occupied_minutes": None,
     }
 
 
@@ -145,9 +165,8 @@ def reply_event(
         "order_no": order_no,
         "result": "success" if ok else "no_charger",
         "result_code": 0 if ok else 1,
+        "reason": None if ok else "no charger plugged into the port",
     }
-    if not ok:
-        event["reason"] = "no charger plugged into the port"
     return event
 
 
@@ -155,13 +174,18 @@ def card_swipe_event(port: int = 2, device_id: str = DEV) -> dict[str, Any]:
     return {
         **_common("card_swipe", 0x02, None, device_id),
         "card_id": "1A2B3C4D",
+        "card_number": 0x1A2B3C4D,
         "card_type": "old",
+        "card_type_code": 0,
         "port": port,
         "balance_cents": 1200,
+        "awaiting_reply": False,
     }
 
 
 async def publish_event(client: aiomqtt.Client, kind: str, event: dict[str, Any]) -> bytes:
+    """Publish as the gateway would; the gateway's own models check the payload is exact."""
+    EVENT_ADAPTERS[kind].validate_python(event)
     payload = json.dumps(event).encode()
     await client.publish(TOPICS.event(event["device_id"], kind), payload, qos=1)
     return payload
@@ -187,6 +211,7 @@ class FakeGateway:
             parsed = TOPICS.parse_device_request(str(message.topic))
             assert parsed is not None and isinstance(message.payload, bytes)
             body = json.loads(message.payload)
+            REQUEST_MODELS[parsed.command].model_validate(body)  # what the gateway accepts
             async with self.received:
                 self.requests.append((parsed.command, body))
                 self.received.notify_all()

@@ -43,9 +43,9 @@ class ServiceProcess:
             BASE,
             "--state-dir",
             str(state_dir),
-            "--client-id",
+            "--service-client-id",
             "chargebridge-service-proc",
-            "--stats-interval-s",
+            "--stats-interval",
             "0.05",
         ]
         self.log = log
@@ -151,7 +151,7 @@ async def test_wiped_broker_gets_the_retained_state_back(broker: Mosquitto, tmp_
 async def test_empty_state_dir_adopts_what_the_broker_retains(
     broker: Mosquitto, tmp_path: Path
 ) -> None:
-    first = settings_for(broker, tmp_path / "one", client_id="service-one")
+    first = settings_for(broker, tmp_path / "one", service_client_id="service-one")
     async with (
         running_service(first),
         watcher(broker) as w,
@@ -163,7 +163,7 @@ async def test_empty_state_dir_adopts_what_the_broker_retains(
         await w.session(OTHER, "charging")
         await w.stats_where(total_events_processed=2, sessions_created=2)
 
-    second = settings_for(broker, tmp_path / "two", client_id="service-two")
+    second = settings_for(broker, tmp_path / "two", service_client_id="service-two")
     async with (
         running_service(second),
         watcher(broker) as w,

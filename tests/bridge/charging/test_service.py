@@ -181,7 +181,7 @@ async def test_refused_start(broker: Mosquitto, tmp_path: Path) -> None:
 async def test_start_that_times_out_is_retried_then_fails(
     broker: Mosquitto, tmp_path: Path
 ) -> None:
-    settings = settings_for(broker, tmp_path, command_timeout_s=0.3, max_retries=2)
+    settings = settings_for(broker, tmp_path, request_timeout_s=0.3, max_retries=2)
     async with (
         running_service(settings),
         fake_gateway(broker, start_charging="silent") as gw,
