@@ -59,7 +59,7 @@ class ChargingSettings(CommonSettings):
         default=5.0, gt=0, description="minimum seconds between two charging/stats messages"
     )
     dedup_window_s: float = Field(
-        default=7 * 86400.0,
+        default=2 * 86400.0,
         gt=0,
         description="seconds message fingerprints and settled orders are remembered",
     )

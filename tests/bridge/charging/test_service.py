@@ -411,3 +411,36 @@ async def test_finished_sessions_are_cleared_after_retention(
     async with watcher(broker) as late:
         await late.stats_where(sessions_completed=1)
         assert late.sessions == {}
+
+
+async def test_auto_port_start_learns_the_port(broker: Mosquitto, tmp_path: Path) -> None:
+    async with (
+        running_service(settings_for(broker, tmp_path)),
+        fake_gateway(broker) as gw,
+        watcher(broker) as w,
+        aiomqtt.Client("127.0.0.1", broker.port) as app,
+    ):
+        body = {"request_id": "a", "device_id": DEV, "port": "auto", "mode": "time"}
+        await request(app, "start", {**body, "duration_s": 3600, "balance_cents": 356})
+        reply = await w.response("start", "a")
+        assert reply["ok"] is True and reply["session"]["port"] == 1  # the device's choice
+        [(_, sent)] = await gw.wait_requests(1)
+        assert sent["port"] == "auto" and sent["duration_s"] == 3600
+        assert sent["balance_cents"] == 356 and sent["mode"] == "time"
+
+
+async def test_without_session_tracking_events_are_only_counted(
+    broker: Mosquitto, tmp_path: Path
+) -> None:
+    async with (
+        running_service(settings_for(broker, tmp_path, session_tracking=False)),
+        watcher(broker) as w,
+        aiomqtt.Client("127.0.0.1", broker.port) as gw,
+    ):
+        await publish_event(gw, "port", power_event(0.05))
+        await publish_event(gw, "order", settled_event(0.1, 60))
+        await request(gw, "start", {"request_id": "n", "device_id": DEV, "port": 1})
+        reply = await w.response("start", "n")
+        assert reply["ok"] is False and "session tracking is disabled" in reply["message"]
+        await w.stats_where(**stats(total_events_processed=2))
+        assert w.sessions == {}
