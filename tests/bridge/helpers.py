@@ -222,3 +222,42 @@ async def running_gateway(settings: GatewaySettings) -> AsyncIterator[GatewayApp
 
 def tcp_port(app: GatewayApp) -> int:
     return app.tcp_addresses[0][1]
+
+
+class PtyLine:
+    """The far end of a serial line: a pseudo-terminal whose slave the gateway opens.
+
+    Frames written to the master reach the gateway as if sent by devices on an RS-485 bus."""
+
+    def __init__(self) -> None:
+        import tty
+
+        self.master, self.slave = os.openpty()
+        tty.setraw(self.slave)  # no echo or line editing before pyserial configures it
+        self.path = os.ttyname(self.slave)
+        self._decoder = StreamDecoder()
+        self._frames: asyncio.Queue[Frame] = asyncio.Queue()
+        os.set_blocking(self.master, False)
+        asyncio.get_running_loop().add_reader(self.master, self._readable)
+
+    def _readable(self) -> None:
+        try:
+            data = os.read(self.master, 4096)
+        except OSError:
+            return
+        for item in self._decoder.feed(data):
+            if isinstance(item, Frame):
+                self._frames.put_nowait(item)
+
+    def send(self, physical_id: int, message_id: int, command: int, data: bytes = b"") -> None:
+        os.write(self.master, encode_frame(physical_id, message_id, command, data))
+
+    async def recv(self, timeout: float = TIMEOUT) -> Frame:
+        async with asyncio.timeout(timeout):
+            return await self._frames.get()
+
+    def close(self) -> None:
+        asyncio.get_running_loop().remove_reader(self.master)
+        for fd in (self.master, self.slave):
+            with suppress(OSError):
+                os.close(fd)
