@@ -45,6 +45,8 @@ log = logging.getLogger("chargebridge.charging")
 
 DEVICE_COMMANDS = ("start_charging", "stop_charging")
 ADOPT_TIMEOUT_S = 10.0
+# Gateway results worth a resend: the device did not answer, or its command queue was full.
+RETRYABLE = frozenset({"timeout", "busy"})
 
 
 def new_order_no() -> str:
@@ -456,10 +458,10 @@ class ChargingService:
     ) -> dict[str, Any]:
         """Send a device command and wait for its response; a timeout is retried.
 
-        A command the gateway reports as `timeout` (the device did not answer), or that
-        gets no response at all within `command_timeout_s` (gateway away), is sent again
-        up to `max_retries` times after `retry_backoff_s`, doubling; `offline` and refusals
-        are final. Resending is safe: the order number makes the command idempotent.
+        A command the gateway reports as `timeout` (the device did not answer) or `busy`,
+        or that gets no response at all within `request_timeout_s` (gateway away), is sent
+        again up to `max_retries` times after `retry_backoff_s`, doubling; `offline` and
+        refusals are final. Resending is safe: the order number makes it idempotent.
         """
         backoff = self.settings.retry_backoff_s
         for attempt in range(self.settings.max_retries + 1):
@@ -483,7 +485,7 @@ class ChargingService:
                 }
             finally:
                 self._replies.pop(request_id, None)
-            if reply.get("result") != "timeout":
+            if reply.get("result") not in RETRYABLE:
                 return reply
         return reply
 
