@@ -185,7 +185,7 @@ class ChargingService:
         return sum(1 for s in self.sessions.values() if s.active)
 
     async def stats_loop(self) -> None:
-        """Publish the statistics when they changed, at most every `stats_interval_s`."""
+        """Publish the statistics when they changed, at most every `stats_interval`."""
         await self.current.wait()
         while True:
             await self._stats_changed.wait()
