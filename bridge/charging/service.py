@@ -187,6 +187,7 @@ class ChargingService:
     async def stats_loop(self) -> None:
         """Publish the statistics when they changed, at most every `stats_interval`."""
         await self.current.wait()
+        await asyncio.sleep(self.settings.stats_interval)  # on_connect has just published
         while True:
             await self._stats_changed.wait()
             self._stats_changed.clear()

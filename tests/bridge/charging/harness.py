@@ -272,6 +272,7 @@ class Watcher:
     client: aiomqtt.Client
     sessions: dict[str, dict[str, Any] | None] = field(default_factory=dict)
     stats: dict[str, Any] = field(default_factory=dict)
+    stats_arrivals: list[float] = field(default_factory=list)  # loop time of each message
     responses: dict[str, dict[str, Any]] = field(default_factory=dict)
     changed: asyncio.Condition = field(default_factory=asyncio.Condition)
     subscribed: asyncio.Event = field(default_factory=asyncio.Event)
@@ -289,6 +290,7 @@ class Watcher:
                     self.sessions[sid] = data
                 elif topic == TOPICS.charging_stats:
                     self.stats = data or {}
+                    self.stats_arrivals.append(asyncio.get_running_loop().time())
                 elif data is not None:
                     self.responses[f"{topic.rsplit('/', 1)[1]}:{data['request_id']}"] = data
                 self.changed.notify_all()

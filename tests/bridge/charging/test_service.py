@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 from typing import Any
@@ -444,3 +445,22 @@ async def test_without_session_tracking_events_are_only_counted(
         assert reply["ok"] is False and "session tracking is disabled" in reply["message"]
         await w.stats_where(**stats(total_events_processed=2))
         assert w.sessions == {}
+
+
+async def test_stats_are_published_at_most_every_stats_interval(
+    broker: Mosquitto, tmp_path: Path
+) -> None:
+    interval = 0.25
+    async with (
+        running_service(settings_for(broker, tmp_path, stats_interval=interval)),
+        watcher(broker) as w,
+        aiomqtt.Client("127.0.0.1", broker.port) as gw,
+    ):
+        for batch in range(4):
+            for i in range(batch * 10, batch * 10 + 10):
+                await publish_event(gw, "port", power_event(0.01, order_no=f"{i:032X}"))
+            await w.stats_where(total_events_processed=batch * 10 + 10)
+        arrivals = w.stats_arrivals[1:]  # the first is the retained one, sent on subscribing
+        gaps = [b - a for a, b in itertools.pairwise(arrivals)]
+        assert len(w.stats_arrivals) < 40
+        assert min(gaps) > interval * 0.8, gaps
