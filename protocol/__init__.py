@@ -1,0 +1,173 @@
+"""Sans-I/O codec for the DNY (AP3000) charger protocol: bytes in, typed items out.
+
+    decoder = StreamDecoder()
+    for item in decoder.feed(received):
+        if isinstance(item, Frame):
+            payload = decode_payload(item.command, item.data, Sender.DEVICE)
+    reply = encode_frame(frame.physical_id, frame.message_id, 0x21, encode_payload(ResultReply(0)))
+
+Fields keep wire values; SI values are `*_v`, `*_w`, `*_kwh`, `*_a`, `*_c`, `*_s` properties
+(see `protocol.units`).
+"""
+
+from protocol.commands._model import Payload
+from protocol.commands.cabinet import (
+    Alarm,
+    CabinetHeartbeat,
+    CabinetStop,
+    CabinetStopReply,
+    PortPush,
+)
+from protocol.commands.card import CardSwipe, CardSwipeReply
+from protocol.commands.charging import (
+    AdjustCharging,
+    ChargeControl,
+    ChargeControlReply,
+    ChargeFinished,
+    OrderConfirmation,
+    OrderConfirmationReply,
+    PortPowerReport,
+    SessionEnd,
+    Settlement,
+)
+from protocol.commands.common import Empty, RawPayload, ResultReply
+from protocol.commands.heartbeats import (
+    Heartbeat,
+    LegacyHeartbeat,
+    Registration,
+    TimeReply,
+    TimeRequest,
+)
+from protocol.commands.host import (
+    BusPoll,
+    ExtensionVersion,
+    ExtensionVersions,
+    FskParams,
+    FskParamsRequest,
+    HostHeartbeat,
+    HostStatus,
+    ServerAddress,
+    TestModeReport,
+)
+from protocol.commands.params import (
+    CardModeSet,
+    CardParams,
+    ChargeLimits,
+    EepromRead,
+    EepromReadReply,
+    EepromWrite,
+    Locate,
+    MultiFunction,
+    PlayVoice,
+    QrCodeSetup,
+    RunningParams1,
+    RunningParams2,
+    RunningParams3,
+    TemporaryQrCode,
+    WorkModeSet,
+)
+from protocol.commands.registry import Sender, command_name, decode_payload, encode_payload
+from protocol.commands.reserved import ReservedFd, ReservedFdReply, ReservedFe
+from protocol.commands.upgrade import (
+    FirmwarePacket,
+    LegacyUpgradeRequest,
+    UpgradeReply,
+    UpgradeRequest,
+)
+from protocol.errors import (
+    ChecksumError,
+    DnyError,
+    FrameError,
+    LengthError,
+    PayloadError,
+    TruncatedError,
+)
+from protocol.frame import (
+    BadFrame,
+    Frame,
+    Garbage,
+    Iccid,
+    Keepalive,
+    StreamDecoder,
+    StreamItem,
+    decode_frame,
+    encode_frame,
+)
+
+__all__ = [
+    "AdjustCharging",
+    "Alarm",
+    "BadFrame",
+    "BusPoll",
+    "CabinetHeartbeat",
+    "CabinetStop",
+    "CabinetStopReply",
+    "CardModeSet",
+    "CardParams",
+    "CardSwipe",
+    "CardSwipeReply",
+    "ChargeControl",
+    "ChargeControlReply",
+    "ChargeFinished",
+    "ChargeLimits",
+    "ChecksumError",
+    "DnyError",
+    "EepromRead",
+    "EepromReadReply",
+    "EepromWrite",
+    "Empty",
+    "ExtensionVersion",
+    "ExtensionVersions",
+    "FirmwarePacket",
+    "Frame",
+    "FrameError",
+    "FskParams",
+    "FskParamsRequest",
+    "Garbage",
+    "Heartbeat",
+    "HostHeartbeat",
+    "HostStatus",
+    "Iccid",
+    "Keepalive",
+    "LegacyHeartbeat",
+    "LegacyUpgradeRequest",
+    "LengthError",
+    "Locate",
+    "MultiFunction",
+    "OrderConfirmation",
+    "OrderConfirmationReply",
+    "Payload",
+    "PayloadError",
+    "PlayVoice",
+    "PortPowerReport",
+    "PortPush",
+    "QrCodeSetup",
+    "RawPayload",
+    "Registration",
+    "ReservedFd",
+    "ReservedFdReply",
+    "ReservedFe",
+    "ResultReply",
+    "RunningParams1",
+    "RunningParams2",
+    "RunningParams3",
+    "Sender",
+    "ServerAddress",
+    "SessionEnd",
+    "Settlement",
+    "StreamDecoder",
+    "StreamItem",
+    "TemporaryQrCode",
+    "TestModeReport",
+    "TimeReply",
+    "TimeRequest",
+    "TruncatedError",
+    "UpgradeReply",
+    "UpgradeRequest",
+    "WorkModeSet",
+    "command_name",
+    "decode_frame",
+    "decode_payload",
+    "encode_frame",
+    "encode_payload",
+]

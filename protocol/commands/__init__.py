@@ -1,0 +1,1 @@
+"""Payload models, one module per command family, and the (command, sender) registry."""

@@ -1,0 +1,86 @@
+"""JSON-ready descriptions of frames and stream items (the `chargebridge decode` output).
+
+Kept in the codec so that the CLI, the bench and the gateway's debug logs share one code path.
+Payload keys use wire semantics (`port` is the 0-based wire index, bytes are upper-case hex,
+optional fields the device did not send are null), with SI values beside the raw ones
+(`voltage` and `voltage_v`) and enumeration names beside codes (`stop_reason_name`). The
+payload's model class is given under `model`.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from protocol.commands.registry import Sender, command_name, decode_payload
+from protocol.errors import FrameError, PayloadError
+from protocol.frame import (
+    MIN_LENGTH,
+    BadFrame,
+    Frame,
+    Garbage,
+    Iccid,
+    Keepalive,
+    StreamItem,
+    decode_frame_unchecked,
+)
+
+# The objects built here never contain cycles: skipping the check saves ~10 % per frame.
+to_json_line = json.JSONEncoder(check_circular=False, ensure_ascii=False).encode
+
+
+def frame_json(frame: Frame, sender: Sender, *, checksum_ok: bool = True) -> dict[str, Any]:
+    """The decode-CLI object for one frame; a payload that does not fit its command's layout
+    gives `payload: null` plus `error` and the data block as `data_hex`."""
+    command = frame.command
+    out: dict[str, Any] = {
+        "command": command,
+        "command_name": command_name(command),
+        "physical_id": frame.physical_id,
+        "device_id": f"{frame.physical_id:08X}",
+        "message_id": frame.message_id,
+        "direction": "device_to_server" if sender is Sender.DEVICE else "server_to_device",
+        "length": len(frame.data) + MIN_LENGTH,
+        "checksum_ok": checksum_ok,
+    }
+    try:
+        payload = decode_payload(command, frame.data, sender)
+    except PayloadError as exc:
+        out["payload"] = None
+        out["error"] = str(exc)
+        out["data_hex"] = frame.data.hex().upper()
+        return out
+    body = payload.to_json()
+    body["model"] = type(payload).__name__
+    out["payload"] = body
+    return out
+
+
+def describe_frame(raw: bytes, sender: Sender) -> tuple[dict[str, Any], bool]:
+    """Describe bytes that should be exactly one frame; the flag is False for any error
+    (malformed frame, bad checksum — still decoded, with `checksum_ok: false` — or payload)."""
+    try:
+        frame, checksum_ok = decode_frame_unchecked(raw)
+    except FrameError as exc:
+        return {"error": str(exc), "data_hex": raw.hex().upper()}, False
+    out = frame_json(frame, sender, checksum_ok=checksum_ok)
+    if not checksum_ok and "error" not in out:
+        out["error"] = "checksum mismatch"
+    return out, checksum_ok and "error" not in out
+
+
+def describe_item(item: StreamItem, sender: Sender) -> tuple[dict[str, Any], bool]:
+    """Describe one StreamDecoder item: frames as in `frame_json`, `{"iccid": ...}`,
+    `{"keepalive": true}`, and errors for garbage (`count` skipped bytes) and bad frames."""
+    if isinstance(item, Frame):
+        out = frame_json(item, sender)
+        return out, "error" not in out
+    if isinstance(item, Iccid):
+        return {"iccid": item.value}, True
+    if isinstance(item, Keepalive):
+        return {"keepalive": True}, True
+    if isinstance(item, Garbage):
+        return {"error": "garbage", "count": item.count, "data_hex": item.data.hex().upper()}, False
+    if isinstance(item, BadFrame):
+        return {"error": f"bad frame: {item.error}", "data_hex": item.data.hex().upper()}, False
+    raise TypeError(f"not a stream item: {item!r}")
