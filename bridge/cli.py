@@ -12,6 +12,8 @@ from bridge import __version__
 # sub-command -> module in bridge.commands; order is the order shown in --help.
 SUBCOMMANDS: dict[str, str] = {
     "decode": "decode",
+    "gateway": "gateway",
+    "service": "service",
     "simulate": "simulate",
 }
 

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections.abc import Iterable
 from typing import Any
 
 from protocol import Sender, StreamDecoder
-from protocol.describe import describe_frame, describe_item
+from protocol.describe import describe_frame, describe_item, to_json_line
 
 HELP = "decode DNY frames given as hex to JSON, one object per line"
 
@@ -36,7 +35,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _emit(obj: dict[str, Any]) -> None:
-    sys.stdout.write(json.dumps(obj, ensure_ascii=False) + "\n")
+    sys.stdout.write(to_json_line(obj) + "\n")
 
 
 def _inputs(args: argparse.Namespace) -> Iterable[str]:

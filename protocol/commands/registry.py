@@ -236,6 +236,9 @@ COMMAND_NAMES: dict[int, str] = {
 }
 
 
+_FROM_DEVICE = {command: decoder for (command, who), decoder in DECODERS.items() if who is DEVICE}
+_FROM_SERVER = {command: decoder for (command, who), decoder in DECODERS.items() if who is SERVER}
+
 # Decoders that choose between several models by the data (documented tolerant decoding).
 DISPATCHED: dict[tuple[int, Sender], tuple[type[Payload], ...]] = {
     (0x05, DEVICE): (upgrade.UpgradeRequest, upgrade.LegacyUpgradeRequest),
@@ -264,7 +267,8 @@ def decode_payload(command: int, data: bytes, sender: Sender) -> Payload:
     Raises PayloadError (naming the command and the length) when the data is shorter than the
     command's mandatory prefix; never any other exception.
     """
-    decoder = DECODERS.get((command, sender))
+    # Per-sender tables keyed by int: Enum.__hash__ is Python code, too slow for every frame.
+    decoder = (_FROM_DEVICE if sender is DEVICE else _FROM_SERVER).get(command)
     if decoder is None:
         return common.RawPayload(bytes(data))
     try:

@@ -100,7 +100,7 @@ def test_too_short_for_the_prefix(command: int, sender: Sender, cls: type[Payloa
 
 
 @pytest.mark.parametrize(("command", "sender", "cls"), CASES, ids=IDS)
-@settings(max_examples=10, deadline=None)
+@settings(max_examples=25, deadline=None)
 @given(data=st.data())
 def test_si_properties_match_json(
     command: int, sender: Sender, cls: type[Payload], data: st.DataObject
@@ -111,7 +111,14 @@ def test_si_properties_match_json(
         if spec.wire.unit is None:
             continue
         key = spec.name + spec.wire.unit.suffix
-        assert key in body
+        raw = getattr(payload, spec.name)
+        convert = spec.wire.unit.convert
+        if raw is None:
+            assert body[key] is None
+        elif isinstance(raw, tuple):
+            assert body[key] == [convert(item) for item in raw]
+        else:
+            assert body[key] == convert(raw)
         if hasattr(payload, key):
             value = getattr(payload, key)
             assert (list(value) if isinstance(value, tuple) else value) == body[key]
@@ -151,3 +158,12 @@ def test_units_and_optional_fields() -> None:
     settlement = Settlement(60, 10, 5, 0, 1, bytes(4), 5, bytes(16))
     assert settlement.to_json()["stop_reason_name"] == "unplugged"
     assert len(settlement.encode()) == 29
+
+
+@pytest.mark.parametrize(("command", "sender", "cls"), CASES, ids=IDS)
+def test_enum_names_in_json(command: int, sender: Sender, cls: type[Payload]) -> None:
+    payload = minimal(cls, sum(1 for spec in cls.SPEC if spec.optional))
+    body = payload.to_json()
+    for spec in cls.SPEC:
+        if spec.wire.enum is not None and spec.wire.kind == "int":
+            assert body[f"{spec.name}_name"] == spec.wire.enum(getattr(payload, spec.name))

@@ -1,0 +1,123 @@
+"""Composition root: builds the gateway's parts and runs them in one TaskGroup.
+
+`GatewayApp(settings).serve(ready=...)` serves until cancelled; `run` (gateway + charging
+service in one process) and `demo` compose it with their own parts. Shutdown order: stop
+accepting devices, publish every device and the bridge offline, flush to the broker, close the
+device connections, disconnect.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from contextlib import suppress
+
+from bridge.config import GatewaySettings
+from bridge.gateway.core import Gateway
+from bridge.links.serial import SerialLink
+from bridge.links.tcp import TcpLink
+from bridge.mqtt.client import MqttClient, MqttSettings, Will
+from bridge.mqtt.payloads import BridgeState
+from bridge.mqtt.topics import Topics
+
+log = logging.getLogger(__name__)
+
+
+def gateway_mqtt_settings(settings: GatewaySettings, topics: Topics) -> MqttSettings:
+    """Clean session (stale device commands are not worth replaying) and the offline will."""
+    return MqttSettings(
+        url=settings.mqtt,
+        client_id=f"chargebridge-gateway-{settings.gateway_id}",
+        clean_start=True,
+        will=Will(
+            topic=topics.bridge_state,
+            payload=BridgeState(state="offline").to_json(),
+            retain=True,
+        ),
+    )
+
+
+class GatewayApp:
+    def __init__(self, settings: GatewaySettings) -> None:
+        self.settings = settings
+        self.topics = Topics(settings.base_topic)
+        self.tcp_links: list[TcpLink] = []
+        self.serial_links: list[SerialLink] = []
+        self.gateway: Gateway | None = None
+
+    @property
+    def tcp_addresses(self) -> list[tuple[str, int]]:
+        """Bound (host, port) of every TCP listener, valid once `ready` is set."""
+        return [addr for link in self.tcp_links for addr in link.addresses]
+
+    async def serve(self, *, ready: asyncio.Event | None = None) -> None:
+        settings = self.settings
+        mqtt = MqttClient(
+            gateway_mqtt_settings(settings, self.topics),
+            subscriptions=[(self.topics.all_device_requests, 1)],
+        )
+        gateway = self.gateway = Gateway(settings, mqtt, self.topics)
+        mqtt.on_connect = gateway.on_mqtt_connect
+        async with mqtt:
+            try:
+                for host, port in settings.tcp_listeners:
+                    link = TcpLink(
+                        gateway,
+                        host,
+                        port,
+                        max_connections_per_ip=settings.max_connections_per_ip,
+                        max_write_buffer=settings.max_write_buffer,
+                    )
+                    await link.start()  # OSError (port taken) propagates unwrapped
+                    self.tcp_links.append(link)
+                async with asyncio.TaskGroup() as tg:
+                    for url in settings.serial:
+                        serial = SerialLink(
+                            gateway,
+                            url,
+                            baudrate=settings.serial_baudrate,
+                            max_write_buffer=settings.max_write_buffer,
+                        )
+                        self.serial_links.append(serial)
+                        tg.create_task(serial.run(), name=f"serial {url}")
+                    tg.create_task(gateway.stats_forever(), name="bridge-stats")
+                    tg.create_task(gateway.idle_forever(), name="idle-sweeper")
+                    tg.create_task(self._requests(mqtt, gateway, tg), name="device-requests")
+                    log.info(
+                        "gateway running",
+                        extra={"gateway_id": settings.gateway_id, "tcp": self.tcp_addresses},
+                    )
+                    if ready is not None:
+                        ready.set()
+            finally:
+                await self._shutdown(gateway)
+
+    async def _requests(self, mqtt: MqttClient, gateway: Gateway, tg: asyncio.TaskGroup) -> None:
+        async for message in mqtt.messages:
+            tg.create_task(
+                gateway.handle_request(
+                    str(message.topic), _payload_bytes(message.payload), message.properties
+                )
+            )
+
+    async def _shutdown(self, gateway: Gateway) -> None:
+        for link in self.tcp_links:
+            link.stop_accepting()
+        with suppress(Exception):
+            await gateway.shutdown()
+        for cs in list(gateway.registry.conns.values()):
+            cs.conn.close()
+        log.info("gateway stopped")
+
+
+def _payload_bytes(payload: object) -> bytes:
+    if isinstance(payload, bytes | bytearray):
+        return bytes(payload)
+    if isinstance(payload, str):
+        return payload.encode()
+    return b"" if payload is None else str(payload).encode()
+
+
+async def run_gateway(settings: GatewaySettings, *, ready: asyncio.Event | None = None) -> None:
+    """Serve the gateway until cancelled."""
+    await GatewayApp(settings).serve(ready=ready)

@@ -1,0 +1,250 @@
+"""Configuration: pydantic-settings models, one per role, sharing one flat option namespace.
+
+Every option `foo_bar` is `--foo-bar` on the command line, `CHARGEBRIDGE_FOO_BAR` in the
+environment and `foo_bar = ...` in the TOML file given by `--config`; precedence is command
+line > environment > file > defaults. Roles compose by inheritance: `CommonSettings` holds what
+every role needs, `GatewaySettings` adds the gateway's options, and the charging service adds
+its own class; `run` can inherit from both. Keys of other roles in the shared TOML file are
+ignored. Settings are passed explicitly, never kept in a global.
+"""
+
+from __future__ import annotations
+
+import argparse
+import socket
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any, Literal, TypeVar
+
+from pydantic import Field, ValidationError, field_validator
+from pydantic.fields import FieldInfo
+from pydantic_settings import (
+    BaseSettings,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+ENV_PREFIX = "CHARGEBRIDGE_"
+
+
+class ConfigError(Exception):
+    """A bad option; the message is one line naming the option."""
+
+
+def _split_list(value: Any) -> Any:
+    """Environment and TOML strings may list several values separated by commas."""
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
+
+
+StrList = Annotated[list[str], NoDecode]
+
+
+class CommonSettings(BaseSettings):
+    """Options every role shares."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", frozen=True)
+
+    mqtt: str = Field(
+        default="mqtt://127.0.0.1:1883",
+        description="broker URL, mqtt://user:pass@host:port or mqtts:// for TLS",
+        pattern=r"^mqtts?://",
+    )
+    base_topic: str = Field(
+        default="chargebridge",
+        description="prefix of every topic",
+        pattern=r"^[^#+\s]+$",
+    )
+    gateway_id: str = Field(
+        default_factory=socket.gethostname,
+        description="name of this gateway in payloads (default: the host name)",
+        min_length=1,
+    )
+    state_dir: Path = Field(
+        default=Path("./chargebridge-state"), description="directory for durable state"
+    )
+    log_format: Literal["text", "json"] = Field(default="text", description="log line format")
+    log_level: Literal["debug", "info", "warning", "error"] = Field(
+        default="info", description="minimum level logged"
+    )
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _lower(cls, value: Any) -> Any:
+        return value.lower() if isinstance(value, str) else value
+
+
+class GatewaySettings(CommonSettings):
+    """Options of the gateway (the half facing the chargers)."""
+
+    tcp: StrList = Field(
+        default=["0.0.0.0:7054"],
+        description="device TCP listener HOST:PORT, repeatable; `none` disables",
+    )
+    serial: StrList = Field(
+        default=[],
+        description="serial link (any pyserial URL: /dev/ttyUSB0, socket://h:p), repeatable",
+    )
+    serial_baudrate: int = Field(default=9600, description="baud rate of serial links", gt=0)
+    idle_timeout: float = Field(
+        default=300.0,
+        gt=0,
+        description="seconds of silence after which a connection is closed and its devices "
+        "marked offline",
+    )
+    card_policy: Literal["reject", "accept", "authorize"] = Field(
+        default="reject",
+        description="answer to card swipes: reject (unregistered), accept (configured "
+        "balance) or authorize (ask over MQTT, fall back to card_fallback_policy)",
+    )
+    card_fallback_policy: Literal["reject", "accept"] = Field(
+        default="reject", description="answer when nobody authorizes a swipe in time"
+    )
+    card_balance_cents: int = Field(
+        default=0, ge=0, le=0xFFFFFFFF, description="balance announced with `accept` (fen)"
+    )
+    card_authorize_timeout_s: float = Field(
+        default=5.0,
+        gt=0,
+        le=14,
+        description="how long `authorize` waits for a card_reply (device times out at 15 s)",
+    )
+    command_timeout_s: float = Field(
+        default=15.0, gt=0, description="reply timeout of device commands (one resend after it)"
+    )
+    command_spacing_s: float = Field(
+        default=0.5, ge=0, description="minimum seconds between two commands to one device"
+    )
+    stats_interval: float = Field(
+        default=5.0, gt=0, description="minimum seconds between two bridge/stats messages"
+    )
+    debug_devices: StrList = Field(
+        default=[], description="device ids whose frames are logged as hex, both directions"
+    )
+    max_connections_per_ip: int = Field(
+        default=1000, gt=0, description="TCP connections accepted from one address"
+    )
+    max_write_buffer: int = Field(
+        default=65536,
+        ge=1024,
+        description="bytes queued to one slow peer before the connection is dropped",
+    )
+
+    @field_validator("tcp", "serial", "debug_devices", mode="before")
+    @classmethod
+    def _lists(cls, value: Any) -> Any:
+        return _split_list(value)
+
+    @field_validator("tcp")
+    @classmethod
+    def _tcp(cls, value: list[str]) -> list[str]:
+        if [v.lower() for v in value] == ["none"]:
+            return []
+        for item in value:
+            _host, sep, port = item.rpartition(":")
+            if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+                raise ValueError(f"{item!r} is not HOST:PORT")
+        return value
+
+    @field_validator("debug_devices")
+    @classmethod
+    def _device_ids(cls, value: list[str]) -> list[str]:
+        out = []
+        for item in value:
+            if len(item) != 8 or any(c not in "0123456789abcdefABCDEF" for c in item):
+                raise ValueError(f"{item!r} is not a device id of 8 hex digits")
+            out.append(item.upper())
+        return out
+
+    @property
+    def tcp_listeners(self) -> list[tuple[str, int]]:
+        return [(h.strip("[]"), int(p)) for h, _, p in (t.rpartition(":") for t in self.tcp)]
+
+
+S = TypeVar("S", bound=BaseSettings)
+
+
+def load_settings(cls: type[S], cli: dict[str, Any], config_file: Path | None = None) -> S:
+    """Build settings with precedence `cli` > environment > `config_file` > defaults.
+
+    Raises ConfigError with one line naming the bad option."""
+    if config_file is not None:
+        try:
+            with open(config_file, "rb") as fh:
+                tomllib.load(fh)
+        except OSError as exc:
+            raise ConfigError(f"config: cannot read {config_file}: {exc.strerror}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config: {config_file} is not valid TOML: {exc}") from None
+
+    class _Loader(cls):  # type: ignore[valid-type,misc]
+        @classmethod
+        def settings_customise_sources(
+            cls,
+            settings_cls: type[BaseSettings],
+            init_settings: PydanticBaseSettingsSource,
+            env_settings: PydanticBaseSettingsSource,
+            dotenv_settings: PydanticBaseSettingsSource,
+            file_secret_settings: PydanticBaseSettingsSource,
+        ) -> tuple[PydanticBaseSettingsSource, ...]:
+            sources = [init_settings, env_settings]
+            if config_file is not None:
+                sources.append(TomlConfigSettingsSource(settings_cls, toml_file=config_file))
+            return tuple(sources)
+
+    _Loader.__name__ = cls.__name__
+    try:
+        return _Loader(**{k: v for k, v in cli.items() if v is not None})
+    except ValidationError as exc:
+        raise ConfigError(_one_line(exc)) from None
+
+
+def _one_line(exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors():
+        option = ".".join(str(p) for p in err["loc"] if not isinstance(p, int)) or "config"
+        got = err.get("input")
+        shown = f" (got {got!r})" if not isinstance(got, dict) else ""
+        parts.append(f"option {option}: {err['msg']}{shown}")
+    return "invalid configuration: " + "; ".join(parts)
+
+
+# --------------------------------------------------------------------------- command line
+
+
+def _is_list(info: FieldInfo) -> bool:
+    return getattr(info.annotation, "__origin__", None) is list or info.annotation == StrList
+
+
+def add_settings_arguments(parser: argparse.ArgumentParser, cls: type[BaseSettings]) -> None:
+    """One `--option-name` per settings field (repeatable for lists), plus `--config`."""
+    parser.add_argument("--config", type=Path, metavar="FILE", help="TOML configuration file")
+    for name, info in cls.model_fields.items():
+        flag = "--" + name.replace("_", "-")
+        default = info.get_default(call_default_factory=False)
+        shown = "" if info.default_factory else f" (default: {default})"
+        help_text = (info.description or "") + shown
+        if _is_list(info):
+            parser.add_argument(flag, dest=name, action="append", metavar="VALUE", help=help_text)
+        else:
+            parser.add_argument(flag, dest=name, metavar="VALUE", help=help_text)
+
+
+def settings_from_args(cls: type[S], args: argparse.Namespace) -> S:
+    cli = {name: getattr(args, name, None) for name in cls.model_fields}
+    return load_settings(cls, cli, getattr(args, "config", None))
+
+
+def describe_options(cls: type[BaseSettings]) -> list[tuple[str, str, str]]:
+    """(option, default, description) for the docs' configuration table."""
+    rows = []
+    for name, info in cls.model_fields.items():
+        if info.default_factory is not None:
+            default = "host name" if name == "gateway_id" else str(info.default_factory())  # type: ignore[call-arg]
+        else:
+            default = str(info.default)
+        rows.append((name, default, info.description or ""))
+    return rows

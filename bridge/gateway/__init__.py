@@ -1,0 +1,1 @@
+"""The gateway: device registry, protocol duties, events to MQTT and commands from it."""

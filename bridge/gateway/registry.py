@@ -1,0 +1,84 @@
+"""Devices by physical id and the connections they are reachable on.
+
+A connection is bound to a device by the first frame carrying its physical id; a host or an
+RS-485 line binds many. A device seen on a second connection moves there (it reconnected); the
+old TCP connection is closed once no device is left on it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+
+from bridge.links.base import Connection
+from bridge.mqtt.payloads import DeviceState, PortState, iso_utc
+from protocol.ids import device_id, device_kind, device_number
+
+
+@dataclass(slots=True, eq=False)
+class ConnState:
+    conn: Connection
+    iccid: str | None = None
+    devices: set[int] = field(default_factory=set)
+    last_rx: float = field(default_factory=time.monotonic)
+    close_reason: str = "closed"
+
+
+@dataclass(slots=True, eq=False)
+class Device:
+    physical_id: int
+    device_id: str
+    conn: Connection | None = None
+    online: bool = False
+    iccid: str | None = None
+    firmware: str | None = None
+    port_count: int | None = None
+    voltage_v: float | None = None
+    signal: int | None = None
+    temperature_c: float | None = None
+    last_seen: float | None = None  # unix time
+    last_rx: float = 0.0  # monotonic
+    seen_0x21: bool = False
+    ports: dict[int, PortState] = field(default_factory=dict)  # 1-based
+    # command channel: one command in flight, spacing between commands
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    next_send_at: float = 0.0
+    last_message_id: int = 0
+    queued: int = 0
+
+    def next_message_id(self) -> int:
+        """Each new command carries a new message id (1..65535, wrapping)."""
+        self.last_message_id = self.last_message_id % 0xFFFF + 1
+        return self.last_message_id
+
+    def state(self, gateway_id: str) -> DeviceState:
+        return DeviceState(
+            device_id=self.device_id,
+            device_number=device_number(self.physical_id),
+            device_kind=device_kind(self.physical_id),
+            online=self.online,
+            iccid=self.iccid,
+            firmware=self.firmware,
+            port_count=self.port_count,
+            voltage_v=self.voltage_v,
+            signal=self.signal,
+            temperature_c=self.temperature_c,
+            last_seen=iso_utc(self.last_seen) if self.last_seen is not None else None,
+            gateway_id=gateway_id,
+        )
+
+
+class Registry:
+    def __init__(self) -> None:
+        self.devices: dict[int, Device] = {}
+        self.conns: dict[int, ConnState] = {}
+
+    def device(self, physical_id: int) -> Device:
+        dev = self.devices.get(physical_id)
+        if dev is None:
+            dev = self.devices[physical_id] = Device(physical_id, device_id(physical_id))
+        return dev
+
+    def online_count(self) -> int:
+        return sum(1 for d in self.devices.values() if d.online)

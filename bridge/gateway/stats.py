@@ -1,0 +1,38 @@
+"""Gateway counters, published retained on `{b}/bridge/stats`."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+
+from bridge.mqtt.payloads import BridgeStats, iso_utc
+
+
+@dataclass(slots=True)
+class GatewayStats:
+    frames_in: int = 0
+    frames_out: int = 0
+    bytes_in: int = 0
+    bytes_out: int = 0
+    decode_errors: int = 0
+    checksum_errors: int = 0
+    commands_sent: int = 0
+    command_timeouts: int = 0
+    duplicates: int = 0
+    garbage_bytes: int = 0
+    connections_dropped: int = 0
+    started: float = field(default_factory=time.monotonic)
+
+    def counters(self, connections: int, devices_online: int) -> dict[str, int]:
+        """Everything that changes only with traffic (no clock), to detect changes."""
+        values = asdict(self)
+        del values["started"]
+        values.update(connections=connections, devices_online=devices_online)
+        return values
+
+    def snapshot(self, connections: int, devices_online: int) -> BridgeStats:
+        return BridgeStats(
+            **self.counters(connections, devices_online),
+            uptime_s=int(time.monotonic() - self.started),
+            updated_at=iso_utc(),
+        )

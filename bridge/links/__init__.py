@@ -1,0 +1,1 @@
+"""Device links: move bytes between chargers and the gateway, nothing else."""

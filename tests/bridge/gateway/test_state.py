@@ -1,0 +1,57 @@
+"""Retained state: device, ports, bridge stats, as a subscriber arriving later sees them."""
+
+from __future__ import annotations
+
+import protocol as p
+from bridge.mqtt.payloads import BridgeStats
+from tests.bridge.gateway.conftest import B
+from tests.bridge.helpers import FakeDevice, MqttCollector, mqtt_collector
+from tests.broker import Mosquitto
+
+DEV = f"{B}/devices/04AB373B"
+
+
+async def test_late_subscriber_gets_retained_device_and_port_states(
+    broker: Mosquitto, device: FakeDevice, mqtt: MqttCollector
+) -> None:
+    hb = p.Heartbeat(voltage=2300, port_statuses=(1, 0), signal=3, temperature=0)
+    await device.send(0x21, p.encode_payload(hb))
+    await device.recv()
+    await mqtt.wait(f"{DEV}/ports/2")  # published
+    async with mqtt_collector(broker, f"{DEV}/#") as late:
+        state = await late.wait_message(DEV)
+        port1 = await late.wait_message(f"{DEV}/ports/1")
+        port2 = await late.wait_message(f"{DEV}/ports/2")
+    assert state.retain and port1.retain and port2.retain
+    body = state.json()
+    assert set(body) == {
+        "device_id",
+        "device_number",
+        "device_kind",
+        "online",
+        "iccid",
+        "firmware",
+        "port_count",
+        "voltage_v",
+        "signal",
+        "temperature_c",
+        "last_seen",
+        "gateway_id",
+    }
+    assert (body["online"], body["voltage_v"], body["temperature_c"]) == (True, 230.0, None)
+    assert (port1.json()["status"], port2.json()["status"]) == ("charging", "idle")
+
+
+async def test_bridge_stats_retained_and_counting(
+    broker: Mosquitto, device: FakeDevice, mqtt: MqttCollector
+) -> None:
+    await device.send(0x22)
+    await device.recv()
+    await mqtt.wait(f"{B}/bridge/stats", lambda m: m["frames_out"] >= 1)
+    async with mqtt_collector(broker, f"{B}/bridge/stats") as late:
+        message = await late.wait_message(f"{B}/bridge/stats")
+    assert message.retain
+    stats = BridgeStats.model_validate(message.json())
+    assert stats.frames_in >= 1 and stats.bytes_in >= 14 and stats.bytes_out >= 18
+    assert stats.connections == 1 and stats.devices_online == 1
+    assert stats.updated_at.endswith("Z")
