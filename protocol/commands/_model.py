@@ -24,6 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, fields
 from typing import Annotated, Any, ClassVar, Self, TypeVar
 
+from protocol._fast import slot_constructor
 from protocol.enums import Namer, unknown
 from protocol.errors import PayloadError
 from protocol.units import (
@@ -264,24 +265,9 @@ def model(cls: type[_T]) -> type[_T]:
         cls._ascii = tuple(i for i, spec in enumerate(fixed) if spec.wire.kind == ASCII)
     elif "decode" not in cls.__dict__ or "encode" not in cls.__dict__:
         raise TypeError(f"{cls.__name__}: irregular layout needs its own decode and encode")
-    cls._new = _compile_new(cls, specs)
+    cls._new = slot_constructor(cls)
     cls.to_json = _compile_to_json(cls.__name__, specs)  # type: ignore[method-assign,assignment]
     return cls
-
-
-def _compile_new(cls: type[Payload], specs: tuple[FieldSpec, ...]) -> Callable[..., Any]:
-    """Generate a constructor that fills the slots directly (frozen dataclasses pay an
-    `object.__setattr__` call per field in __init__; decoding trusts its own values)."""
-    env: dict[str, Any] = {"new": object.__new__, "cls": cls}
-    args = ", ".join(f"a{i}" for i in range(len(specs)))
-    lines = [f"def _new({args}):", "    self = new(cls)"]
-    for index, spec in enumerate(specs):
-        env[f"set{index}"] = getattr(cls, spec.name).__set__
-        lines.append(f"    set{index}(self, a{index})")
-    lines.append("    return self")
-    exec(compile("\n".join(lines) + "\n", f"<{cls.__name__}._new>", "exec"), env)
-    function: Callable[..., Any] = env["_new"]
-    return function
 
 
 def _compile_to_json(owner: str, specs: tuple[FieldSpec, ...]) -> Callable[[Any], dict[str, Any]]:
