@@ -169,39 +169,39 @@ class _Record:
     message_id: int
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False)
 class SimulatedDevice:
     """A charging pile with `port_count` sockets talking DNY over one connection."""
 
     physical_id: int
     port_count: int
-    rng: random.Random
-    stats: FleetStats = field(default_factory=FleetStats)
-    timing: DeviceTiming = field(default_factory=DeviceTiming)
-    users: UserBehaviour | None = None
+    rng: random.Random = field(repr=False)
+    stats: FleetStats = field(default_factory=FleetStats, repr=False)
+    timing: DeviceTiming = field(default_factory=DeviceTiming, repr=False)
+    users: UserBehaviour | None = field(default=None, repr=False)
     iccid: str | None = None
-    ports: list[Port] = field(default_factory=list)
+    ports: list[Port] = field(default_factory=list, repr=False)
     connected: bool = False
     registered: bool = False
     online: bool = False
     time_synced: bool = False
     clock_offset: float = 0.0
     reboot_at: float | None = None
-    params: dict[int, Payload] = field(default_factory=dict)
-    settlements: deque[_Record] = field(default_factory=deque)
-    _out: list[bytes] = field(default_factory=list)
-    _message_id: int = 0
-    _registration_id: int | None = None
-    _registration_at: float = math.inf
-    _heartbeat_at: float = math.inf
-    _heartbeats: dict[int, float] = field(default_factory=dict)
-    _missed: int = 0
-    _time_id: int | None = None
-    _time_at: float = math.inf
-    _settlement_at: float = math.inf
-    _last_traffic: float = 0.0
-    _now: float = 0.0
-    _cards: tuple[bytes, ...] = ()
+    params: dict[int, Payload] = field(default_factory=dict, repr=False)
+    settlements: deque[_Record] = field(default_factory=deque, repr=False)
+    _out: list[bytes] = field(default_factory=list, repr=False)
+    _message_id: int = field(default=0, repr=False)
+    _registration_id: int | None = field(default=None, repr=False)
+    _registration_at: float = field(default=math.inf, repr=False)
+    _heartbeat_at: float = field(default=math.inf, repr=False)
+    _heartbeats: dict[int, float] = field(default_factory=dict, repr=False)
+    _missed: int = field(default=0, repr=False)
+    _time_id: int | None = field(default=None, repr=False)
+    _time_at: float = field(default=math.inf, repr=False)
+    _settlement_at: float = field(default=math.inf, repr=False)
+    _last_traffic: float = field(default=0.0, repr=False)
+    _now: float = field(default=0.0, repr=False)
+    _cards: tuple[bytes, ...] = field(default=(), repr=False)
 
     def __post_init__(self) -> None:
         if not self.ports:
