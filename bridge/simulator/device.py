@@ -103,6 +103,9 @@ DEFAULT_CARD_PARAMS = CardParams(
     sector=0, user_key=bytes.fromhex("159185191880"), new_card_key=b"\xff" * 6
 )
 
+MAX_OVERLOAD = 20000
+"""0x85 overload power limit of dual and multi-port piles: 2000 W, in 0.1 W."""
+
 SETTABLE = {0x83: 0x90, 0x84: 0x91, 0x85: 0x92, 0x86: 0x93}
 """Parameter set command -> the query command that reads the same layout back."""
 
@@ -699,6 +702,9 @@ class SimulatedDevice:
     def _on_set_params(self, frame: Frame, payload: Payload, now: float) -> None:
         """0x83..0x86: keep the values (0x83's heartbeat interval and 0x85's max charge time take
         effect) and answer success."""
+        if isinstance(payload, ChargeLimits) and payload.overload_power > MAX_OVERLOAD:
+            self._reply(frame, encode_payload(ResultReply(1)))  # beyond the device limit
+            return
         self.params[frame.command] = payload
         if isinstance(payload, RunningParams1) and payload.heartbeat_interval > 0:
             self.timing = replace(self.timing, heartbeat_s=float(payload.heartbeat_interval))

@@ -29,6 +29,7 @@ from protocol import (
     PortPowerReport,
     Registration,
     ResultReply,
+    RunningParams1,
     Sender,
     Settlement,
     TimeReply,
@@ -417,3 +418,22 @@ def test_reported_energy_is_monotonic_and_the_settlement_adds_only_the_remainder
     assert last <= record.energy <= last + 5
     assert record.duration == int(session.elapsed_s)
     assert record.max_power >= max((r.peak_power for r in reports), default=0)  # type: ignore[attr-defined]
+
+
+def test_overload_power_beyond_the_device_limit_is_refused() -> None:
+    dev = online()
+    too_much = ChargeLimits(36000, 20001)
+    assert [payload(f) for f in command(dev, 0x85, too_much, 1.0)] == [ResultReply(1)]
+    [r] = command(dev, 0x92, Empty(), 2.0)
+    assert decode_payload(0x92, r.data, Sender.DEVICE) != too_much
+
+
+def test_running_parameters_change_the_heartbeat_interval() -> None:
+    dev = online()
+    params = RunningParams1(3, 10, 20, 1800, 3600, 60)
+    assert [payload(f) for f in command(dev, 0x83, params, 0.0)] == [ResultReply(0)]
+    [r] = command(dev, 0x90, Empty(), 0.0)
+    assert decode_payload(0x90, r.data, Sender.DEVICE) == params
+    # The next heartbeat is still due at 180 s; from then on every 60 s.
+    beats = [f for f in run(dev, 180.0 + 3 * 60 + 1) if f.command == 0x21]
+    assert len(beats) == 4
