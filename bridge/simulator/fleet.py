@@ -19,6 +19,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+import serial_asyncio_fast
+
 from protocol import BadFrame, Frame, StreamDecoder
 
 from .device import DeviceTiming, SimulatedDevice, UserBehaviour
@@ -69,6 +71,12 @@ class FleetConfig:
     reconnect_max_s: float = 30.0
     connect_timeout_s: float = 10.0
     max_connecting: int = 256
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ValueError(f"kind must be one of {', '.join(KINDS)}, got {self.kind!r}")
+        if self.devices < 0 or self.speed <= 0:
+            raise ValueError("devices must be >= 0 and speed > 0")
 
     def ports_of(self, index: int) -> int:
         """Port count of device `index`: fixed, or a 2/10/16 mix (mostly dual sockets)."""
@@ -323,8 +331,6 @@ class Fleet:
             self._connecting.release()
 
     async def _open_bus(self) -> None:
-        import serial_asyncio_fast
-
         assert isinstance(self.target, SerialTarget)
         drivers = {d.device.physical_id: d for d in self._drivers}
         proto = _StreamProtocol(self, drivers, None)

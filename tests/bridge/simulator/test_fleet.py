@@ -264,3 +264,27 @@ async def test_ctrl_c_stops_cleanly_and_still_prints_the_summary() -> None:
     assert b"Traceback" not in err
     summary = json.loads(out)
     assert summary["registered"] == 3 and summary["connected"] == 3
+
+
+@pytest.mark.parametrize(
+    ("text", "host", "port"),
+    [
+        ("127.0.0.1:7054", "127.0.0.1", 7054),
+        ("[::1]:9", "::1", 9),
+        ("gw.example:1", "gw.example", 1),
+    ],
+)
+def test_tcp_target_parses_host_and_port(text: str, host: str, port: int) -> None:
+    assert TcpTarget.parse(text) == TcpTarget(host, port)
+
+
+@pytest.mark.parametrize("text", ["7054", "host:", ":7054", "host:0", "host:70000", "host:x"])
+def test_tcp_target_rejects_malformed_text(text: str) -> None:
+    with pytest.raises(ValueError, match="HOST:PORT"):
+        TcpTarget.parse(text)
+
+
+def test_fleet_config_rejects_an_unknown_kind() -> None:
+    with pytest.raises(ValueError, match="kind"):
+        FleetConfig(kind="12")
+    assert [FleetConfig(kind="mixed").ports_of(i) for i in range(5)] == [2, 2, 2, 10, 16]
