@@ -63,6 +63,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--first-index", type=int, default=0, help="index of the first device (physical IDs)"
     )
+    parser.add_argument(
+        "--local-ip",
+        metavar="IP",
+        action="append",
+        default=[],
+        help="source address to connect from; repeat to spread devices over several "
+        "(e.g. 127.0.0.2 and 127.0.0.3 to stay under a per-address connection limit)",
+    )
     parser.add_argument("--baudrate", type=int, default=9600, help="serial line speed")
     parser.add_argument(
         "--quiet", action="store_true", help="no progress lines, only the final JSON"
@@ -80,6 +88,7 @@ def main(args: argparse.Namespace) -> int:
         auto_plug=args.auto_plug,
         first_index=args.first_index,
         timing=DeviceTiming(heartbeat_s=args.heartbeat),
+        local_hosts=tuple(args.local_ip),
     )
     target: TcpTarget | SerialTarget = (
         args.connect if args.connect else SerialTarget(args.serial, args.baudrate)

@@ -71,6 +71,9 @@ class FleetConfig:
     reconnect_max_s: float = 30.0
     connect_timeout_s: float = 10.0
     max_connecting: int = 256
+    local_hosts: tuple[str, ...] = ()
+    """Source addresses, used round-robin (e.g. 127.0.0.2, 127.0.0.3 to spread a big fleet
+    over several addresses when the gateway limits connections per address)."""
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -103,9 +106,10 @@ class DeviceClock:
 class _Driver:
     """Moves one device's bytes and timer; the transport may be shared (serial bus)."""
 
-    __slots__ = ("attempts", "device", "fleet", "next_delay", "timer", "transport")
+    __slots__ = ("attempts", "device", "fleet", "index", "next_delay", "timer", "transport")
 
-    def __init__(self, device: SimulatedDevice, fleet: Fleet) -> None:
+    def __init__(self, index: int, device: SimulatedDevice, fleet: Fleet) -> None:
+        self.index = index
         self.device = device
         self.fleet = fleet
         self.transport: asyncio.Transport | None = None
@@ -115,7 +119,6 @@ class _Driver:
 
     def attach(self, transport: asyncio.Transport) -> None:
         self.transport = transport
-        self.attempts = 0
         self.fleet.stats.connected += 1
         self.fleet.stats.connects += 1
         self.device.connect(self.fleet.clock.now())
@@ -131,6 +134,9 @@ class _Driver:
         self.pump()
 
     def feed(self, frame: Frame) -> None:
+        # The back-off restarts only once the server has talked: a server that accepts and
+        # drops at once (connection limit) must not cause a reconnect storm.
+        self.attempts = 0
         self.fleet.stats.frames_received += 1
         self.device.receive(frame, self.fleet.clock.now())
         self.pump()
@@ -227,7 +233,7 @@ class Fleet:
             )
             for i in range(config.devices)
         ]
-        self._drivers = [_Driver(d, self) for d in self.devices]
+        self._drivers = [_Driver(i, d, self) for i, d in enumerate(self.devices)]
         self._protocols: set[_StreamProtocol] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         self._connecting = asyncio.Semaphore(config.max_connecting)
@@ -318,9 +324,13 @@ class Fleet:
         assert isinstance(self.target, TcpTarget)
         proto = _StreamProtocol(self, {driver.device.physical_id: driver}, driver)
         self._protocols.add(proto)
+        sources = self.config.local_hosts
+        local = (sources[driver.index % len(sources)], 0) if sources else None
         try:
             async with asyncio.timeout(self.config.connect_timeout_s):
-                await self.loop.create_connection(lambda: proto, self.target.host, self.target.port)
+                await self.loop.create_connection(
+                    lambda: proto, self.target.host, self.target.port, local_addr=local
+                )
         except (OSError, TimeoutError) as exc:
             self._protocols.discard(proto)
             self.stats.connect_failures += 1

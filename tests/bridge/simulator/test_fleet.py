@@ -288,3 +288,30 @@ def test_fleet_config_rejects_an_unknown_kind() -> None:
     with pytest.raises(ValueError, match="kind"):
         FleetConfig(kind="12")
     assert [FleetConfig(kind="mixed").ports_of(i) for i in range(5)] == [2, 2, 2, 10, 16]
+
+
+async def test_devices_connect_from_the_given_source_addresses() -> None:
+    async with FakeServer() as server:
+        config = FleetConfig(devices=4, local_hosts=("127.0.0.2", "127.0.0.3"))
+        async with Fleet(config, TcpTarget.parse(server.target)) as fleet:
+            await until(fleet, lambda s: s.registered == 4)
+        peers = [c.writer.get_extra_info("peername")[0] for c in server.connections]
+        assert sorted(peers) == ["127.0.0.2", "127.0.0.2", "127.0.0.3", "127.0.0.3"]
+
+
+async def test_a_server_that_drops_at_once_does_not_cause_a_reconnect_storm() -> None:
+    async def drop(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.close()
+
+    server = await asyncio.start_server(drop, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    config = FleetConfig(devices=5, reconnect_min_s=0.02, reconnect_max_s=10.0)
+    try:
+        async with Fleet(config, TcpTarget("127.0.0.1", port)) as fleet:
+            await until(fleet, lambda s: s.disconnects >= 5 * 6)
+            # Exponential back-off: 6 rounds wait >= (1 + 2 + 4 + 8 + 16) x 0.02 x 0.5 s (jitter);
+            # restarting the back-off on every accepted connection would take about 0.1 s.
+            assert fleet.snapshot()["elapsed_s"] >= 0.31
+    finally:
+        server.close()
+        await server.wait_closed()
