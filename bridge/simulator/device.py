@@ -376,7 +376,8 @@ class SimulatedDevice:
             and p.session is None
         ):
             order = offline_order_no(self.unix_time(now), card, self.physical_id, port)
-            self._start(p, now, order, OFFLINE_CARD_START, card, ChargeTerms())
+            terms = ChargeTerms(max_time_s=float(self._max_charge_time()))
+            self._start(p, now, order, OFFLINE_CARD_START, card, terms)
 
     # ------------------------------------------------------------- internals
 
@@ -389,6 +390,12 @@ class SimulatedDevice:
         self.time_synced = False
         self.clock_offset = -now
         self._time_at = math.inf
+
+    def _max_charge_time(self) -> int:
+        """The device setting (0x85, default 10 h) for sessions without their own limit."""
+        limits = self.params[0x85]
+        assert isinstance(limits, ChargeLimits)
+        return limits.max_charge_time
 
     def _next_id(self) -> int:
         self._message_id = self._message_id % 0xFFFF + 1
@@ -663,9 +670,7 @@ class SimulatedDevice:
                 return SAME_STATE, p.index
             if not p.plugged:
                 return NO_CHARGER, p.index
-            limits = self.params[0x85]
-            assert isinstance(limits, ChargeLimits)
-            terms = ChargeTerms.from_command(cmd, limits.max_charge_time)
+            terms = ChargeTerms.from_command(cmd, self._max_charge_time())
             self._start(p, now, cmd.order_no, ONLINE_START, bytes(4), terms)
             return OK, p.index
         if p.session is None or p.session.order_no != cmd.order_no:
