@@ -98,11 +98,8 @@ class FieldSpec:
     optional: bool
 
 
-@dataclass(frozen=True, slots=True)
-class _Layout:
-    struct: struct.Struct
-    present: int  # number of fixed fields this layout holds
-    missing: tuple[None, ...]
+# One accepted prefix: (size, unpack_from, fixed fields present, Nones for the absent ones).
+_Layout = tuple[int, Callable[[bytes], tuple[Any, ...]], int, tuple[None, ...]]
 
 
 def _wire_of(hint: Any) -> Wire:
@@ -125,6 +122,7 @@ class Payload:
     _fixed: ClassVar[tuple[FieldSpec, ...]] = ()
     _mandatory: ClassVar[int] = 0
     _layouts: ClassVar[tuple[_Layout, ...]] = ()
+    _packers: ClassVar[tuple[struct.Struct, ...]] = ()  # indexed by the number of fields sent
     _tail: ClassVar[str | None] = None
     _ascii: ClassVar[tuple[int, ...]] = ()
     # Same result as the dataclass __init__ (all fields, in order), ~35 % faster for wide models.
@@ -135,22 +133,23 @@ class Payload:
         """Decode a data block; raise PayloadError when it is shorter than the mandatory prefix."""
         size = len(data)
         for layout in cls._layouts:
-            if size >= layout.struct.size:
+            if size >= layout[0]:
                 break
         else:
-            minimum = cls._layouts[-1].struct.size if cls._layouts else 0
+            minimum = cls._layouts[-1][0] if cls._layouts else 0
             raise PayloadError(f"{cls.__name__} needs at least {minimum} data bytes, got {size}")
-        values: tuple[Any, ...] = layout.struct.unpack_from(data)
+        minimum, unpack, present, missing = layout
+        values: tuple[Any, ...] = unpack(data)
         if cls._ascii:
             converted = list(values)
             for index in cls._ascii:
-                if index < layout.present:
+                if index < present:
                     converted[index] = _text(converted[index])
             values = tuple(converted)
-        build = typing.cast(Callable[..., Self], cls._new)
+        build = typing.cast("Callable[..., Self]", cls._new)
         if cls._tail is not None:
-            return build(*values, *layout.missing, data[layout.struct.size :])
-        return build(*values, *layout.missing)
+            return build(*values, *missing, data[minimum:])
+        return build(*values, *missing)
 
     def encode(self) -> bytes:
         """The data block: every field up to the last present one, then the tail bytes."""
@@ -169,9 +168,8 @@ class Payload:
         for index in cls._ascii:
             if index < present:
                 values[index] = _text_bytes(cls, cls._fixed[index], values[index])
-        layout = cls._layouts[len(cls._fixed) - present]
         try:
-            head = layout.struct.pack(*values[:present])
+            head = cls._packers[present].pack(*values[:present])
         except struct.error as exc:
             raise PayloadError(f"{cls.__name__}: {exc}") from None
         if cls._tail is not None:
@@ -264,10 +262,12 @@ def model(cls: type[_T]) -> type[_T]:
         codes = [spec.wire.code for spec in fixed]
         cls._fixed = fixed
         cls._mandatory = mandatory
-        cls._layouts = tuple(
-            _Layout(struct.Struct("<" + "".join(codes[:present])), present, (None,) * missing)
-            for missing, present in enumerate(range(len(fixed), mandatory - 1, -1))
-        )
+        layouts = []
+        for missing, present in enumerate(range(len(fixed), mandatory - 1, -1)):
+            layout = struct.Struct("<" + "".join(codes[:present]))
+            layouts.append((layout.size, layout.unpack_from, present, (None,) * missing))
+        cls._layouts = tuple(layouts)
+        cls._packers = tuple(struct.Struct("<" + "".join(codes[:n])) for n in range(len(fixed) + 1))
         cls._ascii = tuple(i for i, spec in enumerate(fixed) if spec.wire.kind == ASCII)
     elif "decode" not in cls.__dict__ or "encode" not in cls.__dict__:
         raise TypeError(f"{cls.__name__}: irregular layout needs its own decode and encode")
