@@ -36,7 +36,7 @@ from protocol import (
     decode_payload,
     encode_frame,
 )
-from protocol.describe import describe_frame, frame_json, to_json_line
+from protocol.describe import describe_frame_line, frame_json, to_json_line
 
 HEAD = struct.Struct("<3sHIHB")
 
@@ -103,7 +103,7 @@ def main() -> None:
 
     def full() -> None:
         for text in hexes:
-            to_json_line(describe_frame(bytes.fromhex(text), device)[0])
+            describe_frame_line(bytes.fromhex(text), device)
 
     def minimal() -> None:
         for text in hexes:
@@ -139,6 +139,10 @@ def main() -> None:
         for obj in objects:
             to_json_line(obj)
 
+    def payload_text() -> None:
+        for payload in payloads:
+            payload.to_json_text()
+
     def per_frame_us(run: Callable[[], None]) -> float:
         return round(1e6 / best(args.repeat, len(frames), run), 2)
 
@@ -156,7 +160,8 @@ def main() -> None:
         "decode_frame": per_frame_us(frame_layer),
         "decode_payload": per_frame_us(payload_decode),
         "payload_to_json": per_frame_us(payload_dicts),
-        "json_encode_object": per_frame_us(json_encode),
+        "payload_to_json_text": per_frame_us(payload_text),
+        "dict_path_json_encode_object": per_frame_us(json_encode),
     }
     figures["python"] = sys.version.split()[0]
     figures["machine"] = platform.machine()

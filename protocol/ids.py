@@ -12,6 +12,7 @@ import re
 from protocol.enums import device_kind_name
 
 _DEVICE_ID = re.compile(r"[0-9A-Fa-f]{8}")
+_ORDER_NO = re.compile(r"[0-9A-Fa-f]{32}")
 ORDER_NO_SIZE = 16
 
 
@@ -44,10 +45,6 @@ def order_no_hex(order_no: bytes) -> str:
 
 def parse_order_no(text: str) -> bytes:
     """32 hex digits -> the 16 raw order-number bytes; raises ValueError otherwise."""
-    try:
-        raw = bytes.fromhex(text)
-    except ValueError:
-        raise ValueError(f"order number must be 32 hex digits, got {text!r}") from None
-    if len(raw) != ORDER_NO_SIZE:
+    if not _ORDER_NO.fullmatch(text):
         raise ValueError(f"order number must be 32 hex digits, got {text!r}")
-    return raw
+    return bytes.fromhex(text)
