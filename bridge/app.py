@@ -25,8 +25,7 @@ log = logging.getLogger(__name__)
 
 def gateway_mqtt_settings(settings: GatewaySettings, topics: Topics) -> MqttSettings:
     """Clean session (stale device commands are not worth replaying) and the offline will."""
-    return MqttSettings(
-        url=settings.mqtt,
+    return settings.mqtt_settings(
         client_id=f"chargebridge-gateway-{settings.gateway_id}",
         clean_start=True,
         will=Will(

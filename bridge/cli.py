@@ -11,10 +11,12 @@ from bridge import __version__
 
 # sub-command -> module in bridge.commands; order is the order shown in --help.
 SUBCOMMANDS: dict[str, str] = {
-    "decode": "decode",
+    "run": "run",
     "gateway": "gateway",
     "service": "service",
+    "demo": "demo",
     "simulate": "simulate",
+    "decode": "decode",
 }
 
 

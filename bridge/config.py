@@ -26,6 +26,8 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from bridge.mqtt.client import MqttSettings
+
 ENV_PREFIX = "CHARGEBRIDGE_"
 
 
@@ -53,6 +55,10 @@ class CommonSettings(BaseSettings):
         description="broker URL, mqtt://user:pass@host:port or mqtts:// for TLS",
         pattern=r"^mqtts?://",
     )
+    mqtt_protocol: Literal["5", "3.1.1"] = Field(
+        default="5",
+        description="MQTT protocol version; 3.1.1 for brokers without MQTT 5 (the embedded one)",
+    )
     base_topic: str = Field(
         default="chargebridge",
         description="prefix of every topic",
@@ -70,6 +76,10 @@ class CommonSettings(BaseSettings):
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         default="info", description="minimum level logged"
     )
+
+    def mqtt_settings(self, **role: Any) -> MqttSettings:
+        """Connection settings of one role: URL and protocol are common, the rest is the role's."""
+        return MqttSettings(url=self.mqtt, protocol=self.mqtt_protocol, **role)
 
     @field_validator("log_level", mode="before")
     @classmethod

@@ -79,8 +79,7 @@ class ChargingService:
 
     # --- wiring -----------------------------------------------------------------
     def mqtt_settings(self) -> MqttSettings:
-        return MqttSettings(
-            url=self.settings.mqtt,
+        return self.settings.mqtt_settings(
             client_id=self.settings.client_id,
             clean_start=False,
             session_expiry_s=self.settings.mqtt_session_expiry_s,

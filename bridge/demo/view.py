@@ -74,8 +74,8 @@ class LiveState:
             t.bridge_stats,
             t.charging_stats,
             t.all_sessions,
-            f"{t.base}/devices/+",
-            f"{t.base}/devices/+/ports/+",
+            t.all_devices,
+            t.all_ports,
         ]
 
     def active_sessions(self) -> list[dict[str, Any]]:

@@ -67,6 +67,14 @@ class Topics:
         return f"{self.base}/devices/+/request/+"
 
     @property
+    def all_devices(self) -> str:
+        return f"{self.base}/devices/+"
+
+    @property
+    def all_ports(self) -> str:
+        return f"{self.base}/devices/+/ports/+"
+
+    @property
     def all_port_events(self) -> str:
         return f"{self.base}/devices/+/event/port"
 
