@@ -244,6 +244,8 @@ def describe_options(cls: type[BaseSettings]) -> list[tuple[str, str, str]]:
     for name, info in cls.model_fields.items():
         if info.default_factory is not None:
             default = "host name" if name == "gateway_id" else str(info.default_factory())  # type: ignore[call-arg]
+        elif isinstance(info.default, list):
+            default = ", ".join(info.default) or "(none)"
         else:
             default = str(info.default)
         rows.append((name, default, info.description or ""))
