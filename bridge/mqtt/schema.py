@@ -58,7 +58,7 @@ def _type(prop: dict[str, Any]) -> str:
     if "anyOf" in prop:
         return " \\| ".join(_type(p) for p in prop["anyOf"])
     if "$ref" in prop:
-        return prop["$ref"].rsplit("/", 1)[-1]
+        return str(prop["$ref"]).rsplit("/", 1)[-1]
     if prop.get("type") == "array":
         return f"list of {_type(prop.get('items', {}))}"
     return str(prop.get("type", "any"))
