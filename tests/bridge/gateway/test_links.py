@@ -163,3 +163,40 @@ async def test_connections_per_ip_are_limited(gateway: GatewayApp, mqtt: MqttCol
     assert stats["connections"] == 3
     for d in devices:
         await d.close()
+
+
+async def test_serial_link_reopens_a_port_that_disappears_and_returns(
+    broker: Mosquitto, tmp_path: Path, mqtt: MqttCollector
+) -> None:
+    # A stable name (like /dev/serial/by-id/...) pointing at whichever pty currently exists.
+    link_path = tmp_path / "ttyRS485"
+    first = PtyLine()
+    link_path.symlink_to(first.path)
+    settings = gateway_settings(broker, tmp_path, tcp=["none"], serial=[str(link_path)])
+    second: PtyLine | None = None
+    try:
+        async with running_gateway(settings) as app:
+            serial = app.serial_links[0]
+            async with asyncio.timeout(10):
+                await serial.connected.wait()
+            first.send(PID, 1, 0x22)
+            await first.recv()
+            await mqtt.wait(DEV, lambda m: m["online"])
+            first.close()  # the adapter is unplugged
+            event = await mqtt.wait(f"{DEV}/event/device", lambda m: m["type"] == "offline")
+            assert event["reason"] == "closed"
+            second = PtyLine()  # ... and plugged in again
+            link_path.unlink()
+            link_path.symlink_to(second.path)
+            await mqtt.wait(DEV, lambda m: not m["online"])
+            assert not serial.connected.is_set()  # cleared as the line went away
+            async with asyncio.timeout(15):
+                await serial.connected.wait()  # set again once reopened (back-off 1 s)
+            second.send(PID, 2, 0x22)
+            reply = await second.recv()
+            assert (reply.physical_id, reply.message_id) == (PID, 2)
+            await mqtt.wait(DEV, lambda m: m["online"])
+    finally:
+        first.close()
+        if second is not None:
+            second.close()
