@@ -13,7 +13,7 @@ import json
 import logging
 import time
 from collections.abc import Awaitable
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 from pydantic import ValidationError
 
@@ -58,6 +58,7 @@ RECENT_FRAMES = 50_000
 RECENT_TTL_S = 600.0
 SETTLEMENTS_REMEMBERED = 20_000
 SETTLEMENT_TTL_S = 24 * 3600.0
+CHARGING_CODES = (1, 5)  # charging, float charging: same codes in 0x01/0x21 and 0x06
 
 
 class Publisher(Protocol):
@@ -112,10 +113,8 @@ class Gateway:
             timeout_s=settings.command_timeout_s,
             spacing_s=settings.command_spacing_s,
         )
-        # upstream frame -> the reply we gave (None while it is still being decided)
-        self._recent: BoundedTtlMap[FrameKey, bytes | None] = BoundedTtlMap(
-            RECENT_FRAMES, RECENT_TTL_S
-        )
+        # upstream frame -> the reply we gave (b"" for none, or while it is being decided)
+        self._recent: BoundedTtlMap[FrameKey, bytes] = BoundedTtlMap(RECENT_FRAMES, RECENT_TTL_S)
         self._settlements: BoundedTtlMap[tuple[int, int, bytes], asyncio.Future[None]] = (
             BoundedTtlMap(SETTLEMENTS_REMEMBERED, SETTLEMENT_TTL_S)
         )
@@ -138,7 +137,16 @@ class Gateway:
         self._submit(self.topics.device(dev.device_id), dev.state(self.gateway_id), retain=True)
 
     def _port_state(self, dev: Device, state: PortState) -> None:
+        """Publish a port state when it changed. Heartbeats carry no order number (0x21 no
+        power either): while the port keeps charging, the values from 0x06 stay."""
         old = dev.ports.get(state.port)
+        if old is not None and state.status_code in CHARGING_CODES:
+            keep: dict[str, Any] = {}
+            if state.power_w is None:
+                keep["power_w"] = old.power_w
+            if state.order_no is None:
+                keep["order_no"] = old.order_no
+            state = state.model_copy(update=keep)
         if old is not None and (old.status_code, old.power_w, old.order_no) == (
             state.status_code,
             state.power_w,
@@ -148,7 +156,7 @@ class Gateway:
         dev.ports[state.port] = state
         self._submit(self.topics.port(dev.device_id, state.port), state, retain=True)
 
-    def bridge_state(self, state: str) -> None:
+    def bridge_state(self, state: Literal["online", "offline"]) -> None:
         self._submit(self.topics.bridge_state, BridgeState(state=state), retain=True)
 
     async def on_mqtt_connect(self) -> None:
