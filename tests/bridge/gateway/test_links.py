@@ -123,9 +123,9 @@ async def test_junk_and_a_flood_of_junk_connections(
     # the 100 closed junk connections are gone, the 100 open ones and the device remain
     stats = await mqtt.wait(
         f"{B}/bridge/stats",
-        lambda m: m["garbage_bytes"] > 60_000_000 and m["connections"] == 101,
+        lambda m: m["garbage_bytes"] > 60_000_000 and m["connections"] == 101 and m["frames_in"],
     )
-    assert stats["decode_errors"] > 0 and stats["frames_in"] >= 1
+    assert stats["decode_errors"] >= 200  # each junk client sent bad frames
     # nothing of the junk is kept: far less memory than the 64 MB received
     assert rss_bytes() - before < 32_000_000
     for w in writers:
