@@ -280,3 +280,16 @@ async def test_card_falls_back_when_nobody_authorizes(
     await request(mqtt, "card_reply", {"request_id": "late", "card_id": "0A0B0C0D"})
     late = await mqtt.wait(f"{DEV}/response/card_reply")
     assert (late["ok"], late["result"]) == (False, "expired")
+
+
+async def test_adjust_charging_frame_and_result_name(
+    device: FakeDevice, mqtt: MqttCollector
+) -> None:
+    await online(device)
+    await request(mqtt, "adjust_charging", {"port": 2, "mode": "energy", "energy_kwh": 1.5})
+    frame = await device.recv()
+    adjust = p.decode_payload(0x8A, frame.data, p.Sender.SERVER)
+    assert adjust == p.AdjustCharging(mode=2, port=1, limit=150)
+    await device.send(0x8A, b"\x01", message_id=frame.message_id)
+    response = await mqtt.wait(f"{DEV}/response/adjust_charging")
+    assert (response["ok"], response["code"], response["result"]) == (False, 1, "not_charging")
