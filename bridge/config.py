@@ -125,7 +125,10 @@ class GatewaySettings(CommonSettings):
         default=[], description="device ids whose frames are logged as hex, both directions"
     )
     max_connections_per_ip: int = Field(
-        default=1000, gt=0, description="TCP connections accepted from one address"
+        default=1000,
+        gt=0,
+        description="TCP connections accepted from one address (raise it when many chargers "
+        "share one NAT address)",
     )
     max_write_buffer: int = Field(
         default=65536,
