@@ -13,6 +13,7 @@ from bridge import __version__
 SUBCOMMANDS: dict[str, str] = {
     "decode": "decode",
     "gateway": "gateway",
+    "service": "service",
 }
 
 

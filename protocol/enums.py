@@ -7,15 +7,28 @@ the raw code (`"status": "charging", "status_code": 1`).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 
 
-def _namer(table: Mapping[int, str]) -> Callable[[int], str]:
-    def name(code: int) -> str:
-        found = table.get(code)
-        return found if found is not None else f"unknown_{code:02X}"
+class Namer:
+    """Code -> name for one enumeration; `table` is exposed for generated code."""
 
-    return name
+    __slots__ = ("table",)
+
+    def __init__(self, table: Mapping[int, str]) -> None:
+        self.table = table
+
+    def __call__(self, code: int) -> str:
+        found = self.table.get(code)
+        return found if found is not None else unknown(code)
+
+
+def unknown(code: int) -> str:
+    """Name of a code the reference does not define."""
+    return f"unknown_{code:02X}"
+
+
+_namer = Namer
 
 
 # A.1 / 4.2 — top byte of the physical ID.

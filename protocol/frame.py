@@ -98,7 +98,7 @@ def encode_frame(physical_id: int, message_id: int, command: int, data: bytes = 
     return body + _U16.pack(sum(body) & 0xFFFF)
 
 
-def _parse(raw: bytes, *, check: bool) -> Frame:
+def _parse(raw: bytes) -> tuple[Frame, bool]:
     size = len(raw)
     if size < 5 + MIN_LENGTH:
         raise TruncatedError(f"frame needs at least 14 bytes, got {size}")
@@ -107,27 +107,25 @@ def _parse(raw: bytes, *, check: bool) -> Frame:
         raise FrameError(f"frame does not start with DNY: {raw[:3].hex(' ').upper()}")
     if length < MIN_LENGTH:
         raise LengthError(f"length field {length} < {MIN_LENGTH}")
-    if size < 5 + length:
-        raise TruncatedError(f"length field says {5 + length} bytes, got {size}")
-    if size > 5 + length:
-        raise LengthError(f"length field says {5 + length} bytes, got {size} (trailing bytes)")
-    if check:
-        expected = sum(raw[:-2]) & 0xFFFF
-        found = raw[-2] | raw[-1] << 8
-        if expected != found:
-            raise ChecksumError(f"checksum {found:04X}, computed {expected:04X}")
-    return Frame(physical_id, message_id, command, raw[12:-2])
+    if size != 5 + length:
+        error = TruncatedError if size < 5 + length else LengthError
+        raise error(f"length field says {5 + length} bytes, got {size}")
+    checksum_ok = sum(raw[:-2]) & 0xFFFF == raw[-2] | raw[-1] << 8
+    return Frame(physical_id, message_id, command, raw[12:-2]), checksum_ok
 
 
 def decode_frame(raw: bytes) -> Frame:
     """Exactly one frame: raises a FrameError subclass unless `raw` is one valid frame."""
-    return _parse(bytes(raw), check=True)
+    frame, checksum_ok = _parse(bytes(raw))
+    if not checksum_ok:
+        found = raw[-2] | raw[-1] << 8
+        raise ChecksumError(f"checksum {found:04X}, computed {sum(raw[:-2]) & 0xFFFF:04X}")
+    return frame
 
 
 def decode_frame_unchecked(raw: bytes) -> tuple[Frame, bool]:
     """Like decode_frame but returns (frame, checksum_ok) instead of raising on the checksum."""
-    frame = _parse(bytes(raw), check=False)
-    return frame, (sum(raw[:-2]) & 0xFFFF) == (raw[-2] | raw[-1] << 8)
+    return _parse(bytes(raw))
 
 
 class StreamDecoder:

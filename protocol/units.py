@@ -57,16 +57,18 @@ def optional(convert: Callable[[int], float | None], raw: int | None) -> float |
 
 @dataclass(frozen=True, slots=True)
 class Unit:
-    """A wire unit: the JSON key suffix for the SI value and the conversion function."""
+    """A wire unit: the JSON key suffix for the SI value, the conversion function and the same
+    conversion as an expression template (`{0}` = raw value) for generated code."""
 
     suffix: str
     convert: Callable[[int], float | int | None]
+    inline: str
 
 
-VOLTAGE = Unit("_v", volts)
-POWER = Unit("_w", watts)
-ENERGY = Unit("_kwh", kwh)
-CURRENT = Unit("_a", amps)
-CENTIAMPS = Unit("_a", centiamps)
-TEMPERATURE = Unit("_c", celsius)
-DURATION = Unit("_s", seconds)
+VOLTAGE = Unit("_v", volts, "{0} / 10")
+POWER = Unit("_w", watts, "{0} / 10")
+ENERGY = Unit("_kwh", kwh, "{0} / 100")
+CURRENT = Unit("_a", amps, "{0} / 1000")
+CENTIAMPS = Unit("_a", centiamps, "{0} / 100")
+TEMPERATURE = Unit("_c", celsius, "(None if {0} == 0 else float({0} - 65))")
+DURATION = Unit("_s", seconds, "{0}")

@@ -236,6 +236,25 @@ COMMAND_NAMES: dict[int, str] = {
 }
 
 
+_FROM_DEVICE = {command: decoder for (command, who), decoder in DECODERS.items() if who is DEVICE}
+_FROM_SERVER = {command: decoder for (command, who), decoder in DECODERS.items() if who is SERVER}
+
+# Decoders that choose between several models by the data (documented tolerant decoding).
+DISPATCHED: dict[tuple[int, Sender], tuple[type[Payload], ...]] = {
+    (0x05, DEVICE): (upgrade.UpgradeRequest, upgrade.LegacyUpgradeRequest),
+    (0xFA, SERVER): (common.Empty, upgrade.FirmwarePacket),
+}
+
+
+def models_for(command: int, sender: Sender) -> tuple[type[Payload], ...]:
+    """The payload classes a (command, sender) can decode to; empty for RawPayload commands."""
+    if (command, sender) in DISPATCHED:
+        return DISPATCHED[command, sender]
+    decoder = DECODERS.get((command, sender))
+    owner = getattr(decoder, "__self__", None)
+    return (owner,) if isinstance(owner, type) and issubclass(owner, Payload) else ()
+
+
 def command_name(command: int) -> str:
     """Snake-case name of a command code (`heartbeat` for 0x21), `unknown_XX` otherwise."""
     name = COMMAND_NAMES.get(command)
@@ -248,7 +267,8 @@ def decode_payload(command: int, data: bytes, sender: Sender) -> Payload:
     Raises PayloadError (naming the command and the length) when the data is shorter than the
     command's mandatory prefix; never any other exception.
     """
-    decoder = DECODERS.get((command, sender))
+    # Per-sender tables keyed by int: Enum.__hash__ is Python code, too slow for every frame.
+    decoder = (_FROM_DEVICE if sender is DEVICE else _FROM_SERVER).get(command)
     if decoder is None:
         return common.RawPayload(bytes(data))
     try:

@@ -120,3 +120,12 @@ def test_max_length_must_allow_upgrade_frames() -> None:
     with pytest.raises(ValueError, match="max_length"):
         StreamDecoder(max_length=268)
     assert StreamDecoder(max_length=269).max_length == 269
+
+
+def test_enum_fallback_names() -> None:
+    from protocol.enums import charge_result_executed, port_status_name, stop_reason_name
+
+    assert port_status_name(1) == "charging"
+    assert port_status_name(0x0C) == "unknown_0C"
+    assert stop_reason_name(0xAB) == "unknown_AB"
+    assert [code for code in range(16) if charge_result_executed(code)] == [0, 3, 9]

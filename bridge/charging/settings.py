@@ -1,0 +1,70 @@
+"""Options of the charging service (docs/charging.md lists them with their defaults).
+
+`ChargingSettings` extends `bridge.config.CommonSettings` (mqtt, base_topic, gateway_id,
+state_dir, logging) in the one flat option namespace: `--session-timeout-s`,
+`CHARGEBRIDGE_SESSION_TIMEOUT_S`, `session_timeout_s = ...` in the TOML file. Names are
+chosen not to collide with the gateway's, so `run` can inherit from both classes;
+`stats_interval` is deliberately shared (API.md section 7: both stats topics).
+"""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from bridge.config import CommonSettings
+
+
+class ChargingSettings(CommonSettings):
+    """Options of the charging service."""
+
+    service_client_id: str = Field(
+        default="",
+        description="MQTT client id of the service; keep it fixed "
+        "(default: chargebridge-service-{gateway_id})",
+    )
+    mqtt_session_expiry_s: int = Field(
+        default=7 * 24 * 3600,
+        ge=0,
+        description="seconds the broker keeps the service's queue while it is away",
+    )
+    event_logging: bool = Field(default=True, description="log every processed event (info)")
+    session_tracking: bool = Field(
+        default=True,
+        description="track sessions; off: only count events and refuse requests",
+    )
+    request_timeout_s: float = Field(
+        default=35.0,
+        gt=0,
+        description="seconds to wait for the gateway's response to start/stop_charging "
+        "(the gateway answers `timeout` itself after its resend)",
+    )
+    max_retries: int = Field(
+        default=2, ge=0, le=10, description="resends of a start/stop_charging that timed out"
+    )
+    retry_backoff_s: float = Field(
+        default=2.0, ge=0, description="pause before the first resend, doubling"
+    )
+    cleanup_interval_s: float = Field(
+        default=60.0, gt=0, description="seconds between checks for timeout and retention"
+    )
+    session_timeout_s: float = Field(
+        default=900.0,
+        gt=0,
+        description="no update for so long marks a session `timeout` (0x06 comes every 5 min)",
+    )
+    session_retention_s: float = Field(
+        default=86400.0, ge=0, description="seconds finished sessions stay retained"
+    )
+    stats_interval: float = Field(
+        default=5.0, gt=0, description="minimum seconds between two charging/stats messages"
+    )
+    dedup_window_s: float = Field(
+        default=2 * 86400.0,
+        gt=0,
+        description="seconds message fingerprints and settled orders are remembered",
+    )
+
+    @property
+    def client_id(self) -> str:
+        """Fixed across restarts, so that the broker keeps the session's queue for us."""
+        return self.service_client_id or f"chargebridge-service-{self.gateway_id}"

@@ -1,0 +1,80 @@
+"""`chargebridge decode`: DNY frames (hex) -> one JSON object per line (API.md section 8)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Iterable
+from typing import Any
+
+from protocol import Sender, StreamDecoder
+from protocol.describe import describe_frame, describe_item, to_json_line
+
+HELP = "decode DNY frames given as hex to JSON, one object per line"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "hex",
+        nargs="*",
+        metavar="HEX",
+        help="one frame per argument (spaces allowed inside); read lines of hex from stdin if none",
+    )
+    parser.add_argument(
+        "--from",
+        dest="sender",
+        choices=[sender.value for sender in Sender],
+        default=Sender.DEVICE.value,
+        help="who sent the bytes (some frames are byte-identical in both directions)",
+    )
+    parser.add_argument(
+        "--stream",
+        action="store_true",
+        help="treat all input as one byte stream (frames, ICCID, `link`, garbage)",
+    )
+
+
+def _emit(obj: dict[str, Any]) -> None:
+    sys.stdout.write(to_json_line(obj) + "\n")
+
+
+def _inputs(args: argparse.Namespace) -> Iterable[str]:
+    if args.hex:
+        return list(args.hex)
+    return (line for line in sys.stdin if line.strip() and not line.lstrip().startswith("#"))
+
+
+def _unhex(text: str) -> bytes | None:
+    cleaned = "".join(text.split())
+    if cleaned[:2].lower() == "0x":
+        cleaned = cleaned[2:]
+    try:
+        return bytes.fromhex(cleaned)
+    except ValueError:
+        return None
+
+
+def main(args: argparse.Namespace) -> int:
+    sender = Sender(args.sender)
+    ok = True
+    decoder = StreamDecoder() if args.stream else None
+    for text in _inputs(args):
+        raw = _unhex(text)
+        if raw is None:
+            _emit({"error": "invalid hex", "data_hex": "".join(text.split())})
+            ok = False
+            continue
+        if decoder is None:
+            obj, good = describe_frame(raw, sender)
+            _emit(obj)
+            ok = ok and good
+            continue
+        for item in decoder.feed(raw):
+            obj, good = describe_item(item, sender)
+            _emit(obj)
+            ok = ok and good
+    if decoder is not None and decoder.buffered:
+        left = decoder.buffered.hex().upper()
+        _emit({"error": "incomplete frame at end of input", "data_hex": left})
+        ok = False
+    return 0 if ok else 1

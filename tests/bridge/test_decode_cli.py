@@ -1,0 +1,118 @@
+"""`chargebridge decode` as specified in API.md section 8."""
+
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+import sys
+from typing import Any
+
+import pytest
+
+from bridge.cli import main
+
+HEARTBEAT = "44 4E 59 10 00 3B 37 AB 04 01 00 21 98 08 02 00 00 09 05 EE 02"
+REPLY = "444E590A003B37AB04010021003802"
+KEYS = [
+    "command",
+    "command_name",
+    "physical_id",
+    "device_id",
+    "message_id",
+    "direction",
+    "length",
+    "checksum_ok",
+    "payload",
+]
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, list[dict[str, Any]]]:
+    code = main(["decode", *argv])
+    lines = capsys.readouterr().out.splitlines()
+    return code, [json.loads(line) for line in lines]
+
+
+def test_console_script_decodes_a_heartbeat() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "bridge", "decode", HEARTBEAT],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    obj = json.loads(result.stdout)
+    assert list(obj)[: len(KEYS)] == KEYS
+    assert obj["command"] == 0x21
+    assert obj["command_name"] == "heartbeat"
+    assert obj["physical_id"] == 0x04AB373B
+    assert obj["device_id"] == "04AB373B"
+    assert obj["message_id"] == 1
+    assert obj["direction"] == "device_to_server"
+    assert obj["length"] == 16
+    assert obj["checksum_ok"] is True
+    assert obj["payload"]["voltage"] == 2200
+    assert obj["payload"]["voltage_v"] == 220.0
+    assert obj["payload"]["port_statuses"] == [0, 0]
+    assert obj["payload"]["temperature_c"] == -60.0
+
+
+def test_direction_changes_the_model(capsys: pytest.CaptureFixture[str]) -> None:
+    code, objs = run(capsys, "--from", "server", REPLY)
+    assert code == 0
+    assert objs[0]["direction"] == "server_to_device"
+    assert objs[0]["payload"] == {"result": 0, "model": "ResultReply"}
+    code, objs = run(capsys, REPLY)  # a 1-byte 0x21 from a device is too short
+    assert code == 1
+    assert objs[0]["payload"] is None
+    assert "0x21" in objs[0]["error"] and "1 data bytes" in objs[0]["error"]
+
+
+def test_port_stays_zero_based_and_order_no_is_hex(capsys: pytest.CaptureFixture[str]) -> None:
+    start = "444E5926003B37AB040200820064010000010100001234567812345678123456781234567880708813F808"
+    code, objs = run(capsys, "--from", "server", start)
+    assert code == 0
+    payload = objs[0]["payload"]
+    assert payload["port"] == 1
+    assert payload["order_no"] == "12345678" * 4
+    assert payload["overload_power_w"] == 500.0
+    assert payload["rate_mode_name"] == "time"
+
+
+def test_invalid_inputs_give_errors_and_exit_1(capsys: pytest.CaptureFixture[str]) -> None:
+    bad_checksum = HEARTBEAT[:-5] + "EE 03"
+    code, objs = run(capsys, "zz", "444E59", bad_checksum, HEARTBEAT)
+    assert code == 1
+    assert objs[0] == {"error": "invalid hex", "data_hex": "zz"}
+    assert objs[1]["data_hex"] == "444E59" and "14 bytes" in objs[1]["error"]
+    assert objs[2]["checksum_ok"] is False and objs[2]["error"] == "checksum mismatch"
+    assert objs[3]["checksum_ok"] is True and "error" not in objs[3]
+
+
+def test_stdin_lines(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setattr(sys, "stdin", io.StringIO(f"{HEARTBEAT}\n\n# comment\n{HEARTBEAT}\n"))
+    code, objs = run(capsys)
+    assert code == 0
+    assert [obj["command"] for obj in objs] == [0x21, 0x21]
+
+
+def test_stream_mode(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    iccid = b"89860412345678901234".hex()
+    stream = iccid + b"link".hex() + HEARTBEAT.replace(" ", "")
+    # The stream is split across lines at arbitrary points, including inside the frame.
+    lines = "\n".join(stream[i : i + 14] for i in range(0, len(stream), 14))
+    monkeypatch.setattr(sys, "stdin", io.StringIO(lines + "\n"))
+    code, objs = run(capsys, "--stream")
+    assert code == 0
+    assert objs[0] == {"iccid": "89860412345678901234"}
+    assert objs[1] == {"keepalive": True}
+    assert objs[2]["command"] == 0x21
+
+
+def test_stream_mode_reports_garbage_and_leftovers(capsys: pytest.CaptureFixture[str]) -> None:
+    code, objs = run(capsys, "--stream", "0001", HEARTBEAT, "444E5910")
+    assert code == 1
+    assert objs[0] == {"error": "garbage", "count": 2, "data_hex": "0001"}
+    assert objs[1]["command"] == 0x21
+    assert objs[2] == {"error": "incomplete frame at end of input", "data_hex": "444E5910"}
