@@ -33,9 +33,10 @@ from protocol import (
     StreamDecoder,
     command_name,
     decode_frame,
+    decode_payload,
     encode_frame,
 )
-from protocol.describe import describe_frame, to_json_line
+from protocol.describe import describe_frame_line, frame_json, to_json_line
 
 HEAD = struct.Struct("<3sHIHB")
 
@@ -102,7 +103,7 @@ def main() -> None:
 
     def full() -> None:
         for text in hexes:
-            to_json_line(describe_frame(bytes.fromhex(text), device)[0])
+            describe_frame_line(bytes.fromhex(text), device)
 
     def minimal() -> None:
         for text in hexes:
@@ -122,16 +123,46 @@ def main() -> None:
                 }
             )
 
-    figures = {
+    parsed = [decode_frame(raw) for raw in frames]
+    payloads = [decode_payload(f.command, f.data, device) for f in parsed]
+    objects = [frame_json(f, device) for f in parsed]
+
+    def payload_decode() -> None:
+        for f in parsed:
+            decode_payload(f.command, f.data, device)
+
+    def payload_dicts() -> None:
+        for payload in payloads:
+            payload.to_json()
+
+    def json_encode() -> None:
+        for obj in objects:
+            to_json_line(obj)
+
+    def payload_text() -> None:
+        for payload in payloads:
+            payload.to_json_text()
+
+    def per_frame_us(run: Callable[[], None]) -> float:
+        return round(1e6 / best(args.repeat, len(frames), run), 2)
+
+    figures: dict[str, object] = {
         "frames": args.frames,
         "frame_layer_fps": round(best(args.repeat, len(frames), frame_layer)),
         "stream_fps": round(best(args.repeat, len(frames), stream_layer)),
         "full_decode_json_fps": round(best(args.repeat, len(frames), full)),
         "minimal_parse_fps": round(best(args.repeat, len(frames), minimal)),
     }
-    figures["minimal_over_full_ratio"] = round(
-        figures["minimal_parse_fps"] / figures["full_decode_json_fps"], 2
-    )
+    full_fps, minimal_fps = figures["full_decode_json_fps"], figures["minimal_parse_fps"]
+    assert isinstance(full_fps, int) and isinstance(minimal_fps, int)
+    figures["minimal_over_full_ratio"] = round(minimal_fps / full_fps, 2)
+    figures["breakdown_us_per_frame"] = {
+        "decode_frame": per_frame_us(frame_layer),
+        "decode_payload": per_frame_us(payload_decode),
+        "payload_to_json": per_frame_us(payload_dicts),
+        "payload_to_json_text": per_frame_us(payload_text),
+        "dict_path_json_encode_object": per_frame_us(json_encode),
+    }
     figures["python"] = sys.version.split()[0]
     figures["machine"] = platform.machine()
     print(json.dumps(figures))

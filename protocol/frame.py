@@ -11,6 +11,7 @@ import re
 import struct
 from dataclasses import dataclass
 
+from protocol._fast import slot_constructor
 from protocol.errors import ChecksumError, FrameError, LengthError, TruncatedError
 
 HEADER = b"DNY"
@@ -80,6 +81,8 @@ class BadFrame:
 
 StreamItem = Frame | Iccid | Keepalive | Garbage | BadFrame
 
+_new_frame = slot_constructor(Frame)
+
 
 def checksum(data: bytes | bytearray | memoryview) -> int:
     """The DNY checksum of everything before the checksum field."""
@@ -111,7 +114,7 @@ def _parse(raw: bytes) -> tuple[Frame, bool]:
         error = TruncatedError if size < 5 + length else LengthError
         raise error(f"length field says {5 + length} bytes, got {size}")
     checksum_ok = sum(raw[:-2]) & 0xFFFF == raw[-2] | raw[-1] << 8
-    return Frame(physical_id, message_id, command, raw[12:-2]), checksum_ok
+    return _new_frame(physical_id, message_id, command, raw[12:-2]), checksum_ok
 
 
 def decode_frame(raw: bytes) -> Frame:
@@ -185,7 +188,8 @@ class StreamDecoder:
                             append(_garbage(buf, garbage_from, pos))
                             garbage_from = -1
                         _, _, physical_id, message_id, command = _HEAD.unpack_from(buf, pos)
-                        append(Frame(physical_id, message_id, command, buf[pos + 12 : end - 2]))
+                        data = buf[pos + 12 : end - 2]
+                        append(_new_frame(physical_id, message_id, command, data))
                         pos = end
                         continue
                     if garbage_from >= 0:

@@ -8,7 +8,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from protocol import Sender, StreamDecoder
-from protocol.describe import describe_frame, describe_item, to_json_line
+from protocol.describe import describe_frame_line, describe_item_line, to_json_line
 
 HELP = "decode DNY frames given as hex to JSON, one object per line"
 
@@ -65,13 +65,13 @@ def main(args: argparse.Namespace) -> int:
             ok = False
             continue
         if decoder is None:
-            obj, good = describe_frame(raw, sender)
-            _emit(obj)
+            line, good = describe_frame_line(raw, sender)
+            sys.stdout.write(line + "\n")
             ok = ok and good
             continue
         for item in decoder.feed(raw):
-            obj, good = describe_item(item, sender)
-            _emit(obj)
+            line, good = describe_item_line(item, sender)
+            sys.stdout.write(line + "\n")
             ok = ok and good
     if decoder is not None and decoder.buffered:
         left = decoder.buffered.hex().upper()

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import struct
+import typing
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Annotated, Self
 
@@ -75,8 +77,12 @@ class Heartbeat(Payload):
         if size < 3 or size < 3 + data[2]:
             raise too_short(cls, 3 if size < 3 else 3 + data[2], size)
         end = 3 + data[2]
-        (signal, temperature), end_opt = unpack_optional(data, end, (_U8, _U8))
-        return cls(data[0] | data[1] << 8, tuple(data[3:end]), signal, temperature, data[end_opt:])
+        build = typing.cast("Callable[..., Self]", cls._new)  # hot path: every 3 min per device
+        voltage, statuses = data[0] | data[1] << 8, tuple(data[3:end])
+        if size >= end + 2:
+            return build(voltage, statuses, data[end], data[end + 1], data[end + 2 :])
+        signal = data[end] if size > end else None
+        return build(voltage, statuses, signal, None, b"")
 
     def encode(self) -> bytes:
         count = _port_count(self, self.port_statuses)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
@@ -10,6 +12,7 @@ from protocol import (
     ChargeControl,
     Empty,
     FirmwarePacket,
+    Frame,
     Heartbeat,
     Payload,
     PayloadError,
@@ -21,6 +24,7 @@ from protocol import (
     encode_payload,
 )
 from protocol.commands.registry import COMMAND_NAMES, DECODERS, DISPATCHED, models_for
+from protocol.describe import frame_json, frame_json_line, to_json_line
 from tests.protocol.strategies import minimal, payloads
 
 CASES = sorted(
@@ -167,3 +171,18 @@ def test_enum_names_in_json(command: int, sender: Sender, cls: type[Payload]) ->
     for spec in cls.SPEC:
         if spec.wire.enum is not None and spec.wire.kind == "int":
             assert body[f"{spec.name}_name"] == spec.wire.enum(getattr(payload, spec.name))
+
+
+@pytest.mark.parametrize(("command", "sender", "cls"), CASES, ids=IDS)
+@settings(max_examples=40, deadline=None)
+@given(data=st.data())
+def test_json_text_is_exactly_the_encoded_dict(
+    command: int, sender: Sender, cls: type[Payload], data: st.DataObject
+) -> None:
+    payload = data.draw(payloads(cls))
+    assert payload.to_json_text() == to_json_line(payload.to_json())
+    assert payload.to_json_text('"model": "X"') == to_json_line({**payload.to_json(), "model": "X"})
+    frame = Frame(0x04AB373B, 7, command, encode_payload(payload))
+    line, ok = frame_json_line(frame, sender)
+    assert line == to_json_line(frame_json(frame, sender))
+    assert ok == ("error" not in json.loads(line))
