@@ -66,6 +66,12 @@ class CommonSettings(BaseSettings):
     state_dir: Path = Field(
         default=Path("./chargebridge-state"), description="directory for durable state"
     )
+    stats_interval: float = Field(
+        default=5.0,
+        gt=0,
+        description="minimum seconds between two statistics messages (bridge/stats, "
+        "charging/stats); they are sent only when something changed",
+    )
     log_format: Literal["text", "json"] = Field(default="text", description="log line format")
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         default="info", description="minimum level logged"
@@ -117,9 +123,6 @@ class GatewaySettings(CommonSettings):
     )
     command_spacing_s: float = Field(
         default=0.5, ge=0, description="minimum seconds between two commands to one device"
-    )
-    stats_interval: float = Field(
-        default=5.0, gt=0, description="minimum seconds between two bridge/stats messages"
     )
     debug_devices: StrList = Field(
         default=[], description="device ids whose frames are logged as hex, both directions"

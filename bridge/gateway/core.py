@@ -22,7 +22,7 @@ from bridge.config import GatewaySettings
 from bridge.gateway import events, requests
 from bridge.gateway.dedup import BoundedTtlMap
 from bridge.gateway.dispatcher import CommandTimeout, DeviceOffline, Dispatcher
-from bridge.gateway.registry import ConnState, Device, Registry
+from bridge.gateway.registry import MAX_DEVICES_PER_CONNECTION, ConnState, Device, Registry
 from bridge.gateway.stats import GatewayStats
 from bridge.links.base import Connection
 from bridge.mqtt.payloads import (
@@ -222,9 +222,16 @@ class Gateway:
 
     # ------------------------------------------------------------------ frames
 
-    def _bind(self, cs: ConnState, frame: Frame) -> Device:
-        dev = self.registry.device(frame.physical_id)
+    def _bind(self, cs: ConnState, frame: Frame) -> Device | None:
         conn = cs.conn
+        if frame.physical_id not in cs.devices and len(cs.devices) >= MAX_DEVICES_PER_CONNECTION:
+            self.stats.decode_errors += 1
+            log.warning(
+                "too many physical ids on one connection, frame ignored",
+                extra={"peer": conn.peer, "physical_id": f"{frame.physical_id:08X}"},
+            )
+            return None
+        dev = self.registry.device(frame.physical_id)
         if dev.conn is not conn:
             old = dev.conn
             dev.conn = conn
@@ -253,6 +260,8 @@ class Gateway:
     def _on_frame(self, cs: ConnState, frame: Frame) -> None:
         self.stats.frames_in += 1
         dev = self._bind(cs, frame)
+        if dev is None:
+            return
         if dev.device_id in self._debug_ids:
             log.info("frame in", extra={"device_id": dev.device_id, "hex": frame.encode().hex(" ")})
         if frame.command >= 0x80 and frame.command != 0xFA:

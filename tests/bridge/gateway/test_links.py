@@ -200,3 +200,18 @@ async def test_serial_link_reopens_a_port_that_disappears_and_returns(
         first.close()
         if second is not None:
             second.close()
+
+
+async def test_one_connection_cannot_claim_unbounded_physical_ids(
+    gateway: GatewayApp, mqtt: MqttCollector
+) -> None:
+    device = FakeDevice()
+    await device.connect(tcp_port(gateway))
+    for i in range(300):
+        await device.send(0x22, physical_id=0x04000000 + i, message_id=1)
+    answered = {(await device.recv()).physical_id for _ in range(256)}
+    assert len(answered) == 256
+    await device.expect_silence(0.5)  # ids beyond the 256th were ignored
+    stats = await mqtt.wait(f"{B}/bridge/stats", lambda m: m["frames_in"] == 300)
+    assert stats["devices_online"] == 256
+    await device.close()
