@@ -160,8 +160,13 @@ class Gateway:
         self._submit(self.topics.bridge_state, BridgeState(state=state), retain=True)
 
     async def on_mqtt_connect(self) -> None:
-        """After every (re)connection: the will may have replaced our `online`."""
+        """After every (re)connection: the will may have replaced our `online`, and a broker
+        that lost its store lost our retained states too, so they are published again."""
         self.bridge_state("online")
+        for dev in self.registry.devices.values():
+            self._device_state(dev)
+            for state in dev.ports.values():
+                self._submit(self.topics.port(dev.device_id, state.port), state, retain=True)
 
     def _spawn(self, coro: Awaitable[Any], name: str) -> None:
         task = asyncio.ensure_future(coro)

@@ -56,6 +56,12 @@ async def test_two_devices_on_one_serial_line(
             line.send(PID_B, frame.message_id, 0x96, b"\x00")
             response = await mqtt.wait(f"{B}/devices/0500000A/response/locate")
             assert response["ok"] is True
+        # stopping the gateway publishes both devices offline, for the right reason
+        for device in ("04AB373B", "0500000A"):
+            event = await mqtt.wait(
+                f"{B}/devices/{device}/event/device", lambda m: m["type"] == "offline"
+            )
+            assert event["reason"] == "shutdown"
     finally:
         line.close()
 

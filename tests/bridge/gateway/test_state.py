@@ -83,3 +83,19 @@ async def test_heartbeat_keeps_the_order_of_a_charging_port(
     assert (idle["order_no"], idle["power_w"]) == (None, None)
     port1 = mqtt.all(f"{DEV}/ports/1")
     assert [m["status"] for m in port1] == ["charging", "idle"]
+
+
+async def test_states_come_back_after_the_broker_lost_its_store(
+    broker: Mosquitto, device: FakeDevice, mqtt: MqttCollector
+) -> None:
+    await device.send(0x21, p.encode_payload(p.Heartbeat(voltage=2200, port_statuses=(1,))))
+    await device.recv()
+    await mqtt.wait(f"{DEV}/ports/1")
+    broker.kill()
+    broker.wipe_store()
+    broker.start()
+    async with mqtt_collector(broker, f"{B}/#") as late:
+        await late.wait(f"{B}/bridge/state", lambda m: m == {"state": "online"}, timeout=40)
+        state = await late.wait_message(DEV)
+        port = await late.wait_message(f"{DEV}/ports/1")
+    assert state.json()["online"] is True and port.json()["status"] == "charging"
