@@ -523,7 +523,7 @@ class Gateway:
                 f"device_id {device_id!r} is not 8 upper-case hex digits",
             )
         try:
-            req = model.model_validate(body)
+            req = model.model_validate_json(payload or b"{}")
             plan = None if isinstance(req, CardReplyRequest) else requests.plan(req)
         except ValidationError as exc:
             return response(request_id, False, "invalid", _validation_message(exc))

@@ -74,7 +74,7 @@ async def test_start_charging_reply_response_and_event(
 
 async def test_refused_start_and_stop(device: FakeDevice, mqtt: MqttCollector) -> None:
     await online(device)
-    await request(mqtt, "start_charging", {"request_id": "a", "port": 1})
+    await request(mqtt, "start_charging", {"request_id": "a", "port": 1, "mode": "full"})
     frame = await device.recv()
     await device.send(0x82, bytes([1]), message_id=frame.message_id)  # old device: result only
     response = await mqtt.wait(f"{DEV}/response/start_charging")
@@ -142,9 +142,15 @@ async def test_offline_device_answers_at_once(gateway: Any, mqtt: MqttCollector)
         ("start_charging", b"{not json", "JSON"),
         ("start_charging", b"[1, 2]", "object"),
         ("fly", {"request_id": "i"}, "unknown command"),
-        ("start_charging", {"request_id": "i", "port": 0}, "port"),
+        ("start_charging", {"request_id": "i", "port": 0, "mode": "full"}, "port"),
+        ("start_charging", {"request_id": "i", "port": "1", "mode": "full"}, "port"),
+        ("start_charging", {"request_id": "i", "port": 1}, "mode"),
         ("start_charging", {"request_id": "i", "port": 1, "mode": "time"}, "duration_s"),
-        ("start_charging", {"request_id": "i", "port": 1, "order_no": "XYZ"}, "order_no"),
+        (
+            "start_charging",
+            {"request_id": "i", "port": 1, "mode": "full", "order_no": "XYZ"},
+            "order_no",
+        ),
         ("stop_charging", {"request_id": "i", "port": 1}, "order_no"),
         ("locate", {"request_id": "i", "seconds": 1, "volume": 3}, "volume"),
         (
