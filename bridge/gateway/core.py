@@ -231,10 +231,12 @@ class Gateway:
         conn = cs.conn
         if frame.physical_id not in cs.devices and len(cs.devices) >= MAX_DEVICES_PER_CONNECTION:
             self.stats.decode_errors += 1
-            log.warning(
-                "too many physical ids on one connection, frame ignored",
-                extra={"peer": conn.peer, "physical_id": f"{frame.physical_id:08X}"},
-            )
+            if not cs.warned:
+                cs.warned = True  # once per connection: a flood must not flood the log too
+                log.warning(
+                    "too many physical ids on one connection, ignoring new ones",
+                    extra={"peer": conn.peer, "physical_id": f"{frame.physical_id:08X}"},
+                )
             return None
         dev = self.registry.device(frame.physical_id)
         if dev.conn is not conn:
@@ -462,7 +464,7 @@ class Gateway:
         waited, request = self.dispatcher.on_reply(frame)
         if waited:
             return
-        log.info(
+        log.debug(
             "reply to no pending command",
             extra={"device_id": dev.device_id, "command": frame.command},
         )

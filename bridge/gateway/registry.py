@@ -23,6 +23,7 @@ class ConnState:
     devices: set[int] = field(default_factory=set)
     last_rx: float = field(default_factory=time.monotonic)
     close_reason: str = "closed"
+    warned: bool = False
 
 
 @dataclass(slots=True, eq=False)
