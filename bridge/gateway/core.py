@@ -58,6 +58,7 @@ RECENT_FRAMES = 50_000
 RECENT_TTL_S = 600.0
 SETTLEMENTS_REMEMBERED = 20_000
 SETTLEMENT_TTL_S = 24 * 3600.0
+TIME_REQUESTS = (0x12, 0x22)
 CHARGING_CODES = (1, 5)  # charging, float charging: same codes in 0x01/0x21 and 0x06
 
 
@@ -278,6 +279,9 @@ class Gateway:
         if key in self._recent:
             self.stats.duplicates += 1
             reply = self._recent.get(key)
+            if frame.command in TIME_REQUESTS:
+                # A rebooted device restarts its message ids: the time must still be now.
+                reply = self._reply_frame(frame, p.TimeReply(int(time.time())))
             if reply:
                 self._write(dev, reply)
             return
@@ -290,11 +294,16 @@ class Gateway:
             return
         reply_payload = self._handle(dev, frame, key, payload)
         if reply_payload is not None:
-            raw = encode_frame(
-                frame.physical_id, frame.message_id, frame.command, encode_payload(reply_payload)
-            )
+            raw = self._reply_frame(frame, reply_payload)
             self._recent.update(key, raw)
             self._write(dev, raw)
+
+    @staticmethod
+    def _reply_frame(frame: Frame, payload: Any) -> bytes:
+        """Replies carry the physical id, command and message id of what they answer."""
+        return encode_frame(
+            frame.physical_id, frame.message_id, frame.command, encode_payload(payload)
+        )
 
     def _handle(self, dev: Device, frame: Frame, key: FrameKey, payload: Any) -> Any:
         """Publish what the frame means; return the reply payload to send now (or None)."""
@@ -373,9 +382,7 @@ class Gateway:
             event = events.settled(dev, self.gateway_id, frame, s)
             topic = self.topics.event(dev.device_id, "order")
             self._spawn(self._publish_settlement(content, topic, event, published), "settle")
-        reply = encode_frame(
-            frame.physical_id, frame.message_id, frame.command, encode_payload(p.ResultReply(0))
-        )
+        reply = self._reply_frame(frame, p.ResultReply(0))
 
         def answer(fut: asyncio.Future[None]) -> None:
             if not fut.cancelled() and fut.exception() is None:
@@ -435,9 +442,7 @@ class Gateway:
             self._answer_swipe(dev, pending.frame, reply)
 
     def _answer_swipe(self, dev: Device, frame: Frame, reply: p.CardSwipeReply) -> None:
-        raw = encode_frame(
-            frame.physical_id, frame.message_id, frame.command, encode_payload(reply)
-        )
+        raw = self._reply_frame(frame, reply)
         self._recent.update((frame.physical_id, frame.command, frame.message_id, frame.data), raw)
         self._write(dev, raw)
 
