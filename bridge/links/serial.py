@@ -62,8 +62,9 @@ class SerialLink:
                 _, protocol = await serial_asyncio_fast.create_serial_connection(
                     loop, lambda: _SerialDeviceProtocol(self), self.url, baudrate=self.baudrate
                 )
-            except (OSError, ValueError) as exc:
-                # pyserial's SerialException is an OSError.
+            except Exception as exc:
+                # SerialException (an OSError) for a missing port; URL handlers raise assorted
+                # types. Never let one serial link take the gateway down: log and retry.
                 log.warning("serial port unavailable", extra={"url": self.url, "error": str(exc)})
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, BACKOFF_MAX_S)
