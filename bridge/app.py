@@ -106,6 +106,8 @@ class GatewayApp:
             await gateway.shutdown()
         for cs in list(gateway.registry.conns.values()):
             cs.conn.close()
+        for serial in self.serial_links:
+            serial.close()
         log.info("gateway stopped")
 
 

@@ -72,6 +72,12 @@ class CommonSettings(BaseSettings):
     state_dir: Path = Field(
         default=Path("./chargebridge-state"), description="directory for durable state"
     )
+    stats_interval: float = Field(
+        default=5.0,
+        gt=0,
+        description="minimum seconds between two statistics messages (bridge/stats, "
+        "charging/stats); they are sent only when something changed",
+    )
     log_format: Literal["text", "json"] = Field(default="text", description="log line format")
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         default="info", description="minimum level logged"
@@ -128,14 +134,14 @@ class GatewaySettings(CommonSettings):
     command_spacing_s: float = Field(
         default=0.5, ge=0, description="minimum seconds between two commands to one device"
     )
-    stats_interval: float = Field(
-        default=5.0, gt=0, description="minimum seconds between two bridge/stats messages"
-    )
     debug_devices: StrList = Field(
         default=[], description="device ids whose frames are logged as hex, both directions"
     )
     max_connections_per_ip: int = Field(
-        default=1000, gt=0, description="TCP connections accepted from one address"
+        default=1000,
+        gt=0,
+        description="TCP connections accepted from one address (raise it when many chargers "
+        "share one NAT address)",
     )
     max_write_buffer: int = Field(
         default=65536,
@@ -254,6 +260,8 @@ def describe_options(cls: type[BaseSettings]) -> list[tuple[str, str, str]]:
     for name, info in cls.model_fields.items():
         if info.default_factory is not None:
             default = "host name" if name == "gateway_id" else str(info.default_factory())  # type: ignore[call-arg]
+        elif isinstance(info.default, list):
+            default = ", ".join(info.default) or "(none)"
         else:
             default = str(info.default)
         rows.append((name, default, info.description or ""))

@@ -13,7 +13,7 @@ import json
 import logging
 import time
 from collections.abc import Awaitable
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 from pydantic import ValidationError
 
@@ -22,7 +22,7 @@ from bridge.config import GatewaySettings
 from bridge.gateway import events, requests
 from bridge.gateway.dedup import BoundedTtlMap
 from bridge.gateway.dispatcher import CommandTimeout, DeviceOffline, Dispatcher
-from bridge.gateway.registry import ConnState, Device, Registry
+from bridge.gateway.registry import MAX_DEVICES_PER_CONNECTION, ConnState, Device, Registry
 from bridge.gateway.stats import GatewayStats
 from bridge.links.base import Connection
 from bridge.mqtt.payloads import (
@@ -58,6 +58,8 @@ RECENT_FRAMES = 50_000
 RECENT_TTL_S = 600.0
 SETTLEMENTS_REMEMBERED = 20_000
 SETTLEMENT_TTL_S = 24 * 3600.0
+TIME_REQUESTS = (0x12, 0x22)
+CHARGING_CODES = (1, 5)  # charging, float charging: same codes in 0x01/0x21 and 0x06
 
 
 class Publisher(Protocol):
@@ -112,10 +114,8 @@ class Gateway:
             timeout_s=settings.command_timeout_s,
             spacing_s=settings.command_spacing_s,
         )
-        # upstream frame -> the reply we gave (None while it is still being decided)
-        self._recent: BoundedTtlMap[FrameKey, bytes | None] = BoundedTtlMap(
-            RECENT_FRAMES, RECENT_TTL_S
-        )
+        # upstream frame -> the reply we gave (b"" for none, or while it is being decided)
+        self._recent: BoundedTtlMap[FrameKey, bytes] = BoundedTtlMap(RECENT_FRAMES, RECENT_TTL_S)
         self._settlements: BoundedTtlMap[tuple[int, int, bytes], asyncio.Future[None]] = (
             BoundedTtlMap(SETTLEMENTS_REMEMBERED, SETTLEMENT_TTL_S)
         )
@@ -138,7 +138,16 @@ class Gateway:
         self._submit(self.topics.device(dev.device_id), dev.state(self.gateway_id), retain=True)
 
     def _port_state(self, dev: Device, state: PortState) -> None:
+        """Publish a port state when it changed. Heartbeats carry no order number (0x21 no
+        power either): while the port keeps charging, the values from 0x06 stay."""
         old = dev.ports.get(state.port)
+        if old is not None and state.status_code in CHARGING_CODES:
+            keep: dict[str, Any] = {}
+            if state.power_w is None:
+                keep["power_w"] = old.power_w
+            if state.order_no is None:
+                keep["order_no"] = old.order_no
+            state = state.model_copy(update=keep)
         if old is not None and (old.status_code, old.power_w, old.order_no) == (
             state.status_code,
             state.power_w,
@@ -148,12 +157,17 @@ class Gateway:
         dev.ports[state.port] = state
         self._submit(self.topics.port(dev.device_id, state.port), state, retain=True)
 
-    def bridge_state(self, state: str) -> None:
+    def bridge_state(self, state: Literal["online", "offline"]) -> None:
         self._submit(self.topics.bridge_state, BridgeState(state=state), retain=True)
 
     async def on_mqtt_connect(self) -> None:
-        """After every (re)connection: the will may have replaced our `online`."""
+        """After every (re)connection: the will may have replaced our `online`, and a broker
+        that lost its store lost our retained states too, so they are published again."""
         self.bridge_state("online")
+        for dev in self.registry.devices.values():
+            self._device_state(dev)
+            for state in dev.ports.values():
+                self._submit(self.topics.port(dev.device_id, state.port), state, retain=True)
 
     def _spawn(self, coro: Awaitable[Any], name: str) -> None:
         task = asyncio.ensure_future(coro)
@@ -214,9 +228,18 @@ class Gateway:
 
     # ------------------------------------------------------------------ frames
 
-    def _bind(self, cs: ConnState, frame: Frame) -> Device:
-        dev = self.registry.device(frame.physical_id)
+    def _bind(self, cs: ConnState, frame: Frame) -> Device | None:
         conn = cs.conn
+        if frame.physical_id not in cs.devices and len(cs.devices) >= MAX_DEVICES_PER_CONNECTION:
+            self.stats.decode_errors += 1
+            if not cs.warned:
+                cs.warned = True  # once per connection: a flood must not flood the log too
+                log.warning(
+                    "too many physical ids on one connection, ignoring new ones",
+                    extra={"peer": conn.peer, "physical_id": f"{frame.physical_id:08X}"},
+                )
+            return None
+        dev = self.registry.device(frame.physical_id)
         if dev.conn is not conn:
             old = dev.conn
             dev.conn = conn
@@ -245,6 +268,8 @@ class Gateway:
     def _on_frame(self, cs: ConnState, frame: Frame) -> None:
         self.stats.frames_in += 1
         dev = self._bind(cs, frame)
+        if dev is None:
+            return
         if dev.device_id in self._debug_ids:
             log.info("frame in", extra={"device_id": dev.device_id, "hex": frame.encode().hex(" ")})
         if frame.command >= 0x80 and frame.command != 0xFA:
@@ -254,6 +279,9 @@ class Gateway:
         if key in self._recent:
             self.stats.duplicates += 1
             reply = self._recent.get(key)
+            if frame.command in TIME_REQUESTS:
+                # A rebooted device restarts its message ids: the time must still be now.
+                reply = self._reply_frame(frame, p.TimeReply(int(time.time())))
             if reply:
                 self._write(dev, reply)
             return
@@ -266,11 +294,16 @@ class Gateway:
             return
         reply_payload = self._handle(dev, frame, key, payload)
         if reply_payload is not None:
-            raw = encode_frame(
-                frame.physical_id, frame.message_id, frame.command, encode_payload(reply_payload)
-            )
+            raw = self._reply_frame(frame, reply_payload)
             self._recent.update(key, raw)
             self._write(dev, raw)
+
+    @staticmethod
+    def _reply_frame(frame: Frame, payload: Any) -> bytes:
+        """Replies carry the physical id, command and message id of what they answer."""
+        return encode_frame(
+            frame.physical_id, frame.message_id, frame.command, encode_payload(payload)
+        )
 
     def _handle(self, dev: Device, frame: Frame, key: FrameKey, payload: Any) -> Any:
         """Publish what the frame means; return the reply payload to send now (or None)."""
@@ -349,9 +382,7 @@ class Gateway:
             event = events.settled(dev, self.gateway_id, frame, s)
             topic = self.topics.event(dev.device_id, "order")
             self._spawn(self._publish_settlement(content, topic, event, published), "settle")
-        reply = encode_frame(
-            frame.physical_id, frame.message_id, frame.command, encode_payload(p.ResultReply(0))
-        )
+        reply = self._reply_frame(frame, p.ResultReply(0))
 
         def answer(fut: asyncio.Future[None]) -> None:
             if not fut.cancelled() and fut.exception() is None:
@@ -411,9 +442,7 @@ class Gateway:
             self._answer_swipe(dev, pending.frame, reply)
 
     def _answer_swipe(self, dev: Device, frame: Frame, reply: p.CardSwipeReply) -> None:
-        raw = encode_frame(
-            frame.physical_id, frame.message_id, frame.command, encode_payload(reply)
-        )
+        raw = self._reply_frame(frame, reply)
         self._recent.update((frame.physical_id, frame.command, frame.message_id, frame.data), raw)
         self._write(dev, raw)
 
@@ -440,7 +469,7 @@ class Gateway:
         waited, request = self.dispatcher.on_reply(frame)
         if waited:
             return
-        log.info(
+        log.debug(
             "reply to no pending command",
             extra={"device_id": dev.device_id, "command": frame.command},
         )
@@ -501,7 +530,7 @@ class Gateway:
                 f"device_id {device_id!r} is not 8 upper-case hex digits",
             )
         try:
-            req = model.model_validate(body)
+            req = model.model_validate_json(payload or b"{}")
             plan = None if isinstance(req, CardReplyRequest) else requests.plan(req)
         except ValidationError as exc:
             return response(request_id, False, "invalid", _validation_message(exc))

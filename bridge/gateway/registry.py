@@ -23,6 +23,7 @@ class ConnState:
     devices: set[int] = field(default_factory=set)
     last_rx: float = field(default_factory=time.monotonic)
     close_reason: str = "closed"
+    warned: bool = False
 
 
 @dataclass(slots=True, eq=False)
@@ -69,16 +70,33 @@ class Device:
         )
 
 
+MAX_DEVICES = 100_000
+MAX_DEVICES_PER_CONNECTION = 256  # a host carries at most 50 extensions (reference 2.5)
+
+
 class Registry:
-    def __init__(self) -> None:
+    """Known devices, bounded: beyond `max_devices` the longest-silent offline ones are
+    forgotten (a peer inventing physical ids must not grow memory without bound)."""
+
+    def __init__(self, max_devices: int = MAX_DEVICES) -> None:
+        self.max_devices = max_devices
         self.devices: dict[int, Device] = {}
         self.conns: dict[int, ConnState] = {}
 
     def device(self, physical_id: int) -> Device:
         dev = self.devices.get(physical_id)
         if dev is None:
+            if len(self.devices) >= self.max_devices:
+                self._forget_offline()
             dev = self.devices[physical_id] = Device(physical_id, device_id(physical_id))
         return dev
+
+    def _forget_offline(self) -> None:
+        offline = sorted(
+            (d for d in self.devices.values() if not d.online), key=lambda d: d.last_rx
+        )
+        for dev in offline[: max(1, self.max_devices // 10)]:
+            del self.devices[dev.physical_id]
 
     def online_count(self) -> int:
         return sum(1 for d in self.devices.values() if d.online)

@@ -46,8 +46,15 @@ class SerialLink:
         self.connected = asyncio.Event()
         self._protocol: _SerialDeviceProtocol | None = None
 
+    def close(self) -> None:
+        """Close the port; `run` must be cancelled first or it reopens it."""
+        protocol = self._protocol
+        if protocol is not None and protocol.conn is not None:
+            protocol.conn.close()
+
     async def run(self) -> None:
-        """Keep the port open until cancelled."""
+        """Keep the port open until cancelled (then `close()` it: the owner publishes its
+        devices offline first)."""
         loop = asyncio.get_running_loop()
         delay = self.backoff_start_s
         while True:
@@ -55,8 +62,9 @@ class SerialLink:
                 _, protocol = await serial_asyncio_fast.create_serial_connection(
                     loop, lambda: _SerialDeviceProtocol(self), self.url, baudrate=self.baudrate
                 )
-            except (OSError, ValueError) as exc:
-                # pyserial's SerialException is an OSError.
+            except Exception as exc:
+                # SerialException (an OSError) for a missing port; URL handlers raise assorted
+                # types. Never let one serial link take the gateway down: log and retry.
                 log.warning("serial port unavailable", extra={"url": self.url, "error": str(exc)})
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, BACKOFF_MAX_S)
@@ -70,7 +78,5 @@ class SerialLink:
                 await protocol.lost
             finally:
                 self.connected.clear()
-                if protocol.conn is not None and not protocol.conn.closed:
-                    protocol.conn.close()
             log.warning("serial link lost", extra={"url": self.url})
             await asyncio.sleep(delay)

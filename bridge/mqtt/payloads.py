@@ -305,9 +305,10 @@ U16Raw = Annotated[int, Field(ge=0, le=0xFFFF)]
 
 
 class CommandRequest(BaseModel):
-    """Base of `{b}/devices/{device_id}/request/{command}` payloads; unknown keys are refused."""
+    """Base of `{b}/devices/{device_id}/request/{command}` payloads. Validated strictly from
+    JSON: unknown keys, `"2"` for a number or `true` for a port are refused."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     request_id: str | None = Field(default=None, description="echoed in the response")
 
@@ -317,7 +318,7 @@ class StartChargingRequest(CommandRequest):
 
     port: PortNumber | Literal["auto"]
     order_no: OrderNo | None = Field(default=None, description="generated when absent")
-    mode: Literal["full", "time", "energy"] = "full"
+    mode: Literal["full", "time", "energy"]
     duration_s: Annotated[int, Field(ge=1, le=0xFFFF)] | None = None
     energy_kwh: Annotated[float, Field(gt=0, le=655.35)] | None = None
     rate_mode: Literal["time", "monthly", "energy", "count"] | None = Field(

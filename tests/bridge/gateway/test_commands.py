@@ -74,7 +74,7 @@ async def test_start_charging_reply_response_and_event(
 
 async def test_refused_start_and_stop(device: FakeDevice, mqtt: MqttCollector) -> None:
     await online(device)
-    await request(mqtt, "start_charging", {"request_id": "a", "port": 1})
+    await request(mqtt, "start_charging", {"request_id": "a", "port": 1, "mode": "full"})
     frame = await device.recv()
     await device.send(0x82, bytes([1]), message_id=frame.message_id)  # old device: result only
     response = await mqtt.wait(f"{DEV}/response/start_charging")
@@ -142,9 +142,15 @@ async def test_offline_device_answers_at_once(gateway: Any, mqtt: MqttCollector)
         ("start_charging", b"{not json", "JSON"),
         ("start_charging", b"[1, 2]", "object"),
         ("fly", {"request_id": "i"}, "unknown command"),
-        ("start_charging", {"request_id": "i", "port": 0}, "port"),
+        ("start_charging", {"request_id": "i", "port": 0, "mode": "full"}, "port"),
+        ("start_charging", {"request_id": "i", "port": "1", "mode": "full"}, "port"),
+        ("start_charging", {"request_id": "i", "port": 1}, "mode"),
         ("start_charging", {"request_id": "i", "port": 1, "mode": "time"}, "duration_s"),
-        ("start_charging", {"request_id": "i", "port": 1, "order_no": "XYZ"}, "order_no"),
+        (
+            "start_charging",
+            {"request_id": "i", "port": 1, "mode": "full", "order_no": "XYZ"},
+            "order_no",
+        ),
         ("stop_charging", {"request_id": "i", "port": 1}, "order_no"),
         ("locate", {"request_id": "i", "seconds": 1, "volume": 3}, "volume"),
         (
@@ -280,3 +286,16 @@ async def test_card_falls_back_when_nobody_authorizes(
     await request(mqtt, "card_reply", {"request_id": "late", "card_id": "0A0B0C0D"})
     late = await mqtt.wait(f"{DEV}/response/card_reply")
     assert (late["ok"], late["result"]) == (False, "expired")
+
+
+async def test_adjust_charging_frame_and_result_name(
+    device: FakeDevice, mqtt: MqttCollector
+) -> None:
+    await online(device)
+    await request(mqtt, "adjust_charging", {"port": 2, "mode": "energy", "energy_kwh": 1.5})
+    frame = await device.recv()
+    adjust = p.decode_payload(0x8A, frame.data, p.Sender.SERVER)
+    assert adjust == p.AdjustCharging(mode=2, port=1, limit=150)
+    await device.send(0x8A, b"\x01", message_id=frame.message_id)
+    response = await mqtt.wait(f"{DEV}/response/adjust_charging")
+    assert (response["ok"], response["code"], response["result"]) == (False, 1, "not_charging")

@@ -184,3 +184,28 @@ async def test_iccid_is_attached_to_the_device(gateway: GatewayApp, mqtt: MqttCo
         assert state["online"] is True
     finally:
         await dev.close()
+
+
+async def test_host_heartbeat_is_not_answered_but_published(
+    device: FakeDevice, mqtt: MqttCollector
+) -> None:
+    host = p.HostHeartbeat(
+        firmware=290,
+        rtc_module=1,
+        host_time=1604934878,
+        signal=25,
+        module_type=6,
+        iccid=ICCID,
+        host_type=0x50,
+        frequency=0,
+        imei="861234567890123",
+        module_version="V1",
+    )
+    mid = await device.send(0x11, p.encode_payload(host))
+    event = await mqtt.wait(f"{DEV}/event/device", lambda m: m["type"] == "heartbeat")
+    assert event["message_id"] == mid and event["command"] == 0x11
+    assert (event["firmware"], event["signal"], event["iccid"]) == ("2.90", 25, ICCID)
+    assert (event["imei"], event["host_time"]) == ("861234567890123", "2020-11-09T15:14:38.000Z")
+    state = await mqtt.wait(DEV, lambda m: m["iccid"] == ICCID)
+    assert state["firmware"] == "2.90"
+    await device.expect_silence(0.5)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import protocol as p
@@ -235,3 +236,17 @@ async def test_offline_event_and_state_on_disconnect(
     assert event == {"type": "offline", **common(event, None, None), "reason": "closed"}
     state = await mqtt.wait(DEV, lambda m: m["online"] is False)
     assert state["last_seen"].endswith("Z")
+
+
+async def test_resent_time_request_gets_the_current_time(
+    device: FakeDevice, mqtt: MqttCollector
+) -> None:
+    await device.send(0x22, message_id=9)
+    first = p.decode_payload(0x22, (await device.recv()).data, p.Sender.SERVER)
+    await asyncio.sleep(1.1)  # the clock must move on; nothing to await
+    await device.send(0x22, message_id=9)  # e.g. after a reboot message ids restart
+    second = p.decode_payload(0x22, (await device.recv()).data, p.Sender.SERVER)
+    assert isinstance(first, p.TimeReply) and isinstance(second, p.TimeReply)
+    assert second.unix_time > first.unix_time
+    await fence(device, mqtt)
+    assert len([m for m in mqtt.all(f"{DEV}/event/device") if m["type"] == "time_sync"]) == 2

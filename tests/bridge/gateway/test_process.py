@@ -13,19 +13,10 @@ from tests.bridge.gateway.conftest import B
 from tests.bridge.helpers import FakeDevice, MqttCollector, mqtt_collector
 from tests.broker import Mosquitto, free_port
 
-# The gateway sub-command alone, independent of the other sub-commands of the CLI.
-RUNNER = (
-    "import argparse, sys\n"
-    "from bridge.commands import gateway\n"
-    "parser = argparse.ArgumentParser()\n"
-    "gateway.add_arguments(parser)\n"
-    "sys.exit(gateway.main(parser.parse_args(sys.argv[1:])))\n"
-)
-
 
 def start_gateway(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
-        [sys.executable, "-c", RUNNER, *args],
+        [sys.executable, "-m", "bridge", "gateway", *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         env={**os.environ, **(env or {})},

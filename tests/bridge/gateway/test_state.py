@@ -55,3 +55,47 @@ async def test_bridge_stats_retained_and_counting(
     assert stats.frames_in >= 1 and stats.bytes_in >= 14 and stats.bytes_out >= 18
     assert stats.connections == 1 and stats.devices_online == 1
     assert stats.updated_at.endswith("Z")
+
+
+async def test_heartbeat_keeps_the_order_of_a_charging_port(
+    device: FakeDevice, mqtt: MqttCollector
+) -> None:
+    order = bytes(range(16))
+    report = p.PortPowerReport(
+        port=0,
+        status=1,
+        duration=60,
+        energy=1,
+        start_mode=1,
+        power=1000,
+        max_power=1000,
+        min_power=1000,
+        average_power=1000,
+        order_no=order,
+    )
+    await device.send(0x06, p.encode_payload(report))
+    await mqtt.wait(f"{DEV}/ports/1", lambda m: m["order_no"] == order.hex().upper())
+    for statuses in ((1, 0), (0, 0)):
+        await device.send(0x21, p.encode_payload(p.Heartbeat(voltage=2200, port_statuses=statuses)))
+        await device.recv()
+    # still charging: nothing changed, nothing published; then idle: order cleared
+    idle = await mqtt.wait(f"{DEV}/ports/1", lambda m: m["status"] == "idle")
+    assert (idle["order_no"], idle["power_w"]) == (None, None)
+    port1 = mqtt.all(f"{DEV}/ports/1")
+    assert [m["status"] for m in port1] == ["charging", "idle"]
+
+
+async def test_states_come_back_after_the_broker_lost_its_store(
+    broker: Mosquitto, device: FakeDevice, mqtt: MqttCollector
+) -> None:
+    await device.send(0x21, p.encode_payload(p.Heartbeat(voltage=2200, port_statuses=(1,))))
+    await device.recv()
+    await mqtt.wait(f"{DEV}/ports/1")
+    broker.kill()
+    broker.wipe_store()
+    broker.start()
+    async with mqtt_collector(broker, f"{B}/#") as late:
+        await late.wait(f"{B}/bridge/state", lambda m: m == {"state": "online"}, timeout=40)
+        state = await late.wait_message(DEV)
+        port = await late.wait_message(f"{DEV}/ports/1")
+    assert state.json()["online"] is True and port.json()["status"] == "charging"
