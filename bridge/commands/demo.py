@@ -58,7 +58,7 @@ async def show(state: LiveState, mqtt: MqttClient, console: Console) -> None:
     async def fold() -> None:
         async for message in mqtt.messages:
             before = state.sessions.get(topics_session(state, str(message.topic)), {})
-            state.apply(str(message.topic), bytes(message.payload))  # type: ignore[arg-type]
+            state.apply(str(message.topic), bytes(message.payload))
             if not console.is_terminal:
                 announce_completion(console, before, state, str(message.topic))
 
@@ -87,7 +87,7 @@ def announce_completion(
     if after.get("status") == "completed" and before.get("status") != "completed":
         console.print(
             f"session {session_id[:12]}… completed: device {after.get('device_id')} "
-            f"port {after.get('port')}, {float(after.get('energy_kwh') or 0):.3f} kWh "  # type: ignore[arg-type]
+            f"port {after.get('port')}, {float(after.get('energy_kwh') or 0):.3f} kWh "
             f"in {after.get('duration_s')} s, {after.get('stop_reason')}",
             soft_wrap=True,
         )

@@ -43,7 +43,7 @@ class DemoDriver:
     def handle(self, message: aiomqtt.Message) -> None:
         topic = str(message.topic)
         try:
-            data: Any = json.loads(bytes(message.payload)) if message.payload else None  # type: ignore[arg-type]
+            data: Any = json.loads(bytes(message.payload)) if message.payload else None
         except ValueError:
             return
         parsed = self.topics.parse_device_topic(topic)
