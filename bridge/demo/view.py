@@ -85,15 +85,15 @@ class LiveState:
         return [s for s in self.sessions.values() if s.get("status") == "completed"]
 
     def summary_line(self) -> str:
+        """Counts from the retained sessions themselves, so they are never stale."""
         online = sum(1 for d in self.devices.values() if d.get("online"))
-        cs = self.charging_stats
-        energy = cs.get("total_energy_delivered_kwh", 0.0) or 0.0
+        completed = self.completed_sessions()
+        energy = sum(float(s.get("energy_kwh") or 0.0) for s in completed)
         power = sum(float(s.get("power_w") or 0.0) for s in self.active_sessions())
         return (
             f"{time.strftime('%H:%M:%S')} bridge {self.bridge_state} | "
             f"chargers {online}/{len(self.devices)} online | "
-            f"sessions {len(self.active_sessions())} active, "
-            f"{cs.get('sessions_completed', len(self.completed_sessions()))} completed | "
+            f"sessions {len(self.active_sessions())} active, {len(completed)} completed | "
             f"{power:.0f} W now, {energy:.3f} kWh delivered | "
             f"frames in {self.bridge_stats.get('frames_in', 0)}"
         )

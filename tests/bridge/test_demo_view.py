@@ -20,7 +20,9 @@ def test_state_follows_retained_topics_and_clears_on_empty_payload() -> None:
     msg(s, t.device("04AB373B"), {"device_id": "04AB373B", "online": True, "device_kind": "x"})
     msg(s, t.port("04AB373B", 1), {"port": 1, "status": "charging", "power_w": 200.0})
     msg(s, t.session("AA" * 16), {"session_id": "AA" * 16, "status": "charging", "power_w": 210})
-    msg(s, t.session("BB" * 16), {"session_id": "BB" * 16, "status": "completed"})
+    msg(
+        s, t.session("BB" * 16), {"session_id": "BB" * 16, "status": "completed", "energy_kwh": 0.5}
+    )
     msg(s, t.charging_stats, {"sessions_completed": 1, "total_energy_delivered_kwh": 0.5})
     assert [x["session_id"] for x in s.active_sessions()] == ["AA" * 16]
     assert "chargers 1/1 online" in s.summary_line()
