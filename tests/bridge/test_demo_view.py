@@ -53,8 +53,17 @@ def test_render_shows_devices_and_sessions() -> None:
             "duration_s": 60,
         },
     )
+    for i in range(20):  # more active sessions than the table has room for
+        sid = f"{i:032X}"
+        msg(s, t.session(sid), {"session_id": sid, "status": "charging", "last_update": "1"})
+    msg(
+        s,
+        t.session("DD" * 16),
+        {"session_id": "DD" * 16, "status": "completed", "energy_kwh": 0.777, "last_update": "0"},
+    )
     console = Console(width=140, record=True)
     console.print(render(s))
     text = console.export_text()
     assert "04AB373B" in text and "dual_socket" in text
-    assert "321.5" in text and "0.012" in text and "charging" in text
+    assert "charging" in text
+    assert "completed" in text and "0.777" in text  # finished sessions keep a place
