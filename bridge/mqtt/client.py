@@ -233,7 +233,8 @@ class MqttClient:
         for seq in added.dropped:
             for fut in self._futures.pop(seq, ()):
                 if not fut.done():
-                    fut.set_exception(MessageDropped(topic))
+                    fut.set_exception(MessageDropped(f"outbox full ({len(self.outbox)})"))
+                    fut.exception()  # counted in `dropped`; no "never retrieved" per message
         self._empty.clear()
         self._wakeup.set()
         return future
