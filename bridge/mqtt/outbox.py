@@ -20,6 +20,7 @@ restarts with `SqliteOutbox`), so a device resending a settlement never produces
 from __future__ import annotations
 
 import asyncio
+import logging
 import sqlite3
 import time
 from collections import OrderedDict
@@ -28,6 +29,8 @@ from pathlib import Path
 
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
+
+log = logging.getLogger("chargebridge.mqtt")
 
 DEFAULT_MAX_MESSAGES = 100_000
 KEYS_REMEMBERED = 20_000
@@ -221,14 +224,22 @@ CREATE TABLE IF NOT EXISTS outbox (
     seq INTEGER PRIMARY KEY, topic TEXT NOT NULL, payload BLOB NOT NULL, qos INTEGER NOT NULL,
     retain INTEGER NOT NULL, critical INTEGER NOT NULL, key TEXT, properties BLOB);
 CREATE TABLE IF NOT EXISTS published (key TEXT PRIMARY KEY, at REAL NOT NULL);
+CREATE INDEX IF NOT EXISTS published_at ON published (at);
 """
+
+
+class OutboxLocked(OSError):
+    """Another process (a second gateway on the same state dir) holds the outbox."""
 
 
 class SqliteOutbox(Outbox):
     """The outbox in SQLite (WAL, `synchronous=NORMAL`: a commit survives a crash of the process,
     not necessarily a power cut). Changes are written in one transaction per event-loop turn,
     and always before a message is handed out for publishing, so the cost per message is small.
-    Queued messages are also kept in memory (bounded by `max_messages`)."""
+    Queued messages are also kept in memory (bounded by `max_messages`). The database is locked
+    exclusively while open: a second gateway on the same state dir fails at start. A failing
+    write (disk full) is logged and retried with the next change; publishing goes on from memory.
+    """
 
     def __init__(
         self,
@@ -241,10 +252,20 @@ class SqliteOutbox(Outbox):
         super().__init__(max_messages, coalesce_retained=coalesce_retained, key_ttl_s=key_ttl_s)
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
-        self._db = sqlite3.connect(path, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.executescript(SCHEMA)
+        self._db = sqlite3.connect(path, isolation_level=None, timeout=0.5)
+        try:
+            self._db.execute("PRAGMA locking_mode=EXCLUSIVE")
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.executescript(SCHEMA)
+            self._db.execute("BEGIN IMMEDIATE")  # takes the exclusive lock now, held until close
+            self._db.execute("COMMIT")
+        except sqlite3.OperationalError as exc:
+            self._db.close()
+            if "locked" in str(exc):
+                raise OutboxLocked(f"{path} is in use by another process") from None
+            raise
+        self._write_failing = False
         self._inserts: dict[int, OutboxMessage] = {}
         self._deletes: list[int] = []
         self._keys_published: list[tuple[str, float]] = []
@@ -306,6 +327,21 @@ class SqliteOutbox(Outbox):
         self._flush_scheduled = False
         if not (self._inserts or self._deletes or self._keys_published):
             return
+        try:
+            self._write()
+        except sqlite3.Error as exc:
+            if not self._write_failing:
+                log.error("cannot write the outbox %s: %s; retrying", self.path, exc)
+            self._write_failing = True
+            return
+        if self._write_failing:
+            log.info("outbox %s writable again", self.path)
+            self._write_failing = False
+        self._inserts.clear()
+        self._deletes.clear()
+        self._keys_published.clear()
+
+    def _write(self) -> None:
         db = self._db
         db.execute("BEGIN")
         try:
@@ -326,14 +362,16 @@ class SqliteOutbox(Outbox):
                 ],
             )
             db.executemany("DELETE FROM outbox WHERE seq = ?", [(s,) for s in self._deletes])
-            db.executemany("INSERT OR REPLACE INTO published VALUES (?, ?)", self._keys_published)
+            if self._keys_published:
+                db.executemany(
+                    "INSERT OR REPLACE INTO published VALUES (?, ?)", self._keys_published
+                )
+                db.execute("DELETE FROM published WHERE at < ?", (time.time() - self.key_ttl_s,))
             db.execute("COMMIT")
         except BaseException:
-            db.execute("ROLLBACK")
+            if db.in_transaction:
+                db.execute("ROLLBACK")
             raise
-        self._inserts.clear()
-        self._deletes.clear()
-        self._keys_published.clear()
 
     def stored_count(self) -> int:
         """Rows on disk (for tests and benchmarks)."""

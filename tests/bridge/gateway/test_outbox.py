@@ -202,3 +202,20 @@ async def test_a_heartbeat_flood_keeps_the_outbox_at_its_bound_and_the_settlemen
         counted = await stats.wait(f"{B}/bridge/stats", lambda m: m["events_dropped"] >= dropped)
         assert counted["events_dropped"] <= client.dropped
     assert (gateway.settings.state_dir / OUTBOX_FILENAME).exists()
+
+
+async def test_a_second_gateway_on_the_same_state_dir_stops_with_one_line(
+    broker: Mosquitto, tmp_path: Path
+) -> None:
+    gw = GatewayProcess(broker, tmp_path)
+    try:
+        await gw.start()
+        second = start_gateway(
+            *("--mqtt", broker.url, "--tcp", "127.0.0.1:0", "--state-dir", str(tmp_path))
+        )
+        assert await wait_exit(second) == 1
+        assert second.stderr is not None
+        err = second.stderr.read().decode()
+        assert "in use by another process" in err and "Traceback" not in err
+    finally:
+        gw.cleanup()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import sqlite3
 from pathlib import Path
 
 import aiomqtt
@@ -12,7 +11,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from bridge.mqtt.client import MessageDropped, MqttClient, MqttSettings
-from bridge.mqtt.outbox import Outbox, SqliteOutbox
+from bridge.mqtt.outbox import Outbox, OutboxLocked, SqliteOutbox
 from tests.broker import Mosquitto
 
 
@@ -125,7 +124,8 @@ def test_sqlite_outbox_survives_a_restart_in_order(tmp_path: Path) -> None:
     while (message := first.take()) is not None and message.key != "k2":
         first.acked(message.seq)
     assert message is not None  # "k2" in flight too
-    first.flush()  # what the event loop does at the end of the turn; no close(): a crash
+    first.flush()  # what the event loop does at the end of the turn
+    first._db.close()  # a crash: no close(), the process just ends
 
     second = SqliteOutbox(path, 100)
     assert second.find_key("k1") is True  # published before the crash
@@ -150,9 +150,11 @@ def test_sqlite_outbox_restores_properties(tmp_path: Path) -> None:
     first = SqliteOutbox(path)
     first.add("resp", b"r", properties=props)
     first.close()
-    restored = SqliteOutbox(path).take()
+    second = SqliteOutbox(path)
+    restored = second.take()
     assert restored is not None and restored.properties is not None
     assert restored.properties.CorrelationData == b"corr"
+    second.close()
 
 
 def test_sqlite_outbox_writes_before_handing_out_and_skips_what_never_left(
@@ -164,8 +166,7 @@ def test_sqlite_outbox_writes_before_handing_out_and_skips_what_never_left(
         outbox.add("e", str(i).encode())
     outbox.add("s", b"1", retain=True)
     outbox.add("s", b"2", retain=True)
-    with sqlite3.connect(path) as db:
-        assert db.execute("SELECT count(*) FROM outbox").fetchone() == (0,)
+    assert outbox.stored_count() == 0
     message = outbox.take()
     assert message is not None and message.payload == b"8"
     assert outbox.stored_count() == 3  # "8" (in flight), "9", and only the newest state
@@ -183,8 +184,19 @@ def test_sqlite_outbox_forgets_published_keys_after_their_ttl(tmp_path: Path) ->
     assert message is not None
     first.acked(message.seq)
     first.close()
-    assert SqliteOutbox(path, key_ttl_s=3600).find_key("k") is True
-    assert SqliteOutbox(path, key_ttl_s=0).find_key("k") is False
+    for ttl, known in ((3600, True), (0, False)):
+        reopened = SqliteOutbox(path, key_ttl_s=ttl)
+        assert reopened.find_key("k") is known
+        reopened.close()
+
+
+def test_a_second_process_cannot_open_the_same_outbox(tmp_path: Path) -> None:
+    path = tmp_path / "o.sqlite3"
+    first = SqliteOutbox(path)
+    with pytest.raises(OutboxLocked, match="in use"):
+        SqliteOutbox(path)
+    first.close()
+    SqliteOutbox(path).close()  # free again once closed
 
 
 async def test_client_futures_follow_drops_coalescing_and_keys(broker: Mosquitto) -> None:
