@@ -17,7 +17,7 @@ from bridge.config import GatewaySettings
 from bridge.gateway.core import Gateway
 from bridge.links.serial import SerialLink
 from bridge.links.tcp import TcpLink
-from bridge.mqtt.client import MqttClient, MqttSettings, Will
+from bridge.mqtt.client import MqttClient, MqttSettings, Will, payload_bytes
 from bridge.mqtt.outbox import SqliteOutbox
 from bridge.mqtt.payloads import BridgeState
 from bridge.mqtt.topics import Topics
@@ -111,7 +111,7 @@ class GatewayApp:
         async for message in mqtt.messages:
             tg.create_task(
                 gateway.handle_request(
-                    str(message.topic), _payload_bytes(message.payload), message.properties
+                    str(message.topic), payload_bytes(message), message.properties
                 )
             )
 
@@ -125,14 +125,6 @@ class GatewayApp:
         for serial in self.serial_links:
             serial.close()
         log.info("gateway stopped")
-
-
-def _payload_bytes(payload: object) -> bytes:
-    if isinstance(payload, bytes | bytearray):
-        return bytes(payload)
-    if isinstance(payload, str):
-        return payload.encode()
-    return b"" if payload is None else str(payload).encode()
 
 
 async def run_gateway(settings: GatewaySettings, *, ready: asyncio.Event | None = None) -> None:

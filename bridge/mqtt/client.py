@@ -419,3 +419,11 @@ class MqttClient:
             self._settle(message.seq)
         finally:
             window.release()
+
+
+def payload_bytes(message: aiomqtt.Message) -> bytes:
+    """The payload as bytes: aiomqtt types it loosely, brokers always send bytes."""
+    raw = message.payload
+    if isinstance(raw, bytes | bytearray):
+        return bytes(raw)
+    return b"" if raw is None else str(raw).encode()
