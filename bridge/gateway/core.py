@@ -12,7 +12,7 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from typing import Any, Literal, Protocol
 
 from pydantic import ValidationError
@@ -46,6 +46,7 @@ from protocol import (
     PayloadError,
     Sender,
     StreamItem,
+    decode_frame,
     decode_payload,
     encode_frame,
     encode_payload,
@@ -87,6 +88,9 @@ class Publisher(Protocol):
 
 
 FrameKey = tuple[int, int, int, bytes]
+# Observer of every frame exchanged with a device (capture, metrics): who sent it, the device,
+# the frame. Called synchronously on the event loop; it must be cheap and must not raise.
+FrameTap = Callable[[Sender, Device, Frame], None]
 
 
 class _PendingSwipe:
@@ -123,6 +127,7 @@ class Gateway:
         self._debug_ids = set(settings.debug_devices)
         self._tasks: set[asyncio.Task[Any]] = set()
         self._last_submit: asyncio.Future[None] | None = None
+        self.taps: list[FrameTap] = []
 
     # ------------------------------------------------------------------ publishing
 
@@ -272,6 +277,8 @@ class Gateway:
             return
         if dev.device_id in self._debug_ids:
             log.info("frame in", extra={"device_id": dev.device_id, "hex": frame.encode().hex(" ")})
+        for tap in self.taps:
+            tap(Sender.DEVICE, dev, frame)
         if frame.command >= 0x80 and frame.command != 0xFA:
             self._on_command_reply(dev, frame)
             return
@@ -364,6 +371,10 @@ class Gateway:
         self.stats.bytes_out += len(raw)
         if dev.device_id in self._debug_ids:
             log.info("frame out", extra={"device_id": dev.device_id, "hex": raw.hex(" ")})
+        if self.taps:
+            frame = decode_frame(raw)
+            for tap in self.taps:
+                tap(Sender.SERVER, dev, frame)
         return True
 
     def _send_command(self, dev: Device, raw: bytes) -> bool:
