@@ -49,6 +49,8 @@ class GatewayApp:
         self.serial_links: list[SerialLink] = []
         self.gateway: Gateway | None = None
         self.metrics: MetricsUnit | None = None
+        self.homeassistant: HomeAssistantUnit | None = None
+        self.capture: CaptureUnit | None = None
 
     @property
     def tcp_addresses(self) -> list[tuple[str, int]]:
@@ -107,11 +109,11 @@ class GatewayApp:
         """The self-contained units (docs/integrations.md), each with its own MQTT connection
         except metrics, which reads the gateway's outbox depth."""
         settings = self.settings
-        units: list[tuple[str, Coroutine[Any, Any, None]]] = [
-            ("capture", CaptureUnit(settings, gateway).run())
-        ]
+        self.capture = CaptureUnit(settings, gateway)
+        units: list[tuple[str, Coroutine[Any, Any, None]]] = [("capture", self.capture.run())]
         if settings.homeassistant:
-            units.append(("homeassistant", HomeAssistantUnit(settings).run()))
+            self.homeassistant = HomeAssistantUnit(settings)
+            units.append(("homeassistant", self.homeassistant.run()))
         if settings.metrics_address is not None:
             self.metrics = MetricsUnit(settings, gateway, mqtt)
             units.append(("metrics", self.metrics.run()))
