@@ -104,6 +104,7 @@ class MetricsUnit:
         self.mqtt = mqtt
         self.topics = Topics(settings.base_topic)
         self.charging: dict[str, Any] = {}
+        self.charging_updated = asyncio.Event()
         self.registry = CollectorRegistry()
         self.frames = Counter(
             "chargebridge_frames",
@@ -174,6 +175,7 @@ class MetricsUnit:
             return
         if isinstance(data, dict):
             self.charging = data
+            self.charging_updated.set()
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         """Minimal HTTP/1.0: `GET /metrics` (or `/`), anything else 404; one request per

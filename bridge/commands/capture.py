@@ -47,6 +47,7 @@ async def capture(
     seconds: float,
     max_frames: int,
     out: IO[str],
+    response_timeout: float = RESPONSE_TIMEOUT_S,
 ) -> int:
     """Ask the gateway for a capture and write its frames; returns the number of frames."""
     topics = Topics(settings.base_topic)
@@ -65,10 +66,10 @@ async def capture(
     early: list[tuple[str, Any]] = []  # stream messages that came before the response
     frames = 0
     async with mqtt:
-        async with asyncio.timeout(RESPONSE_TIMEOUT_S):
+        async with asyncio.timeout(response_timeout):
             await mqtt.wait_connected()
         mqtt.submit(topics.bridge_request("capture"), json.dumps(body))
-        deadline = asyncio.get_running_loop().time() + RESPONSE_TIMEOUT_S
+        deadline = asyncio.get_running_loop().time() + response_timeout
         async with asyncio.timeout_at(deadline) as scope:
             async for message in mqtt.messages:
                 topic, data = str(message.topic), _json(message.payload)
