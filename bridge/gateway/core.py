@@ -277,8 +277,9 @@ class Gateway:
             return
         if dev.device_id in self._debug_ids:
             log.info("frame in", extra={"device_id": dev.device_id, "hex": frame.encode().hex(" ")})
-        for tap in self.taps:
-            tap(Sender.DEVICE, dev, frame)
+        if self.taps:
+            for tap in tuple(self.taps):  # a tap may remove itself (a capture that ends)
+                tap(Sender.DEVICE, dev, frame)
         if frame.command >= 0x80 and frame.command != 0xFA:
             self._on_command_reply(dev, frame)
             return
@@ -373,7 +374,7 @@ class Gateway:
             log.info("frame out", extra={"device_id": dev.device_id, "hex": raw.hex(" ")})
         if self.taps:
             frame = decode_frame(raw)
-            for tap in self.taps:
+            for tap in tuple(self.taps):
                 tap(Sender.SERVER, dev, frame)
         return True
 

@@ -186,3 +186,25 @@ def test_replay_cli_errors(tmp_path: Path) -> None:
             timeout=60,
         )
         assert run.returncode == code and message in run.stderr
+
+
+async def test_a_capture_ending_at_its_limit_does_not_hide_frames_from_another(
+    gateway: GatewayApp, device: FakeDevice, mqtt: MqttCollector
+) -> None:
+    await started(gateway)
+    topics = {}
+    for name, limit in (("short", 1), ("long", 100)):
+        body = {"request_id": name, "seconds": 2, "max_frames": limit}
+        await mqtt.client.publish(f"{B}/bridge/request/capture", json.dumps(body), qos=1)
+        answer = await mqtt.wait(
+            f"{B}/bridge/response/capture", lambda r, n=name: r["request_id"] == n
+        )
+        topics[name] = answer["topic"]
+    await device.send(0x22)
+    await device.recv()
+    short_end = await mqtt.wait(topics["short"], lambda r: r["type"] == "end")
+    assert (short_end["frames"], short_end["reason"]) == (1, "limit")
+    long_end = await mqtt.wait(topics["long"], lambda r: r["type"] == "end")
+    assert (long_end["frames"], long_end["reason"]) == (2, "time")
+    long_frames = [r for r in mqtt.all(topics["long"]) if r["type"] == "frame"]
+    assert [r["direction"] for r in long_frames] == ["device_to_server", "server_to_device"]

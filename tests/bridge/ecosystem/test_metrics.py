@@ -4,16 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
+from pathlib import Path
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from bridge.app import GatewayApp
+from bridge.charging.model import ChargingStats
 from tests.bridge.ecosystem.support import register
 from tests.bridge.gateway.conftest import B
 from tests.bridge.helpers import TIMEOUT, FakeDevice, MqttCollector
 
 DEV = f"{B}/devices/04AB373B"
+DASHBOARD = Path(__file__).resolve().parents[3] / "docs/grafana-dashboard.json"
 
 
 async def http_get(app: GatewayApp, request: bytes) -> tuple[str, bytes]:
@@ -47,7 +51,7 @@ async def test_scrape_during_a_run(
     frame = await device.recv()
     await device.send(0x96, b"\x00", message_id=frame.message_id)
     await mqtt.wait(f"{DEV}/response/locate")
-    stats = {"active_sessions": 3, "sessions_completed": 7, "total_energy_delivered_kwh": 1.5}
+    stats = ChargingStats(sessions_completed=7, total_energy_delivered_kwh=1.5).to_payload(3, 0)
     assert gateway.metrics is not None
     await mqtt.client.publish(f"{B}/charging/stats", json.dumps(stats), qos=1, retain=True)
     async with asyncio.timeout(TIMEOUT):
@@ -77,6 +81,9 @@ async def test_scrape_during_a_run(
     assert m[("chargebridge_charging_active_sessions", ())] == 3
     assert m[("chargebridge_charging_sessions_completed_total", ())] == 7
     assert m[("chargebridge_charging_total_energy_delivered_kwh_total", ())] == 1.5
+    names = {name for name, _ in m}
+    used = set(re.findall(r"chargebridge_\w+", DASHBOARD.read_text()))
+    assert used and used <= names, used - names  # every dashboard query has data
     await device.close()
     await mqtt.wait(DEV, lambda s: s["online"] is False)
     assert (await scrape(gateway))[("chargebridge_gateway_devices_online", ())] == 0
