@@ -19,8 +19,9 @@ section 3, and publishes retained discovery configs under `--homeassistant-prefi
   works after a restart too.
 
 Port voltage, current, temperature and energy exist only in the `power` events (0x06, every
-5 min while charging); those sensors read `event/port` and keep their state (`this.state`)
-on events of other types or ports.
+5 min while charging); those sensors read `event/port` and render an empty string for events of
+other types or ports, which Home Assistant's numeric MQTT sensors ignore (the state stays). A
+null value renders `None`, which Home Assistant shows as unknown.
 """
 
 from __future__ import annotations
@@ -214,9 +215,10 @@ class Discovery:
                 **self._entity(device_id, port, key, name, dev),
                 **avail,
                 "state_topic": events,
+                # An empty result is ignored by numeric MQTT sensors: other events keep the state.
                 "value_template": (
                     f"{{{{ value_json.{field} if value_json.type == 'power' and "
-                    f"value_json.port == {port} else this.state }}}}"
+                    f"value_json.port == {port} else '' }}}}"
                 ),
                 **extra,
             }
@@ -242,8 +244,9 @@ class Discovery:
                     **self._entity(device_id, port, "power", "Power", dev),
                     **avail,
                     "state_topic": port_topic,
-                    "value_template": "{{ value_json.power_w if value_json.power_w is not none "
-                    "else 0 }}",
+                    # idle: 0 W; null (no power report yet) renders `None`, i.e. unknown
+                    "value_template": "{{ 0 if value_json.status == 'idle' "
+                    "else value_json.power_w }}",
                     "device_class": "power",
                     "state_class": "measurement",
                     "unit_of_measurement": "W",

@@ -97,12 +97,11 @@ async def retained_configs(broker: Mosquitto) -> dict[str, Any]:
     return {m.topic: m.json() for m in late.messages if m.payload and m.topic != f"{HA}/probe"}
 
 
-def render(template: str, value_json: Any, previous: str = "previous") -> str:
+def render(template: str, value_json: Any) -> str:
+    """As Home Assistant renders MQTT value templates (`value`, `value_json`, `this`)."""
     env = jinja2.Environment(undefined=jinja2.StrictUndefined)
     return env.from_string(template).render(
-        value_json=value_json,
-        value=json.dumps(value_json),
-        this=SimpleNamespace(state=previous),
+        value_json=value_json, value=json.dumps(value_json), this=SimpleNamespace(state="x")
     )
 
 
@@ -177,8 +176,8 @@ async def test_discovery_of_a_two_port_charger(
         if config.get("unit_of_measurement"):
             float(value)  # a number for every sensor with a unit
         if state_topic.endswith("/event/port"):
-            # events of other types (or ports) keep the sensor's state
-            assert render(config["value_template"], status_event, "41.5") == "41.5"
+            # events of other types render "", which numeric MQTT sensors ignore
+            assert render(config["value_template"], status_event) == ""
     node = f"{B}_{DEVICE_ID}"
     assert rendered[f"{node}_connectivity"] == "ON"
     assert float(rendered[f"{node}_voltage"]) == 230.0
@@ -194,8 +193,10 @@ async def test_discovery_of_a_two_port_charger(
     assert float(rendered[f"{node}_p1_temperature"]) == 30.0
     # Port 1's sensors ignore port 2's power reports and the reverse.
     port2_event = {**power_event, "port": 2}
-    assert render(configs[f"{HA}/sensor/{B}/{DEVICE_ID}_p1_energy/config"]["value_template"],
-                  port2_event, "7") == "7"  # fmt: skip
+    energy = configs[f"{HA}/sensor/{B}/{DEVICE_ID}_p1_energy/config"]
+    assert render(energy["value_template"], port2_event) == ""
+    # A null renders None, which Home Assistant takes for "unknown".
+    assert render(energy["value_template"], {**power_event, "energy_kwh": None}) == "None"
 
 
 @pytest.mark.gateway(homeassistant=True)
