@@ -125,7 +125,11 @@ def main(args: argparse.Namespace) -> int:
         try:
             result.append(await capture(settings, args.device, args.seconds, args.max_frames, out))
         except TimeoutError:
-            print("chargebridge capture: no answer from the gateway", file=sys.stderr)
+            print(
+                "chargebridge capture: no answer from the gateway (is it running, with this "
+                "base topic?), or its stream stopped before the end",
+                file=sys.stderr,
+            )
         except CaptureFailed as exc:
             print(f"chargebridge capture: {exc}", file=sys.stderr)
         finally:

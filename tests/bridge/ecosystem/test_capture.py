@@ -208,3 +208,35 @@ async def test_a_capture_ending_at_its_limit_does_not_hide_frames_from_another(
     assert (long_end["frames"], long_end["reason"]) == (2, "time")
     long_frames = [r for r in mqtt.all(topics["long"]) if r["type"] == "frame"]
     assert [r["direction"] for r in long_frames] == ["device_to_server", "server_to_device"]
+
+
+async def test_capture_command_writes_a_file(
+    broker: Mosquitto, gateway: GatewayApp, device: FakeDevice, tmp_path: Path
+) -> None:
+    await started(gateway)
+    out = tmp_path / "cap.jsonl"
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "bridge", "capture", "--mqtt", broker.url, "--base-topic", B,
+        "--device", DEVICE_ID.lower(), "--seconds", "2", "--out", str(out),
+        stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    assert proc.stderr is not None
+    try:
+        async with asyncio.timeout(TIMEOUT):
+            while b"capturing on" not in await proc.stderr.readline():
+                pass  # log lines before it; the capture runs once it is printed
+        await device.send(0x22)
+        await device.recv()
+        async with asyncio.timeout(TIMEOUT):
+            rest = await proc.stderr.read()
+            assert await proc.wait() == 0, rest
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    assert b"capture ended (time): 2 frames" in rest
+    records = [json.loads(x) for x in out.read_text().splitlines()]
+    assert [(r["command"], r["direction"]) for r in records] == [
+        (0x22, "device_to_server"),
+        (0x22, "server_to_device"),
+    ]
