@@ -3,7 +3,8 @@
 `GatewayApp(settings).serve(ready=...)` serves until cancelled; `run` (gateway + charging
 service in one process) and `demo` compose it with their own parts. Shutdown order: stop
 accepting devices, publish every device and the bridge offline, flush to the broker, close the
-device connections, disconnect.
+device connections, disconnect, close the durable outbox (what the broker did not take stays
+there for the next start).
 """
 
 from __future__ import annotations
@@ -22,10 +23,13 @@ from bridge.links.serial import SerialLink
 from bridge.links.tcp import TcpLink
 from bridge.metrics import MetricsUnit
 from bridge.mqtt.client import MqttClient, MqttSettings, Will
+from bridge.mqtt.outbox import SqliteOutbox
 from bridge.mqtt.payloads import BridgeState
 from bridge.mqtt.topics import Topics
 
 log = logging.getLogger(__name__)
+
+OUTBOX_FILENAME = "gateway-outbox.sqlite3"  # one gateway per state dir
 
 
 def gateway_mqtt_settings(settings: GatewaySettings, topics: Topics) -> MqttSettings:
@@ -48,6 +52,7 @@ class GatewayApp:
         self.tcp_links: list[TcpLink] = []
         self.serial_links: list[SerialLink] = []
         self.gateway: Gateway | None = None
+        self.mqtt: MqttClient | None = None
         self.metrics: MetricsUnit | None = None
         self.homeassistant: HomeAssistantUnit | None = None
         self.capture: CaptureUnit | None = None
@@ -59,10 +64,21 @@ class GatewayApp:
 
     async def serve(self, *, ready: asyncio.Event | None = None) -> None:
         settings = self.settings
-        mqtt = MqttClient(
+        outbox = SqliteOutbox(settings.state_dir / OUTBOX_FILENAME, settings.max_queued_messages)
+        try:
+            await self._serve(outbox, ready)
+        finally:
+            outbox.close()
+
+    async def _serve(self, outbox: SqliteOutbox, ready: asyncio.Event | None) -> None:
+        settings = self.settings
+        mqtt = self.mqtt = MqttClient(
             gateway_mqtt_settings(settings, self.topics),
             subscriptions=[(self.topics.all_device_requests, 1)],
+            outbox=outbox,
         )
+        if len(outbox):
+            log.info("publishing messages left in the outbox", extra={"queued": len(outbox)})
         gateway = self.gateway = Gateway(settings, mqtt, self.topics)
         mqtt.on_connect = gateway.on_mqtt_connect
         async with mqtt:

@@ -175,6 +175,24 @@ class GatewaySettings(IntegrationSettings, CommonSettings):
         ge=1024,
         description="bytes queued to one slow peer before the connection is dropped",
     )
+    max_devices: int = Field(
+        default=100_000,
+        gt=0,
+        description="devices known at once; when all are online, frames from a new physical id "
+        "are ignored (counted in bridge/stats as device_limit_frames)",
+    )
+    max_commands_per_minute: int = Field(
+        default=60,
+        gt=0,
+        description="device command requests accepted per device and minute; more are "
+        "answered ok: false, result: rate_limited",
+    )
+    max_queued_messages: int = Field(
+        default=100_000,
+        gt=0,
+        description="outgoing MQTT messages kept in the durable outbox while the broker is "
+        "unreachable; beyond it the oldest non-settlement ones are dropped (events_dropped)",
+    )
 
     @field_validator("tcp", "serial", "debug_devices", mode="before")
     @classmethod

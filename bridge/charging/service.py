@@ -118,7 +118,7 @@ class ChargingService:
         client publishes afterwards, so once our own probe comes back we have them all.
         """
         t = self.topics
-        probe = t.charging_response(f"adopt/{uuid.uuid4().hex}")
+        probe = t.adoption_probe(uuid.uuid4().hex)
         settings = self.mqtt_settings().model_copy(
             update={
                 "client_id": "",

@@ -44,6 +44,7 @@ class DemoSettings(RunSettings):
     state_dir: Path = Field(
         default=Path("./chargebridge-state/demo"), description="directory for durable state"
     )
+    stats_interval: float = Field(default=1.0, gt=0, description="seconds between stats")
     log_level: str = Field(default="warning", description="minimum level logged")  # type: ignore[assignment]
 
 

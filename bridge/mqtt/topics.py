@@ -126,6 +126,12 @@ class Topics:
     def charging_response(self, action: str) -> str:
         return f"{self.base}/charging/response/{action}"
 
+    def adoption_probe(self, token: str) -> str:
+        """A topic of the service's own: once its probe comes back, the broker has delivered
+        every retained message subscribed before it. Two levels below `response/`, so
+        subscribers of `charging/response/+` never see it."""
+        return f"{self.base}/charging/response/adopt/{token}"
+
     @property
     def all_charging_requests(self) -> str:
         return f"{self.base}/charging/request/+"
