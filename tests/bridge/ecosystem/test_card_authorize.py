@@ -9,7 +9,8 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager, suppress
 from typing import Any
 
 import aiomqtt
@@ -17,7 +18,7 @@ import pytest
 
 import protocol as p
 from tests.bridge.gateway.conftest import B
-from tests.bridge.helpers import FakeDevice, MqttCollector
+from tests.bridge.helpers import FakeDevice, MqttCollector, mqtt_collector
 from tests.broker import Mosquitto
 
 DEV = f"{B}/devices/04AB373B"
@@ -28,21 +29,29 @@ Answer = Callable[[aiomqtt.Client, dict[str, Any]], Awaitable[None]]
 
 async def authoriser(broker: Mosquitto, answer: Answer, ready: asyncio.Event) -> None:
     """A billing service: answers every card swipe that awaits a reply with `answer`."""
-    async with aiomqtt.Client("127.0.0.1", broker.port) as client:
-        await client.subscribe(f"{B}/devices/+/event/order", qos=1)
+    async with mqtt_collector(broker, f"{B}/devices/+/event/order") as events:
         ready.set()
-        async for message in client.messages:
-            event = json.loads(message.payload)  # type: ignore[arg-type]
-            if event["type"] == "card_swipe" and event["awaiting_reply"]:
-                await answer(client, event)
+        while True:
+            event = await events.wait(f"{DEV}/event/order", _awaiting_reply, timeout=60)
+            await answer(events.client, event)
 
 
-async def with_authoriser(broker: Mosquitto, answer: Answer) -> asyncio.Task[None]:
+def _awaiting_reply(event: dict[str, Any]) -> bool:
+    return event["type"] == "card_swipe" and event["awaiting_reply"] is True
+
+
+@asynccontextmanager
+async def running_authoriser(broker: Mosquitto, answer: Answer) -> AsyncIterator[None]:
     ready = asyncio.Event()
     task = asyncio.create_task(authoriser(broker, answer, ready))
-    async with asyncio.timeout(10):
-        await ready.wait()
-    return task
+    try:
+        async with asyncio.timeout(10):
+            await ready.wait()
+        yield
+    finally:
+        task.cancel()
+        with suppress(asyncio.CancelledError):
+            await task
 
 
 async def reply(client: aiomqtt.Client, event: dict[str, Any], body: Any) -> None:
@@ -76,8 +85,7 @@ async def test_authoriser_answers_in_time(
         }
         await reply(client, event, body)
 
-    task = await with_authoriser(broker, accept)
-    try:
+    async with running_authoriser(broker, accept):
         mid, sent = await swipe(device)
         frame, answer = await card_reply(device)
         assert time.monotonic() - sent < 3  # the authoriser's answer, not the fallback
@@ -91,8 +99,6 @@ async def test_authoriser_answers_in_time(
         response = await mqtt.wait(f"{DEV}/response/card_reply")
         assert (response["request_id"], response["ok"]) == ("auth-1", True)
         await device.expect_silence(3.5)  # answered once: no fallback at the deadline
-    finally:
-        task.cancel()
 
 
 @pytest.mark.gateway(
@@ -113,8 +119,7 @@ async def test_late_answer_gets_expired_after_the_fallback(
             client, event, {"request_id": "late", "card_id": event["card_id"], "balance_cents": 1}
         )
 
-    task = await with_authoriser(broker, late)
-    try:
+    async with running_authoriser(broker, late):
         _, sent = await swipe(device)
         _, answer = await card_reply(device)
         fallback_seen.set()
@@ -127,8 +132,6 @@ async def test_late_answer_gets_expired_after_the_fallback(
             "expired",
         )
         await device.expect_silence(0.5)  # the late answer never reaches the device
-    finally:
-        task.cancel()
 
 
 @pytest.mark.gateway(card_policy="authorize", card_authorize_timeout_s=2)
@@ -150,8 +153,7 @@ async def test_malformed_answers_are_refused_and_the_swipe_still_waits(
             await reply(client, event, body)
         await reply(client, event, {"request_id": "ok", "card_id": "0a0b0c0d", "balance_cents": 7})
 
-    task = await with_authoriser(broker, junk_then_valid)
-    try:
+    async with running_authoriser(broker, junk_then_valid):
         await swipe(device)
         _, answer = await card_reply(device)
         assert (answer.account_status, answer.balance) == (0, 7)  # the one valid answer
@@ -168,8 +170,6 @@ async def test_malformed_answers_are_refused_and_the_swipe_still_waits(
         ]
         assert "card_id" in responses[2]["message"] and "balance_cents" in responses[3]["message"]
         await device.expect_silence(2.5)
-    finally:
-        task.cancel()
 
 
 @pytest.mark.gateway(card_policy="authorize", card_authorize_timeout_s=0.5)
@@ -179,12 +179,9 @@ async def test_malformed_answer_only_falls_back_at_the_deadline(
     async def malformed(client: aiomqtt.Client, event: dict[str, Any]) -> None:
         await reply(client, event, {"request_id": "bad", "card_id": event["card_id"], "x": 1})
 
-    task = await with_authoriser(broker, malformed)
-    try:
+    async with running_authoriser(broker, malformed):
         _, sent = await swipe(device)
         _, answer = await card_reply(device)
         assert time.monotonic() - sent >= 0.5
         assert answer.account_status == 1  # fallback `reject`: unregistered
         assert (await mqtt.wait(f"{DEV}/response/card_reply"))["result"] == "invalid"
-    finally:
-        task.cancel()
