@@ -11,12 +11,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Coroutine
 from contextlib import suppress
+from typing import Any
 
+from bridge.capture import CaptureUnit
 from bridge.config import GatewaySettings
 from bridge.gateway.core import Gateway
+from bridge.homeassistant import HomeAssistantUnit
 from bridge.links.serial import SerialLink
 from bridge.links.tcp import TcpLink
+from bridge.metrics import MetricsUnit
 from bridge.mqtt.client import MqttClient, MqttSettings, Will, payload_bytes
 from bridge.mqtt.outbox import SqliteOutbox
 from bridge.mqtt.payloads import BridgeState
@@ -48,6 +53,9 @@ class GatewayApp:
         self.serial_links: list[SerialLink] = []
         self.gateway: Gateway | None = None
         self.mqtt: MqttClient | None = None
+        self.metrics: MetricsUnit | None = None
+        self.homeassistant: HomeAssistantUnit | None = None
+        self.capture: CaptureUnit | None = None
 
     @property
     def tcp_addresses(self) -> list[tuple[str, int]]:
@@ -98,6 +106,10 @@ class GatewayApp:
                     tg.create_task(gateway.stats_forever(), name="bridge-stats")
                     tg.create_task(gateway.idle_forever(), name="idle-sweeper")
                     tg.create_task(self._requests(mqtt, gateway, tg), name="device-requests")
+                    for name, unit in self._units(gateway, mqtt):
+                        tg.create_task(unit, name=name)
+                    if self.metrics is not None:
+                        await self.metrics.ready.wait()
                     log.info(
                         "gateway running",
                         extra={"gateway_id": settings.gateway_id, "tcp": self.tcp_addresses},
@@ -106,6 +118,22 @@ class GatewayApp:
                         ready.set()
             finally:
                 await self._shutdown(gateway)
+
+    def _units(
+        self, gateway: Gateway, mqtt: MqttClient
+    ) -> list[tuple[str, Coroutine[Any, Any, None]]]:
+        """The self-contained units (docs/integrations.md), each with its own MQTT connection
+        except metrics, which reads the gateway's outbox depth."""
+        settings = self.settings
+        self.capture = CaptureUnit(settings, gateway)
+        units: list[tuple[str, Coroutine[Any, Any, None]]] = [("capture", self.capture.run())]
+        if settings.homeassistant:
+            self.homeassistant = HomeAssistantUnit(settings)
+            units.append(("homeassistant", self.homeassistant.run()))
+        if settings.metrics_address is not None:
+            self.metrics = MetricsUnit(settings, gateway, mqtt)
+            units.append(("metrics", self.metrics.run()))
+        return units
 
     async def _requests(self, mqtt: MqttClient, gateway: Gateway, tg: asyncio.TaskGroup) -> None:
         async for message in mqtt.messages:

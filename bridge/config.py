@@ -93,7 +93,34 @@ class CommonSettings(BaseSettings):
         return value.lower() if isinstance(value, str) else value
 
 
-class GatewaySettings(CommonSettings):
+class IntegrationSettings(BaseSettings):
+    """Opt-in units that fit chargebridge into an ecosystem (docs/integrations.md)."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", frozen=True)
+
+    homeassistant: bool = Field(
+        default=False, description="publish Home Assistant MQTT discovery for every charger"
+    )
+    homeassistant_prefix: str = Field(
+        default="homeassistant",
+        description="Home Assistant discovery prefix",
+        pattern=r"^[^#+\s]+$",
+    )
+    metrics: str = Field(
+        default="",
+        description="serve Prometheus metrics on HOST:PORT (empty: off)",
+        pattern=r"^$|^.+:\d{1,5}$",
+    )
+
+    @property
+    def metrics_address(self) -> tuple[str, int] | None:
+        if not self.metrics:
+            return None
+        host, _, port = self.metrics.rpartition(":")
+        return host.strip("[]"), int(port)
+
+
+class GatewaySettings(IntegrationSettings, CommonSettings):
     """Options of the gateway (the half facing the chargers)."""
 
     tcp: StrList = Field(
@@ -263,6 +290,11 @@ def add_settings_arguments(parser: argparse.ArgumentParser, cls: type[BaseSettin
         help_text = (info.description or "") + shown
         if _is_list(info):
             parser.add_argument(flag, dest=name, action="append", metavar="VALUE", help=help_text)
+        elif info.annotation is bool:
+            # `--homeassistant` alone switches it on; `--homeassistant false` is explicit.
+            parser.add_argument(
+                flag, dest=name, nargs="?", const="true", metavar="BOOL", help=help_text
+            )
         else:
             parser.add_argument(flag, dest=name, metavar="VALUE", help=help_text)
 

@@ -12,6 +12,7 @@ import asyncio
 import json
 import logging
 import time
+from collections.abc import Callable
 from typing import Any, Literal, Protocol
 
 from pydantic import ValidationError
@@ -46,6 +47,7 @@ from protocol import (
     PayloadError,
     Sender,
     StreamItem,
+    decode_frame,
     decode_payload,
     encode_frame,
     encode_payload,
@@ -80,6 +82,9 @@ class Publisher(Protocol):
 
 
 FrameKey = tuple[int, int, int, bytes]
+# Observer of every frame exchanged with a device (capture, metrics): who sent it, the device,
+# the frame. Called synchronously on the event loop; it must be cheap and must not raise.
+FrameTap = Callable[[Sender, Device, Frame], None]
 
 
 class _PendingSwipe:
@@ -112,6 +117,7 @@ class Gateway:
         self._swipes: dict[tuple[int, str], _PendingSwipe] = {}
         self._debug_ids = set(settings.debug_devices)
         self._last_submit: asyncio.Future[None] | None = None
+        self.taps: list[FrameTap] = []
 
     # ------------------------------------------------------------------ publishing
 
@@ -266,6 +272,9 @@ class Gateway:
             return
         if dev.device_id in self._debug_ids:
             log.info("frame in", extra={"device_id": dev.device_id, "hex": frame.encode().hex(" ")})
+        if self.taps:
+            for tap in tuple(self.taps):  # a tap may remove itself (a capture that ends)
+                tap(Sender.DEVICE, dev, frame)
         if frame.command >= 0x80 and frame.command != 0xFA:
             self._on_command_reply(dev, frame)
             return
@@ -358,6 +367,10 @@ class Gateway:
         self.stats.bytes_out += len(raw)
         if dev.device_id in self._debug_ids:
             log.info("frame out", extra={"device_id": dev.device_id, "hex": raw.hex(" ")})
+        if self.taps:
+            frame = decode_frame(raw)
+            for tap in tuple(self.taps):
+                tap(Sender.SERVER, dev, frame)
         return True
 
     def _send_command(self, dev: Device, raw: bytes) -> bool:
