@@ -172,7 +172,7 @@ async def mqtt_collector(
         if persistent_id
         else {"protocol": aiomqtt.ProtocolVersion.V5}
     )
-    async with aiomqtt.Client("127.0.0.1", broker.port, **options) as client:
+    async with broker.client(**options) as client:
         collector = MqttCollector(client)
         for topic in topics:
             await client.subscribe(topic, qos=1)
