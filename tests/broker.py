@@ -176,6 +176,17 @@ class Mosquitto:
     def resume(self) -> None:
         self._signal(signal.SIGCONT, wait=False)
 
+    def wait_saved(self, since: float, timeout: float = 10.0) -> None:
+        """Until the broker has written its store (autosave, 1 s here) after `since`
+        (time.time()): what a SIGKILL then loses is only what came after that save."""
+        db = self.store / "mosquitto.db"
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if db.exists() and db.stat().st_mtime > since:
+                return
+            time.sleep(0.05)  # the broker announces its saves nowhere
+        raise TimeoutError(f"mosquitto did not save {db}")
+
     def wipe_store(self) -> None:
         shutil.rmtree(self.store, ignore_errors=True)
         self.store.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,138 @@
+"""The shipped broker security: passwords, the ACL and TLS, with the real gateway and service.
+
+The broker runs from mosquitto.conf with deploy/mosquitto/chargebridge.acl and users made by
+deploy/mosquitto/make-users.sh (tests/broker.py). A denied publish is dropped silently by
+Mosquitto, so each "not delivered" check is fenced: a later permitted message from the same or
+a later client arrives, and the denied one did not arrive before it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import ssl
+from pathlib import Path
+
+import aiomqtt
+import pytest
+
+import protocol as p
+from tests.bridge.charging.harness import running_service, settings_for
+from tests.bridge.helpers import (
+    FakeDevice,
+    gateway_settings,
+    mqtt_collector,
+    running_gateway,
+    tcp_port,
+)
+from tests.broker import USERS, Mosquitto
+
+B = "chargebridge"
+DEV = "04AB373B"
+
+
+async def test_anonymous_and_wrong_passwords_are_refused(broker: Mosquitto) -> None:
+    with pytest.raises(aiomqtt.MqttError):
+        async with broker.client(None):
+            pass
+    for user in USERS:
+        with pytest.raises(aiomqtt.MqttError):
+            async with aiomqtt.Client(
+                "127.0.0.1", broker.port, username=user, password="not-" + USERS[user]
+            ):
+                pass
+    async with broker.client("monitor"):
+        pass  # the right password gets in
+
+
+async def test_monitor_reads_only_and_operator_starts_charging(
+    broker: Mosquitto, tmp_path: Path
+) -> None:
+    async with (
+        mqtt_collector(broker, f"{B}/#") as seen,
+        running_gateway(gateway_settings(broker, tmp_path / "gw")) as gateway,
+        running_service(settings_for(broker, tmp_path / "svc")),
+        broker.client("monitor") as monitor,
+        broker.client("operator") as operator,
+    ):
+        device = FakeDevice()
+        await device.connect(tcp_port(gateway))
+        await device.send(0x22)
+        await device.recv()
+        await seen.wait(f"{B}/devices/{DEV}", lambda m: m["online"])
+
+        # the monitor reads everything under the base topic (here: retained state) ...
+        await monitor.subscribe(f"{B}/#", qos=1)
+        async with asyncio.timeout(10):
+            async for message in monitor.messages:
+                if str(message.topic) == f"{B}/bridge/state":
+                    break
+        # ... and writes nothing: commands, charging requests, forged state
+        start = {"request_id": "monitor", "device_id": DEV, "port": 1}
+        await monitor.publish(f"{B}/charging/request/start", json.dumps(start), qos=1)
+        direct = {"request_id": "monitor-direct", "port": 1, "mode": "full"}
+        await monitor.publish(f"{B}/devices/{DEV}/request/start_charging", json.dumps(direct))
+        await monitor.publish(f"{B}/bridge/state", b'{"state":"offline"}', qos=1, retain=True)
+
+        # the operator starts a session through the charging service
+        start = {"request_id": "operator", "device_id": DEV, "port": 1}
+        await operator.publish(f"{B}/charging/request/start", json.dumps(start), qos=1)
+        frame = await device.recv()  # the first frame the device gets is the operator's start
+        control = p.decode_payload(0x82, frame.data, p.Sender.SERVER)
+        assert isinstance(control, p.ChargeControl) and control.port == 0
+        reply = p.ChargeControlReply(0, control.order_no, control.port, 0)
+        await device.send(0x82, p.encode_payload(reply), message_id=frame.message_id)
+        response = await seen.wait(f"{B}/charging/response/start")
+        assert (response["request_id"], response["ok"]) == ("operator", True)
+        session = await seen.wait(
+            f"{B}/sessions/{control.order_no.hex().upper()}", lambda m: m["status"] == "charging"
+        )
+        assert session["device_id"] == DEV
+
+        # the operator may command devices directly, but not forge state
+        await operator.publish(f"{B}/sessions/FORGED", b'{"status":"completed"}', retain=True)
+        await operator.publish(f"{B}/devices/{DEV}/request/query_status", b"{}", qos=1)
+        assert (await device.recv()).command == 0x81  # not the monitor's start
+        await seen.wait(f"{B}/devices/{DEV}/response/query_status")
+
+        request_ids = {m.json().get("request_id") for m in seen.messages if "/request/" in m.topic}
+        assert "operator" in request_ids
+        assert not request_ids & {"monitor", "monitor-direct"}
+        assert not any(m.topic == f"{B}/sessions/FORGED" for m in seen.messages)
+        states = [m.json() for m in seen.messages if m.topic == f"{B}/bridge/state"]
+        assert {"state": "offline"} not in states
+        await device.close()
+
+
+async def test_bridge_connects_over_tls_with_the_test_ca(tmp_path: Path) -> None:
+    broker = Mosquitto(tmp_path / "broker", tls=True)
+    broker.start()
+    try:
+        settings = gateway_settings(
+            broker, tmp_path / "gw", mqtt=broker.tls_url, mqtt_ca_file=str(broker.ca_file)
+        )
+        async with (
+            mqtt_collector(broker, f"{B}/bridge/state") as seen,
+            running_gateway(settings) as gateway,
+        ):
+            await seen.wait(f"{B}/bridge/state", lambda m: m == {"state": "online"})
+            assert gateway.gateway is not None
+            assert gateway.gateway.mqtt.settings.tls
+        # without the CA the certificate is not trusted; plain MQTT is not spoken there
+        untrusted = ssl.create_default_context()
+        with pytest.raises(aiomqtt.MqttError):
+            async with aiomqtt.Client(
+                "127.0.0.1", broker.tls_port or 0, tls_context=untrusted, timeout=5
+            ):
+                pass
+        with pytest.raises(aiomqtt.MqttError):
+            async with aiomqtt.Client(
+                "127.0.0.1",
+                broker.tls_port or 0,
+                username="chargebridge",
+                password=USERS["chargebridge"],
+                timeout=5,
+            ):
+                pass
+    finally:
+        broker.close()
