@@ -34,6 +34,7 @@ from bridge.mqtt.payloads import (
     EventBase,
     Payload,
     PortState,
+    oversized,
     response,
 )
 from bridge.mqtt.topics import Topics
@@ -508,6 +509,8 @@ class Gateway:
             fut.add_done_callback(_log_failure)
 
     async def _request(self, device_id: str, command: str, payload: bytes) -> CommandResponse:
+        if too_big := oversized(payload):
+            return response(None, False, "invalid", too_big)
         try:
             body = json.loads(payload or b"{}")
         except (ValueError, UnicodeDecodeError) as exc:

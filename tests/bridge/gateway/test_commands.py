@@ -160,6 +160,16 @@ async def test_offline_device_answers_at_once(gateway: Any, mqtt: MqttCollector)
         ),
         ("set_params", {"heartbeat_interval_s": 60}, "unplug_power"),
         ("raw", {"command": 0x96, "data_hex": "zz"}, "data_hex"),
+        ("raw", {"command": 300, "data_hex": ""}, "command"),
+        ("adjust_charging", {"request_id": "i", "port": 1, "mode": "forever"}, "mode"),
+        ("adjust_charging", {"request_id": "i", "port": 1, "mode": "time"}, "duration_s"),
+        ("read_params", {"request_id": "i", "which": "secrets"}, "which"),
+        ("query_status", {"request_id": "i", "verbose": True}, "verbose"),
+        ("reboot", {"request_id": "i", "delay_s": 5}, "delay_s"),
+        ("locate", {"request_id": "i", "seconds": -1}, "seconds"),
+        ("stop_charging", {"request_id": "i", "port": True, "order_no": ORDER}, "port"),
+        ("card_reply", {"request_id": "i", "card_id": "A1B2C3"}, "card_id"),
+        ("start_charging", b'{"request_id": "i", "pad": "' + b"x" * 20000 + b'"}', "limited"),
     ],
 )
 async def test_invalid_requests_never_reach_the_device(
