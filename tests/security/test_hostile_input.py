@@ -159,7 +159,8 @@ def rss_kib(pid: int) -> int:
 @pytest.mark.slow
 async def test_flood_of_silent_and_junk_connections(broker: Mosquitto, tmp_path: Path) -> None:
     """3,300 connections from three addresses (1,100 each: 100 over the per-address limit),
-    two thirds silent, one third sending junk: the gateway process stays small, keeps 3,000
+    two thirds silent, one third sending junk: the gateway process grows by less than 32 MB
+    (about 7 MB measured), keeps 3,000
     and still serves a real device from a fourth address."""
     port = free_port()
     args = ["--mqtt", broker.url, "--tcp", f"0.0.0.0:{port}", "--state-dir", str(tmp_path)]
@@ -195,7 +196,7 @@ async def test_flood_of_silent_and_junk_connections(broker: Mosquitto, tmp_path:
             )
             assert stats["garbage_bytes"] >= 900 * 2048
             grown_kib = rss_kib(pid) - before
-            assert grown_kib < 64 * 1024, f"gateway grew by {grown_kib} KiB"
+            assert grown_kib < 32 * 1024, f"gateway grew by {grown_kib} KiB"
             await device.close()
     finally:
         for writer in writers:
