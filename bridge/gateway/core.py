@@ -501,7 +501,13 @@ class Gateway:
             self.mqtt.submit(self.topics.device_response(parsed.device_id, parsed.command), body)
         ]
         response_topic = getattr(properties, "ResponseTopic", None)
-        if response_topic:
+        if response_topic and not self.topics.allowed_response_topic(response_topic):
+            log.warning(
+                "response topic refused: outside %s inside the base topic",
+                self.topics.replies,
+                extra={"topic": topic, "response_topic": response_topic},
+            )
+        elif response_topic:
             futures.append(
                 self.mqtt.submit(response_topic, body, properties=_response_properties(properties))
             )

@@ -15,8 +15,11 @@ from pathlib import Path
 
 import aiomqtt
 import pytest
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
 import protocol as p
+from bridge.mqtt.topics import Topics
 from tests.bridge.charging.harness import running_service, settings_for
 from tests.bridge.helpers import (
     FakeDevice,
@@ -136,3 +139,48 @@ async def test_bridge_connects_over_tls_with_the_test_ca(tmp_path: Path) -> None
                 pass
     finally:
         broker.close()
+
+
+@pytest.mark.parametrize(
+    ("topic", "allowed"),
+    [
+        ("chargebridge/replies/app-1", True),
+        ("elsewhere/inbox", True),  # outside the base topic the broker's ACL decides
+        ("chargebridge/sessions/0123", False),
+        ("chargebridge/devices/04AB373B", False),
+        ("chargebridge/replies/#", False),
+        ("chargebridge/replies", False),
+        ("", False),
+    ],
+)
+def test_allowed_response_topics(topic: str, allowed: bool) -> None:
+    assert Topics(B).allowed_response_topic(topic) is allowed
+
+
+async def test_operator_cannot_use_the_bridge_to_write_state(
+    broker: Mosquitto, tmp_path: Path
+) -> None:
+    """A v5 response topic under the base topic (outside `replies/`) is not honoured: the
+    operator, who may not write sessions, cannot make the bridge write one for it."""
+    async with (
+        mqtt_collector(broker, f"{B}/#") as seen,
+        running_gateway(gateway_settings(broker, tmp_path, command_spacing_s=0)) as gateway,
+        broker.client("operator", protocol=aiomqtt.ProtocolVersion.V5) as operator,
+    ):
+        device = FakeDevice()
+        await device.connect(tcp_port(gateway))
+        await device.send(0x22)
+        await device.recv()
+        for rid, target in (("forge", f"{B}/sessions/FORGED"), ("ok", f"{B}/replies/op")):
+            props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+            props.ResponseTopic = target
+            body = json.dumps({"request_id": rid}).encode()
+            await operator.publish(
+                f"{B}/devices/{DEV}/request/query_status", body, qos=1, properties=props
+            )
+            assert (await device.recv()).command == 0x81
+            response = await seen.wait(f"{B}/devices/{DEV}/response/query_status")
+            assert response["request_id"] == rid
+        assert (await seen.wait(f"{B}/replies/op"))["request_id"] == "ok"
+        assert not [m for m in seen.messages if m.topic == f"{B}/sessions/FORGED"]
+        await device.close()

@@ -195,16 +195,16 @@ async def test_query_status_needs_no_reply_and_v5_response_topic(
     device: FakeDevice, mqtt: MqttCollector
 ) -> None:
     await online(device)
-    await mqtt.client.subscribe("chargebridge/my/inbox", qos=1)
+    await mqtt.client.subscribe("chargebridge/replies/inbox", qos=1)
     props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
-    props.ResponseTopic = "chargebridge/my/inbox"
+    props.ResponseTopic = "chargebridge/replies/inbox"
     props.CorrelationData = b"corr-1"
     await request(mqtt, "query_status", {"request_id": "q"}, properties=props)
     frame = await device.recv()
     assert (frame.command, frame.data) == (0x81, b"")
     response = await mqtt.wait(f"{DEV}/response/query_status")
     assert (response["ok"], response["request_id"]) == (True, "q")
-    direct = await mqtt.wait_message("chargebridge/my/inbox")
+    direct = await mqtt.wait_message("chargebridge/replies/inbox")
     assert direct.json() == response
     assert direct.properties.CorrelationData == b"corr-1"
 
