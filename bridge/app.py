@@ -3,24 +3,33 @@
 `GatewayApp(settings).serve(ready=...)` serves until cancelled; `run` (gateway + charging
 service in one process) and `demo` compose it with their own parts. Shutdown order: stop
 accepting devices, publish every device and the bridge offline, flush to the broker, close the
-device connections, disconnect.
+device connections, disconnect, close the durable outbox (what the broker did not take stays
+there for the next start).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Coroutine
 from contextlib import suppress
+from typing import Any
 
+from bridge.capture import CaptureUnit
 from bridge.config import GatewaySettings
 from bridge.gateway.core import Gateway
+from bridge.homeassistant import HomeAssistantUnit
 from bridge.links.serial import SerialLink
 from bridge.links.tcp import TcpLink
-from bridge.mqtt.client import MqttClient, MqttSettings, Will
+from bridge.metrics import MetricsUnit
+from bridge.mqtt.client import MqttClient, MqttSettings, Will, payload_bytes
+from bridge.mqtt.outbox import SqliteOutbox
 from bridge.mqtt.payloads import BridgeState
 from bridge.mqtt.topics import Topics
 
 log = logging.getLogger(__name__)
+
+OUTBOX_FILENAME = "gateway-outbox.sqlite3"  # one gateway per state dir
 
 
 def gateway_mqtt_settings(settings: GatewaySettings, topics: Topics) -> MqttSettings:
@@ -43,6 +52,10 @@ class GatewayApp:
         self.tcp_links: list[TcpLink] = []
         self.serial_links: list[SerialLink] = []
         self.gateway: Gateway | None = None
+        self.mqtt: MqttClient | None = None
+        self.metrics: MetricsUnit | None = None
+        self.homeassistant: HomeAssistantUnit | None = None
+        self.capture: CaptureUnit | None = None
 
     @property
     def tcp_addresses(self) -> list[tuple[str, int]]:
@@ -51,10 +64,21 @@ class GatewayApp:
 
     async def serve(self, *, ready: asyncio.Event | None = None) -> None:
         settings = self.settings
-        mqtt = MqttClient(
+        outbox = SqliteOutbox(settings.state_dir / OUTBOX_FILENAME, settings.max_queued_messages)
+        try:
+            await self._serve(outbox, ready)
+        finally:
+            outbox.close()
+
+    async def _serve(self, outbox: SqliteOutbox, ready: asyncio.Event | None) -> None:
+        settings = self.settings
+        mqtt = self.mqtt = MqttClient(
             gateway_mqtt_settings(settings, self.topics),
             subscriptions=[(self.topics.all_device_requests, 1)],
+            outbox=outbox,
         )
+        if len(outbox):
+            log.info("publishing messages left in the outbox", extra={"queued": len(outbox)})
         gateway = self.gateway = Gateway(settings, mqtt, self.topics)
         mqtt.on_connect = gateway.on_mqtt_connect
         async with mqtt:
@@ -82,6 +106,10 @@ class GatewayApp:
                     tg.create_task(gateway.stats_forever(), name="bridge-stats")
                     tg.create_task(gateway.idle_forever(), name="idle-sweeper")
                     tg.create_task(self._requests(mqtt, gateway, tg), name="device-requests")
+                    for name, unit in self._units(gateway, mqtt):
+                        tg.create_task(unit, name=name)
+                    if self.metrics is not None:
+                        await self.metrics.ready.wait()
                     log.info(
                         "gateway running",
                         extra={"gateway_id": settings.gateway_id, "tcp": self.tcp_addresses},
@@ -91,11 +119,27 @@ class GatewayApp:
             finally:
                 await self._shutdown(gateway)
 
+    def _units(
+        self, gateway: Gateway, mqtt: MqttClient
+    ) -> list[tuple[str, Coroutine[Any, Any, None]]]:
+        """The self-contained units (docs/integrations.md), each with its own MQTT connection
+        except metrics, which reads the gateway's outbox depth."""
+        settings = self.settings
+        self.capture = CaptureUnit(settings, gateway)
+        units: list[tuple[str, Coroutine[Any, Any, None]]] = [("capture", self.capture.run())]
+        if settings.homeassistant:
+            self.homeassistant = HomeAssistantUnit(settings)
+            units.append(("homeassistant", self.homeassistant.run()))
+        if settings.metrics_address is not None:
+            self.metrics = MetricsUnit(settings, gateway, mqtt)
+            units.append(("metrics", self.metrics.run()))
+        return units
+
     async def _requests(self, mqtt: MqttClient, gateway: Gateway, tg: asyncio.TaskGroup) -> None:
         async for message in mqtt.messages:
             tg.create_task(
                 gateway.handle_request(
-                    str(message.topic), _payload_bytes(message.payload), message.properties
+                    str(message.topic), payload_bytes(message), message.properties
                 )
             )
 
@@ -109,14 +153,6 @@ class GatewayApp:
         for serial in self.serial_links:
             serial.close()
         log.info("gateway stopped")
-
-
-def _payload_bytes(payload: object) -> bytes:
-    if isinstance(payload, bytes | bytearray):
-        return bytes(payload)
-    if isinstance(payload, str):
-        return payload.encode()
-    return b"" if payload is None else str(payload).encode()
 
 
 async def run_gateway(settings: GatewaySettings, *, ready: asyncio.Event | None = None) -> None:

@@ -52,7 +52,7 @@ class EmbeddedBroker:
                 f"--mqtt mqtt://{self.host}:{self.port}"
             )
         for name in ("amqtt", "transitions"):
-            logging.getLogger(name).setLevel(logging.WARNING)
+            logging.getLogger(name).setLevel(logging.ERROR)
         config = {
             "listeners": {
                 "default": {"type": "tcp", "bind": f"{self.host}:{self.port}"},

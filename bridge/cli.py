@@ -17,6 +17,9 @@ SUBCOMMANDS: dict[str, str] = {
     "demo": "demo",
     "simulate": "simulate",
     "decode": "decode",
+    "capture": "capture",
+    "replay": "replay",
+    "check-config": "check_config",
 }
 
 

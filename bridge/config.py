@@ -59,10 +59,10 @@ class CommonSettings(BaseSettings):
         default="5",
         description="MQTT protocol version; 3.1.1 for brokers without MQTT 5 (the embedded one)",
     )
-    mqtt_ca_file: Path | None = Field(
-        default=None,
-        description="CA certificate (PEM) that signed the broker's certificate, for mqtts:// "
-        "with a private CA (default: the system's CAs)",
+    mqtt_ca_file: str = Field(
+        default="",
+        description="CA certificate (PEM file) that signed the broker's certificate, for "
+        "mqtts:// with a private CA (empty: the system's CAs)",
     )
     mqtt_keepalive_s: int = Field(
         default=30,
@@ -100,7 +100,7 @@ class CommonSettings(BaseSettings):
         return MqttSettings(
             url=self.mqtt,
             protocol=self.mqtt_protocol,
-            tls_ca_file=str(self.mqtt_ca_file) if self.mqtt_ca_file else None,
+            tls_ca_file=self.mqtt_ca_file or None,
             keepalive_s=self.mqtt_keepalive_s,
             **role,
         )
@@ -111,7 +111,34 @@ class CommonSettings(BaseSettings):
         return value.lower() if isinstance(value, str) else value
 
 
-class GatewaySettings(CommonSettings):
+class IntegrationSettings(BaseSettings):
+    """Opt-in units that fit chargebridge into an ecosystem (docs/integrations.md)."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", frozen=True)
+
+    homeassistant: bool = Field(
+        default=False, description="publish Home Assistant MQTT discovery for every charger"
+    )
+    homeassistant_prefix: str = Field(
+        default="homeassistant",
+        description="Home Assistant discovery prefix",
+        pattern=r"^[^#+\s]+$",
+    )
+    metrics: str = Field(
+        default="",
+        description="serve Prometheus metrics on HOST:PORT (empty: off)",
+        pattern=r"^$|^.+:\d{1,5}$",
+    )
+
+    @property
+    def metrics_address(self) -> tuple[str, int] | None:
+        if not self.metrics:
+            return None
+        host, _, port = self.metrics.rpartition(":")
+        return host.strip("[]"), int(port)
+
+
+class GatewaySettings(IntegrationSettings, CommonSettings):
     """Options of the gateway (the half facing the chargers)."""
 
     tcp: StrList = Field(
@@ -165,6 +192,24 @@ class GatewaySettings(CommonSettings):
         default=65536,
         ge=1024,
         description="bytes queued to one slow peer before the connection is dropped",
+    )
+    max_devices: int = Field(
+        default=100_000,
+        gt=0,
+        description="devices known at once; when all are online, frames from a new physical id "
+        "are ignored (counted in bridge/stats as device_limit_frames)",
+    )
+    max_commands_per_minute: int = Field(
+        default=60,
+        gt=0,
+        description="device command requests accepted per device and minute; more are "
+        "answered ok: false, result: rate_limited",
+    )
+    max_queued_messages: int = Field(
+        default=100_000,
+        gt=0,
+        description="outgoing MQTT messages kept in the durable outbox while the broker is "
+        "unreachable; beyond it the oldest non-settlement ones are dropped (events_dropped)",
     )
 
     @field_validator("tcp", "serial", "debug_devices", mode="before")
@@ -263,6 +308,11 @@ def add_settings_arguments(parser: argparse.ArgumentParser, cls: type[BaseSettin
         help_text = (info.description or "") + shown
         if _is_list(info):
             parser.add_argument(flag, dest=name, action="append", metavar="VALUE", help=help_text)
+        elif info.annotation is bool:
+            # `--homeassistant` alone switches it on; `--homeassistant false` is explicit.
+            parser.add_argument(
+                flag, dest=name, nargs="?", const="true", metavar="BOOL", help=help_text
+            )
         else:
             parser.add_argument(flag, dest=name, metavar="VALUE", help=help_text)
 

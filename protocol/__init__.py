@@ -4,10 +4,13 @@
     for item in decoder.feed(received):
         if isinstance(item, Frame):
             payload = decode_payload(item.command, item.data, Sender.DEVICE)
-    reply = encode_frame(frame.physical_id, frame.message_id, 0x21, encode_payload(ResultReply(0)))
+            if isinstance(payload, Heartbeat):
+                reply = encode_frame(
+                    item.physical_id, item.message_id, 0x21, encode_payload(ResultReply(0))
+                )
 
 Fields keep wire values; SI values are `*_v`, `*_w`, `*_kwh`, `*_a`, `*_c`, `*_s` properties
-(see `protocol.units`).
+(see `protocol.units`). Everything raised on bad input is a `DnyError`. See docs/protocol.md.
 """
 
 from protocol.commands._model import Payload

@@ -38,7 +38,7 @@ from bridge.charging.messages import (
 )
 from bridge.charging.settings import ChargingSettings
 from bridge.charging.store import ChargingStore
-from bridge.mqtt.client import MqttClient, MqttSettings
+from bridge.mqtt.client import MqttClient, MqttSettings, payload_bytes
 from bridge.mqtt.payloads import oversized
 from bridge.mqtt.topics import Topics
 
@@ -119,7 +119,7 @@ class ChargingService:
         client publishes afterwards, so once our own probe comes back we have them all.
         """
         t = self.topics
-        probe = t.charging_response(f"adopt/{uuid.uuid4().hex}")
+        probe = t.adoption_probe(uuid.uuid4().hex)
         settings = self.mqtt_settings().model_copy(
             update={
                 "client_id": "",
@@ -530,13 +530,6 @@ class ChargingService:
             task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await asyncio.gather(*self._tasks, return_exceptions=True)
-
-
-def payload_bytes(message: aiomqtt.Message) -> bytes:
-    raw = message.payload
-    if isinstance(raw, bytes | bytearray):
-        return bytes(raw)
-    return b"" if raw is None else str(raw).encode()
 
 
 def settlement_key(device_id: str, port: int | None, order_no: str) -> str:

@@ -4,7 +4,7 @@
 state_dir, logging) in the one flat option namespace: `--session-timeout-s`,
 `CHARGEBRIDGE_SESSION_TIMEOUT_S`, `session_timeout_s = ...` in the TOML file. Names are
 chosen not to collide with the gateway's, so `run` can inherit from both classes;
-`stats_interval` is deliberately shared (API.md section 7: both stats topics).
+`stats_interval` lives in CommonSettings: both stats topics follow it (API.md section 7).
 """
 
 from __future__ import annotations
@@ -54,9 +54,6 @@ class ChargingSettings(CommonSettings):
     )
     session_retention_s: float = Field(
         default=86400.0, ge=0, description="seconds finished sessions stay retained"
-    )
-    stats_interval: float = Field(
-        default=5.0, gt=0, description="minimum seconds between two charging/stats messages"
     )
     dedup_window_s: float = Field(
         default=2 * 86400.0,

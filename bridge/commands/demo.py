@@ -20,7 +20,7 @@ from bridge.commands.run import RunSettings, broker_for
 from bridge.config import StrList, add_settings_arguments
 from bridge.demo.driver import DemoDriver
 from bridge.demo.view import LiveState, render
-from bridge.mqtt.client import MqttClient
+from bridge.mqtt.client import MqttClient, payload_bytes
 from bridge.mqtt.topics import Topics
 from bridge.simulator.device import UserBehaviour
 from bridge.simulator.fleet import KINDS, Fleet, FleetConfig, TcpTarget
@@ -44,6 +44,7 @@ class DemoSettings(RunSettings):
     state_dir: Path = Field(
         default=Path("./chargebridge-state/demo"), description="directory for durable state"
     )
+    stats_interval: float = Field(default=1.0, gt=0, description="seconds between stats")
     log_level: str = Field(default="warning", description="minimum level logged")  # type: ignore[assignment]
 
 
@@ -58,7 +59,7 @@ async def show(state: LiveState, mqtt: MqttClient, console: Console) -> None:
     async def fold() -> None:
         async for message in mqtt.messages:
             before = state.sessions.get(topics_session(state, str(message.topic)), {})
-            state.apply(str(message.topic), bytes(message.payload))
+            state.apply(str(message.topic), payload_bytes(message))
             if not console.is_terminal:
                 announce_completion(console, before, state, str(message.topic))
 

@@ -3,15 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
-import contextlib
-import signal
-import sys
 
 from bridge.charging.service import run_service
 from bridge.charging.settings import ChargingSettings
-from bridge.config import ConfigError, add_settings_arguments, settings_from_args
-from bridge.logs import setup_logging
+from bridge.commands.common import run_role
+from bridge.config import add_settings_arguments
 
 HELP = "run the charging service: sessions and statistics from the gateway's MQTT events"
 
@@ -20,27 +16,5 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_settings_arguments(parser, ChargingSettings)
 
 
-async def serve_until_signalled(settings: ChargingSettings) -> None:
-    """SIGINT/SIGTERM cancel the service, which flushes what it publishes and stops."""
-    task = asyncio.current_task()
-    assert task is not None
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, task.cancel)
-    with contextlib.suppress(asyncio.CancelledError):
-        await run_service(settings)
-
-
 def main(args: argparse.Namespace) -> int:
-    try:
-        settings = settings_from_args(ChargingSettings, args)
-    except ConfigError as exc:
-        print(f"chargebridge service: {exc}", file=sys.stderr)
-        return 2
-    setup_logging(settings.log_format, settings.log_level)
-    try:
-        asyncio.run(serve_until_signalled(settings))
-    except OSError as exc:
-        print(f"chargebridge service: {exc}", file=sys.stderr)
-        return 1
-    return 0
+    return run_role("service", ChargingSettings, args, run_service)

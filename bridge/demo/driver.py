@@ -14,7 +14,7 @@ from typing import Any
 
 import aiomqtt
 
-from bridge.mqtt.client import MqttClient
+from bridge.mqtt.client import MqttClient, payload_bytes
 from bridge.mqtt.topics import Topics
 
 log = logging.getLogger(__name__)
@@ -43,7 +43,7 @@ class DemoDriver:
     def handle(self, message: aiomqtt.Message) -> None:
         topic = str(message.topic)
         try:
-            data: Any = json.loads(bytes(message.payload)) if message.payload else None
+            data: Any = json.loads(payload_bytes(message)) if message.payload else None
         except ValueError:
             return
         parsed = self.topics.parse_device_topic(topic)

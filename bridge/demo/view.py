@@ -19,7 +19,8 @@ from rich.text import Text
 from bridge.mqtt.topics import Topics
 
 ACTIVE = ("starting", "charging", "stopping")
-MAX_SESSIONS_SHOWN = 12
+MAX_SESSIONS_SHOWN = 16
+MAX_ACTIVE_SHOWN = 10  # the rest of the table shows the latest finished sessions
 
 
 @dataclass
@@ -85,15 +86,15 @@ class LiveState:
         return [s for s in self.sessions.values() if s.get("status") == "completed"]
 
     def summary_line(self) -> str:
+        """Counts from the retained sessions themselves, so they are never stale."""
         online = sum(1 for d in self.devices.values() if d.get("online"))
-        cs = self.charging_stats
-        energy = cs.get("total_energy_delivered_kwh", 0.0) or 0.0
+        completed = self.completed_sessions()
+        energy = sum(float(s.get("energy_kwh") or 0.0) for s in completed)
         power = sum(float(s.get("power_w") or 0.0) for s in self.active_sessions())
         return (
             f"{time.strftime('%H:%M:%S')} bridge {self.bridge_state} | "
             f"chargers {online}/{len(self.devices)} online | "
-            f"sessions {len(self.active_sessions())} active, "
-            f"{cs.get('sessions_completed', len(self.completed_sessions()))} completed | "
+            f"sessions {len(self.active_sessions())} active, {len(completed)} completed | "
             f"{power:.0f} W now, {energy:.3f} kWh delivered | "
             f"frames in {self.bridge_stats.get('frames_in', 0)}"
         )
@@ -139,19 +140,16 @@ def render(state: LiveState) -> Group:
         )
 
     sessions = Table(title="Charging sessions", expand=True, title_justify="left")
-    for col in ("session", "device", "port", "status", "power W", "energy kWh", "time s"):
+    for col in ("session", "device", "port", "status", "power W", "energy kWh", "charged s"):
         sessions.add_column(col)
-    ordered = sorted(
-        state.sessions.values(),
-        key=lambda s: (s.get("status") not in ACTIVE, str(s.get("last_update", ""))),
-        reverse=False,
-    )
-    active_first = [s for s in ordered if s.get("status") in ACTIVE] + sorted(
-        (s for s in ordered if s.get("status") not in ACTIVE),
-        key=lambda s: str(s.get("last_update", "")),
-        reverse=True,
-    )
-    for s in active_first[:MAX_SESSIONS_SHOWN]:
+
+    def newest_first(sessions: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return sorted(sessions, key=lambda s: str(s.get("last_update", "")), reverse=True)
+
+    active = newest_first(state.active_sessions())[:MAX_ACTIVE_SHOWN]
+    finished = newest_first([s for s in state.sessions.values() if s.get("status") not in ACTIVE])
+    shown = active + finished[: MAX_SESSIONS_SHOWN - len(active)]
+    for s in shown:
         status = str(s.get("status", ""))
         sessions.add_row(
             str(s.get("session_id", ""))[:12] + "…",

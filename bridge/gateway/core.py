@@ -12,7 +12,7 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import Awaitable
+from collections.abc import Callable
 from typing import Any, Literal, Protocol
 
 from pydantic import ValidationError
@@ -25,6 +25,7 @@ from bridge.gateway.dispatcher import CommandTimeout, DeviceOffline, Dispatcher
 from bridge.gateway.registry import MAX_DEVICES_PER_CONNECTION, ConnState, Device, Registry
 from bridge.gateway.stats import GatewayStats
 from bridge.links.base import Connection
+from bridge.mqtt.client import MessageDropped
 from bridge.mqtt.payloads import (
     DEVICE_COMMAND_REQUESTS,
     DEVICE_ID_RE,
@@ -47,6 +48,7 @@ from protocol import (
     PayloadError,
     Sender,
     StreamItem,
+    decode_frame,
     decode_payload,
     encode_frame,
     encode_payload,
@@ -57,24 +59,12 @@ log = logging.getLogger(__name__)
 MAX_QUEUED_PER_DEVICE = 16
 RECENT_FRAMES = 50_000
 RECENT_TTL_S = 600.0
-SETTLEMENTS_REMEMBERED = 20_000
-SETTLEMENT_TTL_S = 24 * 3600.0
 TIME_REQUESTS = (0x12, 0x22)
 CHARGING_CODES = (1, 5)  # charging, float charging: same codes in 0x01/0x21 and 0x06
 
 
 class Publisher(Protocol):
     """What the gateway needs from `bridge.mqtt.client.MqttClient`."""
-
-    async def publish(
-        self,
-        topic: str,
-        payload: bytes | str,
-        *,
-        qos: int = 1,
-        retain: bool = False,
-        properties: Any = None,
-    ) -> None: ...
 
     def submit(
         self,
@@ -84,10 +74,18 @@ class Publisher(Protocol):
         qos: int = 1,
         retain: bool = False,
         properties: Any = None,
+        critical: bool = False,
+        key: str | None = None,
     ) -> asyncio.Future[None]: ...
+
+    @property
+    def dropped(self) -> int: ...
 
 
 FrameKey = tuple[int, int, int, bytes]
+# Observer of every frame exchanged with a device (capture, metrics): who sent it, the device,
+# the frame. Called synchronously on the event loop; it must be cheap and must not raise.
+FrameTap = Callable[[Sender, Device, Frame], None]
 
 
 class _PendingSwipe:
@@ -107,7 +105,7 @@ class Gateway:
         self.mqtt = mqtt
         self.topics = topics
         self.gateway_id = settings.gateway_id
-        self.registry = Registry()
+        self.registry = Registry(settings.max_devices)
         self.stats = GatewayStats()
         self.dispatcher = Dispatcher(
             self._send_command,
@@ -117,13 +115,10 @@ class Gateway:
         )
         # upstream frame -> the reply we gave (b"" for none, or while it is being decided)
         self._recent: BoundedTtlMap[FrameKey, bytes] = BoundedTtlMap(RECENT_FRAMES, RECENT_TTL_S)
-        self._settlements: BoundedTtlMap[tuple[int, int, bytes], asyncio.Future[None]] = (
-            BoundedTtlMap(SETTLEMENTS_REMEMBERED, SETTLEMENT_TTL_S)
-        )
         self._swipes: dict[tuple[int, str], _PendingSwipe] = {}
         self._debug_ids = set(settings.debug_devices)
-        self._tasks: set[asyncio.Task[Any]] = set()
         self._last_submit: asyncio.Future[None] | None = None
+        self.taps: list[FrameTap] = []
 
     # ------------------------------------------------------------------ publishing
 
@@ -170,12 +165,6 @@ class Gateway:
             for state in dev.ports.values():
                 self._submit(self.topics.port(dev.device_id, state.port), state, retain=True)
 
-    def _spawn(self, coro: Awaitable[Any], name: str) -> None:
-        task = asyncio.ensure_future(coro)
-        task.set_name(name)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
     # ------------------------------------------------------------------ links
 
     def connection_made(self, conn: Connection) -> None:
@@ -184,6 +173,8 @@ class Gateway:
 
     def connection_dropped(self, conn: Connection, reason: str) -> None:
         self.stats.connections_dropped += 1
+        if reason == "per_ip_limit":
+            self.stats.connections_refused_per_ip += 1
 
     def connection_lost(self, conn: Connection) -> None:
         cs = self.registry.conns.pop(conn.id, None)
@@ -241,6 +232,15 @@ class Gateway:
                 )
             return None
         dev = self.registry.device(frame.physical_id)
+        if dev is None:
+            self.stats.device_limit_frames += 1
+            if not cs.warned:
+                cs.warned = True
+                log.warning(
+                    "max_devices reached, ignoring a new physical id",
+                    extra={"peer": conn.peer, "physical_id": f"{frame.physical_id:08X}"},
+                )
+            return None
         if dev.conn is not conn:
             old = dev.conn
             dev.conn = conn
@@ -273,6 +273,9 @@ class Gateway:
             return
         if dev.device_id in self._debug_ids:
             log.info("frame in", extra={"device_id": dev.device_id, "hex": frame.encode().hex(" ")})
+        if self.taps:
+            for tap in tuple(self.taps):  # a tap may remove itself (a capture that ends)
+                tap(Sender.DEVICE, dev, frame)
         if frame.command >= 0x80 and frame.command != 0xFA:
             self._on_command_reply(dev, frame)
             return
@@ -365,6 +368,10 @@ class Gateway:
         self.stats.bytes_out += len(raw)
         if dev.device_id in self._debug_ids:
             log.info("frame out", extra={"device_id": dev.device_id, "hex": raw.hex(" ")})
+        if self.taps:
+            frame = decode_frame(raw)
+            for tap in tuple(self.taps):
+                tap(Sender.SERVER, dev, frame)
         return True
 
     def _send_command(self, dev: Device, raw: bytes) -> bool:
@@ -374,15 +381,17 @@ class Gateway:
 
     def _settlement(self, dev: Device, frame: Frame, key: FrameKey, s: p.Settlement) -> None:
         """Answer only after the broker has the `settled` event (the device keeps the record
-        and resends it until answered); resends, even with new message ids, publish once."""
-        content = (dev.physical_id, s.port, bytes(s.order_no))
-        published = self._settlements.get(content)
-        if published is None:
-            published = asyncio.get_running_loop().create_future()
-            self._settlements.put(content, published)
-            event = events.settled(dev, self.gateway_id, frame, s)
-            topic = self.topics.event(dev.device_id, "order")
-            self._spawn(self._publish_settlement(content, topic, event, published), "settle")
+        and resends it until answered). The event is critical (never dropped from the outbox)
+        and keyed by its content, so resends, even with new message ids and across a gateway
+        restart, publish it once (the outbox remembers published keys for a day)."""
+        event = events.settled(dev, self.gateway_id, frame, s)
+        published = self.mqtt.submit(
+            self.topics.event(dev.device_id, "order"),
+            event.to_json(),
+            qos=1,
+            critical=True,
+            key=f"settled/{dev.device_id}/{s.port}/{bytes(s.order_no).hex()}",
+        )
         reply = self._reply_frame(frame, p.ResultReply(0))
 
         def answer(fut: asyncio.Future[None]) -> None:
@@ -391,26 +400,10 @@ class Gateway:
                 self._write(dev, reply)
             else:
                 self._recent.pop(key)  # a later resend must try again
+                error = "cancelled" if fut.cancelled() else repr(fut.exception())
+                log.warning("settled event not published", extra={"error": error})
 
         published.add_done_callback(answer)
-
-    async def _publish_settlement(
-        self,
-        content: tuple[int, int, bytes],
-        topic: str,
-        event: Payload,
-        published: asyncio.Future[None],
-    ) -> None:
-        try:
-            await self.mqtt.publish(topic, event.to_json(), qos=1)
-        except BaseException as exc:
-            self._settlements.pop(content)
-            published.cancel()
-            if not isinstance(exc, Exception):
-                raise
-            log.warning("settled event not published", extra={"error": repr(exc)})
-        else:
-            published.set_result(None)
 
     # ------------------------------------------------------------------ card swipes
 
@@ -551,6 +544,14 @@ class Gateway:
             return self._card_reply(dev, pid, req)
         if dev is None or not dev.online:
             return response(request_id, False, "offline", "device is not connected")
+        if not dev.command_allowed(time.monotonic(), self.settings.max_commands_per_minute):
+            self.stats.commands_rate_limited += 1
+            return response(
+                request_id,
+                False,
+                "rate_limited",
+                f"more than {self.settings.max_commands_per_minute} commands in a minute",
+            )
         if dev.queued >= MAX_QUEUED_PER_DEVICE:
             return response(request_id, False, "busy", "too many commands queued for this device")
         assert plan is not None
@@ -601,6 +602,7 @@ class Gateway:
         """Publish `bridge/stats` when the counters changed, at most every `stats_interval`."""
         last: dict[str, int] | None = None
         while True:
+            self.stats.events_dropped = self.mqtt.dropped
             current = self.stats.counters(len(self.registry.conns), self.registry.online_count())
             if current != last:
                 snapshot = self.stats.snapshot(current["connections"], current["devices_online"])
@@ -629,8 +631,6 @@ class Gateway:
 
     async def shutdown(self, flush_timeout_s: float = 5.0) -> None:
         """Publish every device offline and the bridge offline, then wait for the broker."""
-        for task in list(self._tasks):
-            task.cancel()
         for pending in self._swipes.values():
             pending.timer.cancel()
         for dev in self.registry.devices.values():
@@ -647,8 +647,12 @@ class Gateway:
 
 
 def _log_failure(fut: asyncio.Future[None]) -> None:
-    if not fut.cancelled() and fut.exception() is not None:
-        log.warning("publish failed", extra={"error": repr(fut.exception())})
+    """Dropped messages are counted (`events_dropped`), not logged one by one."""
+    if fut.cancelled():
+        return
+    exc = fut.exception()
+    if exc is not None and not isinstance(exc, MessageDropped):
+        log.warning("publish failed", extra={"error": repr(exc)})
 
 
 def _response_properties(request_props: Any) -> Any:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import deque
 from dataclasses import dataclass, field
 
 from bridge.links.base import Connection
@@ -47,6 +48,17 @@ class Device:
     next_send_at: float = 0.0
     last_message_id: int = 0
     queued: int = 0
+    command_times: deque[float] = field(default_factory=deque)  # monotonic, last minute
+
+    def command_allowed(self, now: float, per_minute: int) -> bool:
+        """A sliding one-minute window of accepted commands (at most `per_minute` kept)."""
+        times = self.command_times
+        while times and now - times[0] >= 60.0:
+            times.popleft()
+        if len(times) >= per_minute:
+            return False
+        times.append(now)
+        return True
 
     def next_message_id(self) -> int:
         """Each new command carries a new message id (1..65535, wrapping)."""
@@ -75,19 +87,22 @@ MAX_DEVICES_PER_CONNECTION = 256  # a host carries at most 50 extensions (refere
 
 
 class Registry:
-    """Known devices, bounded: beyond `max_devices` the longest-silent offline ones are
-    forgotten (a peer inventing physical ids must not grow memory without bound)."""
+    """Known devices, bounded by `max_devices` (a peer inventing physical ids must not grow
+    memory without bound): when full, the longest-silent offline ones are forgotten; when all
+    are online, a new physical id is refused (`device` returns None)."""
 
     def __init__(self, max_devices: int = MAX_DEVICES) -> None:
         self.max_devices = max_devices
         self.devices: dict[int, Device] = {}
         self.conns: dict[int, ConnState] = {}
 
-    def device(self, physical_id: int) -> Device:
+    def device(self, physical_id: int) -> Device | None:
         dev = self.devices.get(physical_id)
         if dev is None:
             if len(self.devices) >= self.max_devices:
                 self._forget_offline()
+                if len(self.devices) >= self.max_devices:
+                    return None
             dev = self.devices[physical_id] = Device(physical_id, device_id(physical_id))
         return dev
 

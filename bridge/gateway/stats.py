@@ -21,6 +21,10 @@ class GatewayStats:
     duplicates: int = 0
     garbage_bytes: int = 0
     connections_dropped: int = 0
+    connections_refused_per_ip: int = 0
+    device_limit_frames: int = 0
+    commands_rate_limited: int = 0
+    events_dropped: int = 0
     started: float = field(default_factory=time.monotonic)
 
     def counters(self, connections: int, devices_online: int) -> dict[str, int]:

@@ -9,6 +9,8 @@ and keeps an ordered outbox so publishers never lose a message to an outage:
   the gateway acknowledges a settlement to the device only after that.
 * messages go out in submission order; those in flight when the connection drops are sent
   again, first, on the next connection (at-least-once; consumers are idempotent).
+* the queue is an `Outbox` (bridge/mqtt/outbox.py): in memory by default, SQLite for the
+  gateway, so its messages survive a crash; bounded, dropping the oldest non-critical ones.
 * with `manual_ack`, incoming QoS 1 messages are acknowledged to the broker only when the
   consumer calls `ack(message)`, so a crash before processing leaves them with the broker.
 """
@@ -17,13 +19,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import logging
 import math
 import ssl
-from collections import deque
 from collections.abc import AsyncIterator, Callable, Coroutine
-from dataclasses import dataclass, field
 from typing import Any, Literal
 from urllib.parse import unquote, urlsplit
 
@@ -32,6 +31,8 @@ import paho.mqtt.client as paho
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from pydantic import BaseModel, Field, field_validator
+
+from bridge.mqtt.outbox import Outbox, OutboxMessage
 
 log = logging.getLogger("chargebridge.mqtt")
 
@@ -116,15 +117,8 @@ class MqttSettings(BaseModel):
         return parts._replace(netloc=netloc).geturl()
 
 
-@dataclass(slots=True)
-class _Outgoing:
-    seq: int
-    topic: str
-    payload: bytes
-    qos: int
-    retain: bool
-    properties: Properties | None
-    future: asyncio.Future[None] = field(repr=False)
+class MessageDropped(Exception):
+    """The outbox was full and this (non-critical) message was dropped unpublished."""
 
 
 Payload = bytes | str
@@ -140,6 +134,7 @@ class MqttClient:
         subscriptions: list[tuple[str, int]] | None = None,
         on_connect: Callable[[], Coroutine[Any, Any, None]] | None = None,
         max_incoming: int = 10_000,
+        outbox: Outbox | None = None,
     ) -> None:
         self.settings = settings
         self.subscriptions = list(subscriptions or [])
@@ -148,9 +143,11 @@ class MqttClient:
         self.disconnected = asyncio.Event()
         self.disconnected.set()
         self.connections = 0  # successful connections so far, for logs and tests
-        self._seq = itertools.count()
-        self._pending: deque[_Outgoing] = deque()
-        self._inflight: dict[int, _Outgoing] = {}
+        self.outbox = outbox if outbox is not None else Outbox()
+        self._futures: dict[int, list[asyncio.Future[None]]] = {}  # seq -> waiting publishers
+        self._empty = asyncio.Event()
+        if not len(self.outbox):
+            self._empty.set()
         self._wakeup = asyncio.Event()
         self._incoming: asyncio.Queue[aiomqtt.Message] = asyncio.Queue(max_incoming)
         self._client: aiomqtt.Client | None = None
@@ -168,19 +165,15 @@ class MqttClient:
         """Try to flush queued messages, then disconnect cleanly (no will)."""
         if self._task is None:
             return
-        if self.connected.is_set() and (self._pending or self._inflight):
+        if self.connected.is_set() and len(self.outbox):
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(flush_timeout):
-                    await self._drained()
+                    await self._empty.wait()
         self._task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self._task
         self._task = None
-
-    async def _drained(self) -> None:
-        while self._pending or self._inflight:
-            futures = [m.future for m in (*self._pending, *self._inflight.values())]
-            await asyncio.gather(*futures, return_exceptions=True)
+        self.outbox.flush()
 
     async def wait_connected(self) -> None:
         await self.connected.wait()
@@ -189,7 +182,12 @@ class MqttClient:
     @property
     def queued(self) -> int:
         """Messages accepted but not yet acknowledged by the broker."""
-        return len(self._pending) + len(self._inflight)
+        return len(self.outbox)
+
+    @property
+    def dropped(self) -> int:
+        """Messages dropped unpublished because the outbox was full."""
+        return self.outbox.dropped
 
     def submit(
         self,
@@ -199,15 +197,45 @@ class MqttClient:
         qos: int = 1,
         retain: bool = False,
         properties: Properties | None = None,
+        critical: bool = False,
+        key: str | None = None,
     ) -> asyncio.Future[None]:
-        """Queue a message; the future completes on the broker's acknowledgement."""
+        """Queue a message; the future completes on the broker's acknowledgement, or fails
+        with `MessageDropped` if the bounded outbox dropped it. A `critical` message is never
+        dropped. With a `key` already queued, nothing is queued and the future completes with
+        that message; with a key published within the outbox's memory, it is done at once."""
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        if key is not None:
+            found = self.outbox.find_key(key)
+            if found is True:
+                future.set_result(None)
+                return future
+            if found is not False:
+                self._futures.setdefault(found, []).append(future)
+                return future
         data = payload.encode() if isinstance(payload, str) else bytes(payload)
         if not self.settings.v5:
             properties = None
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._pending.append(
-            _Outgoing(next(self._seq), topic, data, qos, retain, properties, future)
+        added = self.outbox.add(
+            topic,
+            data,
+            qos=qos,
+            retain=retain,
+            properties=properties,
+            critical=critical,
+            key=key,
         )
+        waiting = self._futures.setdefault(added.seq, [])
+        waiting.append(future)
+        if added.replaced is not None:
+            # A newer retained state supersedes it: acknowledged when the newer one is.
+            waiting.extend(self._futures.pop(added.replaced, ()))
+        for seq in added.dropped:
+            for fut in self._futures.pop(seq, ()):
+                if not fut.done():
+                    fut.set_exception(MessageDropped(f"outbox full ({len(self.outbox)})"))
+                    fut.exception()  # counted in `dropped`; no "never retrieved" per message
+        self._empty.clear()
         self._wakeup.set()
         return future
 
@@ -219,9 +247,19 @@ class MqttClient:
         qos: int = 1,
         retain: bool = False,
         properties: Properties | None = None,
+        critical: bool = False,
+        key: str | None = None,
     ) -> None:
         """Publish and wait for the broker's acknowledgement, across reconnects."""
-        await self.submit(topic, payload, qos=qos, retain=retain, properties=properties)
+        await self.submit(
+            topic,
+            payload,
+            qos=qos,
+            retain=retain,
+            properties=properties,
+            critical=critical,
+            key=key,
+        )
 
     # --- receiving ------------------------------------------------------------------
     @property
@@ -332,32 +370,32 @@ class MqttClient:
 
     def _requeue_inflight(self) -> None:
         """Unacknowledged messages go back to the front, in their original order."""
-        if self._inflight:
-            resend = sorted(self._inflight.values(), key=lambda m: m.seq)
-            self._inflight.clear()
-            self._pending.extendleft(reversed([m for m in resend if not m.future.done()]))
-            self._wakeup.set()
+        self.outbox.requeue()
+        self._wakeup.set()
+
+    def _settle(self, seq: int, exc: BaseException | None = None) -> None:
+        for fut in self._futures.pop(seq, ()):
+            if fut.done():
+                continue
+            if exc is None:
+                fut.set_result(None)
+            else:
+                fut.set_exception(exc)
+        if not len(self.outbox):
+            self._empty.set()
 
     async def _sender(self, client: aiomqtt.Client) -> None:
         window = asyncio.Semaphore(self.settings.max_inflight)
         async with asyncio.TaskGroup() as tg:
             while True:
-                while not self._pending:
+                await window.acquire()
+                while (message := self.outbox.take()) is None:
                     self._wakeup.clear()
                     await self._wakeup.wait()
-                await window.acquire()
-                if not self._pending:
-                    window.release()
-                    continue
-                message = self._pending.popleft()
-                if message.future.done():  # cancelled by its publisher
-                    window.release()
-                    continue
-                self._inflight[message.seq] = message
                 tg.create_task(self._send_one(client, message, window))
 
     async def _send_one(
-        self, client: aiomqtt.Client, message: _Outgoing, window: asyncio.Semaphore
+        self, client: aiomqtt.Client, message: OutboxMessage, window: asyncio.Semaphore
     ) -> None:
         try:
             await client.publish(
@@ -371,15 +409,21 @@ class MqttClient:
         except aiomqtt.MqttCodeError as exc:
             if exc.rc in (paho.MQTT_ERR_NO_CONN, paho.MQTT_ERR_CONN_LOST):
                 return  # stays in flight; requeued when the connection loop notices
-            self._inflight.pop(message.seq, None)
-            if not message.future.done():
-                message.future.set_exception(exc)
+            self.outbox.failed(message.seq)
+            self._settle(message.seq, exc)
             log.error("broker refused a message on %s: %s", message.topic, exc)
         except aiomqtt.MqttError:
             return
         else:
-            self._inflight.pop(message.seq, None)
-            if not message.future.done():
-                message.future.set_result(None)
+            self.outbox.acked(message.seq)
+            self._settle(message.seq)
         finally:
             window.release()
+
+
+def payload_bytes(message: aiomqtt.Message) -> bytes:
+    """The payload as bytes: aiomqtt types it loosely, brokers always send bytes."""
+    raw = message.payload
+    if isinstance(raw, bytes | bytearray):
+        return bytes(raw)
+    return b"" if raw is None else str(raw).encode()

@@ -66,6 +66,20 @@ class BridgeStats(Payload):
     connections_dropped: int = Field(
         description="connections closed because their write buffer overflowed or per-IP limit"
     )
+    connections_refused_per_ip: int = Field(
+        description="connections refused at once because `max_connections_per_ip` were open"
+    )
+    device_limit_frames: int = Field(
+        description="frames ignored because they came from a new physical id while "
+        "`max_devices` devices were online"
+    )
+    commands_rate_limited: int = Field(
+        description="device command requests answered `rate_limited` (`max_commands_per_minute`)"
+    )
+    events_dropped: int = Field(
+        description="outgoing messages dropped unpublished because the outbox held "
+        "`max_queued_messages` (settlements are never dropped)"
+    )
     uptime_s: int
     updated_at: str
 

@@ -126,6 +126,12 @@ class Topics:
     def charging_response(self, action: str) -> str:
         return f"{self.base}/charging/response/{action}"
 
+    def adoption_probe(self, token: str) -> str:
+        """A topic of the service's own: once its probe comes back, the broker has delivered
+        every retained message subscribed before it. Two levels below `response/`, so
+        subscribers of `charging/response/+` never see it."""
+        return f"{self.base}/charging/response/adopt/{token}"
+
     @property
     def all_charging_requests(self) -> str:
         return f"{self.base}/charging/request/+"
@@ -153,3 +159,45 @@ class Topics:
         prefix = f"{self.base}/sessions/"
         rest = topic[len(prefix) :] if topic.startswith(prefix) else ""
         return rest if rest and "/" not in rest else None
+
+    # --- bridge requests (capture) ----------------------------------------
+    def bridge_request(self, name: str) -> str:
+        return f"{self.base}/bridge/request/{name}"
+
+    def bridge_response(self, name: str) -> str:
+        return f"{self.base}/bridge/response/{name}"
+
+    def capture_stream(self, capture_id: str) -> str:
+        """Frames of one running capture (`chargebridge capture`), not retained."""
+        return f"{self.base}/bridge/capture/{capture_id}"
+
+
+@dataclass(frozen=True, slots=True)
+class DiscoveryTopics:
+    """Home Assistant MQTT discovery: `{prefix}/{component}/{node_id}/{object_id}/config`.
+
+    `node_id` is the base topic made safe for one topic level, so that several bridges can
+    share one Home Assistant; `prefix/status` is Home Assistant's birth message."""
+
+    prefix: str = "homeassistant"
+    node_id: str = "chargebridge"
+
+    def config(self, component: str, object_id: str) -> str:
+        return f"{self.prefix}/{component}/{self.node_id}/{object_id}/config"
+
+    @property
+    def all_configs(self) -> str:
+        return f"{self.prefix}/+/{self.node_id}/+/config"
+
+    @property
+    def status(self) -> str:
+        return f"{self.prefix}/status"
+
+    def parse_config(self, topic: str) -> tuple[str, str] | None:
+        """`{prefix}/{component}/{node_id}/{object_id}/config` -> (component, object_id)."""
+        parts = topic.split("/")
+        head = self.prefix.split("/")
+        if parts[: len(head)] != head or len(parts) != len(head) + 4:
+            return None
+        component, node, object_id, last = parts[len(head) :]
+        return (component, object_id) if node == self.node_id and last == "config" else None

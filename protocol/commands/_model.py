@@ -180,7 +180,7 @@ class Payload:
     def to_json(self) -> dict[str, Any]:
         """JSON-ready dict: wire values under field names, SI values and enum names beside.
 
-        Generated per class by `@model` (see `_json_source`): one dict display, no loop."""
+        Generated per class by `@model` (see `_compile_json`): one dict display, no loop."""
         raise NotImplementedError(f"{type(self).__name__} is not decorated with @model")
 
     def to_json_text(self, tail: str = "") -> str:
@@ -247,7 +247,7 @@ _T = TypeVar("_T", bound=Payload)
 
 
 def model(cls: type[_T]) -> type[_T]:
-    """Read the `Wire` specs of a payload dataclass and precompile its layouts and JSON ops."""
+    """Read the `Wire` specs of a payload dataclass; precompile layouts, constructor and JSON."""
     hints = typing.get_type_hints(cls, include_extras=True)
     declared = fields(typing.cast(Any, cls))
     specs = tuple(FieldSpec(f.name, _wire_of(hints[f.name]), f.default is None) for f in declared)

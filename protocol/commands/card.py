@@ -46,6 +46,11 @@ class CardSwipe(Payload):
     card_number_2: Annotated[bytes, Wire("", VARBYTES)] | None = None
     extra: Tail = b""
 
+    @property
+    def card_number(self) -> int:
+        """The decimal number printed on vendor cards: the 4 UID bytes read big-endian."""
+        return int.from_bytes(self.card_id, "big")
+
     @classmethod
     def decode(cls, data: bytes) -> Self:
         size = len(data)

@@ -129,3 +129,18 @@ def test_enum_fallback_names() -> None:
     assert port_status_name(0x0C) == "unknown_0C"
     assert stop_reason_name(0xAB) == "unknown_AB"
     assert [code for code in range(16) if charge_result_executed(code)] == [0, 3, 9]
+
+
+def test_trailing_partial_frame_stays_buffered_untouched() -> None:
+    decoder = StreamDecoder()
+    partial = HEARTBEAT[:9]
+    assert decoder.feed(HEARTBEAT + b"link" + partial) == [FRAME, Keepalive()]
+    assert decoder.buffered == partial
+    assert decoder.feed(HEARTBEAT[9:]) == [FRAME]
+    assert decoder.buffered == b""
+
+
+def test_feed_accepts_bytearray_and_memoryview() -> None:
+    decoder = StreamDecoder()
+    assert decoder.feed(bytearray(HEARTBEAT[:7])) == []
+    assert decoder.feed(memoryview(HEARTBEAT)[7:]) == [FRAME]

@@ -9,17 +9,25 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from protocol import (
+    CardSwipe,
     ChargeControl,
     Empty,
     FirmwarePacket,
     Frame,
     Heartbeat,
+    LegacyHeartbeat,
+    LegacyUpgradeRequest,
     Payload,
     PayloadError,
     PortPowerReport,
     RawPayload,
+    Registration,
+    ResultReply,
     Sender,
     Settlement,
+    UpgradeReply,
+    UpgradeRequest,
+    WorkModeSet,
     decode_payload,
     encode_payload,
 )
@@ -186,3 +194,52 @@ def test_json_text_is_exactly_the_encoded_dict(
     line, ok = frame_json_line(frame, sender)
     assert line == to_json_line(frame_json(frame, sender))
     assert ok == ("error" not in json.loads(line))
+
+
+def test_card_swipe_tolerant_card_number_2() -> None:
+    prefix = bytes.fromhex("0A0B0C0D 04 FF 6400")  # social-security card, balance query
+    swipe = decode_payload(0x02, prefix, Sender.DEVICE)
+    assert isinstance(swipe, CardSwipe)
+    assert (swipe.card_number, swipe.card_type, swipe.port, swipe.balance) == (
+        0x0A0B0C0D,
+        4,
+        0xFF,
+        100,
+    )
+    assert swipe.timestamp is None and swipe.card_number_2 is None
+    stamped = prefix + bytes.fromhex("78563412")
+    assert decode_payload(0x02, stamped + b"\x00", Sender.DEVICE) == CardSwipe(
+        swipe.card_id, 4, 0xFF, 100, 0x12345678, b""
+    )
+    # The length byte announces 16 bytes but only 3 follow: kept raw, not guessed.
+    short = decode_payload(0x02, stamped + b"\x10abc", Sender.DEVICE)
+    assert isinstance(short, CardSwipe)
+    assert short.card_number_2 is None and short.extra == b"\x10abc"
+    full = decode_payload(0x02, stamped + b"\x03abcXY", Sender.DEVICE)
+    assert isinstance(full, CardSwipe)
+    assert (full.card_number_2, full.extra) == (b"abc", b"XY")
+
+
+def test_tolerant_decoding_choices() -> None:
+    device, server = Sender.DEVICE, Sender.SERVER
+    assert isinstance(decode_payload(0x05, bytes(7), device), UpgradeRequest)
+    assert decode_payload(0x05, b"\x01\x02", device) == LegacyUpgradeRequest(b"\x01\x02")
+    assert decode_payload(0xFA, b"", server) == Empty()
+    assert isinstance(decode_payload(0xFA, bytes(204), server), FirmwarePacket)
+    host_request = decode_payload(0xFA, b"\x00\x00\x00", device)
+    assert isinstance(host_request, UpgradeReply) and host_request.is_request
+    # 0x01 with only the mandatory prefix (5 + 5n bytes), then one optional byte at a time.
+    legacy = bytes.fromhex("7E00 8C08 01 00 0000 0000")
+    for extra_bytes in range(6):
+        payload = decode_payload(0x01, legacy + bytes(range(1, extra_bytes + 1)), device)
+        assert isinstance(payload, LegacyHeartbeat)
+        optional = [payload.virtual_id, payload.signal, payload.device_type]
+        optional += [payload.temperature, payload.work_mode]
+        assert optional == [*range(1, extra_bytes + 1), *[None] * (5 - extra_bytes)]
+    with pytest.raises(PayloadError, match=r"0x01 .* 9 data bytes"):
+        decode_payload(0x01, legacy[:-1], device)
+    registration = decode_payload(0x20, bytes.fromhex("7E00 02 14 21"), device)
+    assert registration == Registration(126, 2, 20, 0x21)
+    # 0x8D: one byte each way; only the sender tells them apart.
+    assert decode_payload(0x8D, b"\x00", server) == WorkModeSet(0)
+    assert decode_payload(0x8D, b"\x00", device) == ResultReply(0)

@@ -1,0 +1,150 @@
+"""What the durable outbox costs; prints one JSON object.
+
+Through a real Mosquitto (started here from the project's mosquitto.conf, as the tests do):
+- `connected`: `--messages` event-sized messages (~400 B JSON) submitted in batches of
+  `--batch` per event-loop turn (as the gateway does per socket read), every PUBACK awaited:
+  messages/s with the in-memory `Outbox` and with `SqliteOutbox`;
+- `outage_queue`: the same submitted while the broker is down (the cost of queueing, with
+  SQLite the transaction per loop turn), then `outage_drain`: the broker started again, messages/s
+  until every one is acknowledged;
+- `coalescing`: a heartbeat flood during an outage (`--devices` devices x 20 heartbeats, each one
+  retained device state and three events): messages left queued with and without coalescing.
+
+    python bench/outbox.py [--messages 20000] [--batch 10] [--devices 500]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import platform
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bridge.mqtt.client import MqttClient, MqttSettings
+from bridge.mqtt.outbox import Outbox, SqliteOutbox
+from tests.broker import Mosquitto
+
+PAYLOAD = json.dumps(
+    {
+        "type": "power",
+        "ts": "2026-11-26T09:00:00.000Z",
+        "device_id": "04AB373B",
+        "gateway_id": "bench",
+        "command": 6,
+        "message_id": 1234,
+        "port": 1,
+        "status": "charging",
+        "order_no": "12345678123456781234567812345678",
+        "duration_s": 600,
+        "energy_kwh": 0.12,
+        "power_w": 234.2,
+        "max_power_w": 240.0,
+        "min_power_w": 230.0,
+        "avg_power_w": 235.0,
+        "peak_power_w": 240.0,
+        "voltage_v": 220.0,
+        "current_a": 1.06,
+        "temperature_c": 25.0,
+        "port_temperature_c": None,
+        "start_mode": "online",
+    }
+).encode()
+
+
+async def submit_all(mqtt: MqttClient, n: int, batch: int) -> list[asyncio.Future[None]]:
+    futures = []
+    for i in range(0, n, batch):
+        futures += [mqtt.submit(f"bench/e/{i % 100}", PAYLOAD) for _ in range(min(batch, n - i))]
+        await asyncio.sleep(0)  # one event-loop turn per batch
+    return futures
+
+
+async def connected(broker: Mosquitto, outbox: Outbox, n: int, batch: int) -> float:
+    async with MqttClient(MqttSettings(url=broker.url), outbox=outbox) as mqtt:
+        await asyncio.wait_for(mqtt.wait_connected(), 10)
+        start = time.perf_counter()
+        await asyncio.gather(*await submit_all(mqtt, n, batch))
+        return n / (time.perf_counter() - start)
+
+
+async def outage(broker: Mosquitto, outbox: Outbox, n: int, batch: int) -> tuple[float, float]:
+    async with MqttClient(MqttSettings(url=broker.url), outbox=outbox) as mqtt:
+        await asyncio.wait_for(mqtt.wait_connected(), 10)
+        broker.stop()
+        await asyncio.wait_for(mqtt.disconnected.wait(), 10)
+        start = time.perf_counter()
+        futures = await submit_all(mqtt, n, batch)
+        outbox.flush()
+        queue_rate = n / (time.perf_counter() - start)
+        broker.start()
+        await asyncio.wait_for(mqtt.wait_connected(), 60)
+        start = time.perf_counter()
+        await asyncio.gather(*futures)
+        return queue_rate, n / (time.perf_counter() - start)
+
+
+def flood(outbox: Outbox, devices: int) -> int:
+    for _ in range(20):
+        for dev in range(devices):
+            outbox.add(f"bench/devices/{dev:08X}", PAYLOAD[:300], retain=True)
+            for kind in ("port", "port", "device"):
+                outbox.add(f"bench/devices/{dev:08X}/event/{kind}", PAYLOAD)
+    return len(outbox)
+
+
+def best(runs: int, measure: Callable[[], float]) -> float:
+    return max(measure() for _ in range(runs))
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--messages", type=int, default=20_000)
+    parser.add_argument("--batch", type=int, default=10)
+    parser.add_argument("--devices", type=int, default=500)
+    args = parser.parse_args()
+    n, batch = args.messages, args.batch
+    with tempfile.TemporaryDirectory() as tmp:
+        broker = Mosquitto(Path(tmp) / "broker")
+        broker.start()
+        try:
+            memory_rate = await connected(broker, Outbox(), n, batch)
+            sqlite_rate = await connected(broker, SqliteOutbox(Path(tmp) / "a.sqlite3"), n, batch)
+            memory_queue, memory_drain = await outage(broker, Outbox(), n, batch)
+            sqlite_queue, sqlite_drain = await outage(
+                broker, SqliteOutbox(Path(tmp) / "b.sqlite3"), n, batch
+            )
+        finally:
+            broker.stop()
+        flood_sqlite = SqliteOutbox(Path(tmp) / "c.sqlite3")
+        start = time.perf_counter()
+        coalesced = flood(flood_sqlite, args.devices)
+        flood_sqlite.flush()
+        flood_s = time.perf_counter() - start
+    result = {
+        "python": platform.python_version(),
+        "machine": platform.machine(),
+        "messages": n,
+        "batch_per_loop_turn": batch,
+        "payload_bytes": len(PAYLOAD),
+        "connected_msgs_per_s": {"memory": round(memory_rate), "sqlite": round(sqlite_rate)},
+        "outage_queue_msgs_per_s": {"memory": round(memory_queue), "sqlite": round(sqlite_queue)},
+        "outage_drain_msgs_per_s": {"memory": round(memory_drain), "sqlite": round(sqlite_drain)},
+        "coalescing": {
+            "submitted": args.devices * 20 * 4,
+            "queued_with": coalesced,
+            "queued_without": flood(Outbox(coalesce_retained=False), args.devices),
+            "sqlite_flood_msgs_per_s": round(args.devices * 20 * 4 / flood_s),
+        },
+    }
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

@@ -1,0 +1,427 @@
+"""Home Assistant MQTT discovery (opt-in `--homeassistant`), a self-contained unit.
+
+It reads only what any MQTT client can read, the retained device and port states of API.md
+section 3, and publishes retained discovery configs under `--homeassistant-prefix`:
+
+- each charger is a Home Assistant device (identifier `chargebridge_{device_id}`) with a
+  connectivity binary sensor, voltage / temperature / signal sensors and reboot and locate
+  buttons; each port is a device of its own linked to the charger with `via_device`, with
+  status (enum), power, session energy, voltage, current and temperature sensors and a
+  stop-charging button;
+- availability is `{b}/bridge/state` AND the device's `online` flag (`availability_mode: all`),
+  except for the connectivity sensor, which must stay available to show `off`;
+- `unique_id`s derive from the base topic, the device id and the port, so they are stable
+  across restarts and across gateways;
+- a device is *forgotten* when its retained state `{b}/devices/{id}` is cleared (an empty
+  retained message, e.g. `mosquitto_pub -r -n -t chargebridge/devices/04AB373B`): all its
+  entities are removed with empty retained configs; clearing one port's state removes that
+  port's entities. Configs already retained under our node id are learnt at start, so this
+  works after a restart too.
+
+Port voltage, current, temperature and energy exist only in the `power` events (0x06, every
+5 min while charging); those sensors read `event/port` and render an empty string for events of
+other types or ports, which Home Assistant's numeric MQTT sensors ignore (the state stays). A
+null value renders `None`, which Home Assistant shows as unknown.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import re
+from typing import Any
+
+from bridge import __version__
+from bridge.config import GatewaySettings
+from bridge.mqtt.client import MqttClient
+from bridge.mqtt.topics import DiscoveryTopics, Topics
+from protocol.enums import CHARGING_STATUSES, PORT_STATUSES
+from protocol.ids import device_number, parse_device_id
+
+log = logging.getLogger(__name__)
+
+LOCATE_SECONDS = 10
+PORT_STATUS_OPTIONS = sorted({*PORT_STATUSES.values(), *CHARGING_STATUSES.values(), "unknown"})
+DEVICE_ID_RE = re.compile(r"^[0-9A-F]{8}$")
+
+Config = dict[str, Any]
+
+
+def node_id(base_topic: str) -> str:
+    """The base topic as one discovery topic level (Home Assistant allows [a-zA-Z0-9_-])."""
+    return re.sub(r"[^A-Za-z0-9_-]", "_", base_topic)
+
+
+class Discovery:
+    """Builds the discovery configs of one bridge (pure: no I/O)."""
+
+    def __init__(self, topics: Topics, discovery: DiscoveryTopics) -> None:
+        self.topics = topics
+        self.disc = discovery
+        self.node = discovery.node_id
+
+    # ------------------------------------------------------------------ common parts
+
+    def _ident(self, device_id: str, port: int | None = None) -> str:
+        suffix = "" if port is None else f"_port{port}"
+        return f"{self.node}_{device_id}{suffix}"
+
+    def _availability(self, device_id: str | None) -> Config:
+        bridge = {
+            "topic": self.topics.bridge_state,
+            "value_template": "{{ value_json.state }}",
+            "payload_available": "online",
+            "payload_not_available": "offline",
+        }
+        if device_id is None:
+            return {"availability": [bridge]}
+        device = {
+            "topic": self.topics.device(device_id),
+            "value_template": "{{ 'online' if value_json.online else 'offline' }}",
+            "payload_available": "online",
+            "payload_not_available": "offline",
+        }
+        return {"availability": [bridge, device], "availability_mode": "all"}
+
+    def _entity(
+        self, device_id: str, port: int | None, key: str, name: str, device: Config
+    ) -> Config:
+        object_id = f"{device_id}_{key}" if port is None else f"{device_id}_p{port}_{key}"
+        return {
+            "name": name,
+            "unique_id": f"{self.node}_{object_id}",
+            "device": device,
+            "origin": {"name": "chargebridge", "sw_version": __version__},
+            "_object": object_id,
+        }
+
+    def charger_device(self, device_id: str, state: Config | None) -> Config:
+        number = device_number(parse_device_id(device_id))
+        device: Config = {
+            "identifiers": [self._ident(device_id)],
+            "name": f"Charger {number}",
+            "manufacturer": "DNY",
+            "model": "AP3000",
+            "serial_number": device_id,
+        }
+        if state:
+            device["model"] = f"AP3000 {state.get('device_kind', '')}".strip()
+            if state.get("firmware"):
+                device["sw_version"] = state["firmware"]
+        return device
+
+    def port_device(self, device_id: str, port: int) -> Config:
+        number = device_number(parse_device_id(device_id))
+        return {
+            "identifiers": [self._ident(device_id, port)],
+            "name": f"Charger {number} port {port}",
+            "manufacturer": "DNY",
+            "model": "AP3000 port",
+            "via_device": self._ident(device_id),
+        }
+
+    # ------------------------------------------------------------------ configs
+
+    def device_configs(self, device_id: str, state: Config) -> dict[str, Config]:
+        """Topic -> config of the charger-level entities."""
+        dev = self.charger_device(device_id, state)
+        state_topic = self.topics.device(device_id)
+        avail = self._availability(device_id)
+        out: list[tuple[str, Config]] = [
+            (
+                "binary_sensor",
+                {
+                    **self._entity(device_id, None, "connectivity", "Connectivity", dev),
+                    **self._availability(None),
+                    "state_topic": state_topic,
+                    "value_template": "{{ 'ON' if value_json.online else 'OFF' }}",
+                    "device_class": "connectivity",
+                    "entity_category": "diagnostic",
+                },
+            ),
+            (
+                "sensor",
+                {
+                    **self._entity(device_id, None, "voltage", "Voltage", dev),
+                    **avail,
+                    "state_topic": state_topic,
+                    "value_template": "{{ value_json.voltage_v }}",
+                    "device_class": "voltage",
+                    "state_class": "measurement",
+                    "unit_of_measurement": "V",
+                },
+            ),
+            (
+                "sensor",
+                {
+                    **self._entity(device_id, None, "temperature", "Temperature", dev),
+                    **avail,
+                    "state_topic": state_topic,
+                    "value_template": "{{ value_json.temperature_c }}",
+                    "device_class": "temperature",
+                    "state_class": "measurement",
+                    "unit_of_measurement": "°C",
+                },
+            ),
+            (
+                "sensor",
+                {
+                    # CSQ 0..31 of the GSM module, not dBm: no device class.
+                    **self._entity(device_id, None, "signal", "Signal", dev),
+                    **avail,
+                    "state_topic": state_topic,
+                    "value_template": "{{ value_json.signal }}",
+                    "state_class": "measurement",
+                    "entity_category": "diagnostic",
+                    "icon": "mdi:signal",
+                },
+            ),
+            (
+                "button",
+                {
+                    **self._entity(device_id, None, "reboot", "Reboot", dev),
+                    **avail,
+                    "command_topic": self.topics.device_request(device_id, "reboot"),
+                    "payload_press": json.dumps({"request_id": "homeassistant"}),
+                    "device_class": "restart",
+                    "entity_category": "config",
+                },
+            ),
+            (
+                "button",
+                {
+                    **self._entity(device_id, None, "locate", "Locate", dev),
+                    **avail,
+                    "command_topic": self.topics.device_request(device_id, "locate"),
+                    "payload_press": json.dumps(
+                        {"request_id": "homeassistant", "seconds": LOCATE_SECONDS}
+                    ),
+                    "device_class": "identify",
+                },
+            ),
+        ]
+        return self._by_topic(out)
+
+    def port_configs(self, device_id: str, port: int) -> dict[str, Config]:
+        """Topic -> config of one port's entities."""
+        dev = self.port_device(device_id, port)
+        port_topic = self.topics.port(device_id, port)
+        events = self.topics.event(device_id, "port")
+        avail = self._availability(device_id)
+
+        def from_power_event(key: str, name: str, field: str, **extra: Any) -> Config:
+            return {
+                **self._entity(device_id, port, key, name, dev),
+                **avail,
+                "state_topic": events,
+                # An empty result is ignored by numeric MQTT sensors: other events keep the state.
+                "value_template": (
+                    f"{{{{ value_json.{field} if value_json.type == 'power' and "
+                    f"value_json.port == {port} else '' }}}}"
+                ),
+                **extra,
+            }
+
+        out: list[tuple[str, Config]] = [
+            (
+                "sensor",
+                {
+                    **self._entity(device_id, port, "status", "Status", dev),
+                    **avail,
+                    "state_topic": port_topic,
+                    "value_template": (
+                        "{{ 'unknown' if value_json.status.startswith('unknown_') "
+                        "else value_json.status }}"
+                    ),
+                    "device_class": "enum",
+                    "options": PORT_STATUS_OPTIONS,
+                },
+            ),
+            (
+                "sensor",
+                {
+                    **self._entity(device_id, port, "power", "Power", dev),
+                    **avail,
+                    "state_topic": port_topic,
+                    # idle: 0 W; null (no power report yet) renders `None`, i.e. unknown
+                    "value_template": "{{ 0 if value_json.status == 'idle' "
+                    "else value_json.power_w }}",
+                    "device_class": "power",
+                    "state_class": "measurement",
+                    "unit_of_measurement": "W",
+                },
+            ),
+            (
+                "sensor",
+                from_power_event(
+                    "energy",
+                    "Session energy",
+                    "energy_kwh",
+                    device_class="energy",
+                    state_class="total_increasing",
+                    unit_of_measurement="kWh",
+                ),
+            ),
+            (
+                "sensor",
+                from_power_event(
+                    "voltage",
+                    "Voltage",
+                    "voltage_v",
+                    device_class="voltage",
+                    state_class="measurement",
+                    unit_of_measurement="V",
+                ),
+            ),
+            (
+                "sensor",
+                from_power_event(
+                    "current",
+                    "Current",
+                    "current_a",
+                    device_class="current",
+                    state_class="measurement",
+                    unit_of_measurement="A",
+                ),
+            ),
+            (
+                "sensor",
+                from_power_event(
+                    "temperature",
+                    "Temperature",
+                    "port_temperature_c",
+                    device_class="temperature",
+                    state_class="measurement",
+                    unit_of_measurement="°C",
+                ),
+            ),
+            (
+                "button",
+                {
+                    # API.md section 5's stop_charging needs the running order number, which a
+                    # static press payload cannot carry; the charging service's stop request
+                    # finds the port's session itself.
+                    **self._entity(device_id, port, "stop", "Stop charging", dev),
+                    **avail,
+                    "command_topic": self.topics.charging_request("stop"),
+                    "payload_press": json.dumps(
+                        {"request_id": "homeassistant", "device_id": device_id, "port": port}
+                    ),
+                    "icon": "mdi:power-plug-off",
+                },
+            ),
+        ]
+        return self._by_topic(out)
+
+    def _by_topic(self, entities: list[tuple[str, Config]]) -> dict[str, Config]:
+        out = {}
+        for component, config in entities:
+            object_id = config.pop("_object")
+            out[self.disc.config(component, object_id)] = config
+        return out
+
+    def owner(self, object_id: str) -> tuple[str, int | None] | None:
+        """Object id -> (device id, port or None) of the entity, for removal."""
+        device_id, _, rest = object_id.partition("_")
+        if not DEVICE_ID_RE.match(device_id):
+            return None
+        match = re.match(r"^p(\d+)_", rest)
+        return device_id, int(match.group(1)) if match else None
+
+
+class HomeAssistantUnit:
+    """Publishes and removes discovery configs as device and port states come and go."""
+
+    def __init__(self, settings: GatewaySettings) -> None:
+        self.topics = Topics(settings.base_topic)
+        self.disc = DiscoveryTopics(settings.homeassistant_prefix, node_id(settings.base_topic))
+        self.discovery = Discovery(self.topics, self.disc)
+        self.published: dict[str, bytes] = {}  # config topic -> retained payload
+        self.mqtt = MqttClient(
+            settings.mqtt_settings(
+                client_id=f"chargebridge-homeassistant-{settings.gateway_id}", clean_start=True
+            ),
+            subscriptions=[
+                (self.disc.all_configs, 1),
+                (self.topics.all_devices, 1),
+                (self.topics.all_ports, 1),
+                (self.disc.status, 1),
+            ],
+        )
+
+    async def run(self) -> None:
+        async with self.mqtt:
+            async for message in self.mqtt.messages:
+                payload = message.payload
+                data = payload if isinstance(payload, bytes) else str(payload or "").encode()
+                try:
+                    await self.handle(str(message.topic), data)
+                except Exception:
+                    log.exception("home assistant discovery failed", extra={"topic": message.topic})
+
+    async def handle(self, topic: str, payload: bytes) -> None:
+        config = self.disc.parse_config(topic)
+        if config is not None:
+            # Ours from an earlier run (or an echo): remember it so that it can be removed.
+            if payload:
+                self.published[topic] = payload
+            else:
+                self.published.pop(topic, None)
+            return
+        if topic == self.disc.status:
+            if payload == b"online":  # Home Assistant restarted: announce everything again
+                for config_topic, body in list(self.published.items()):
+                    self._send(config_topic, body)
+            return
+        parsed = self.topics.parse_device_topic(topic)
+        if parsed is None or not DEVICE_ID_RE.match(parsed[0]):
+            return
+        device_id, rest = parsed
+        if rest == "":
+            if not payload:
+                self._remove(device_id, None)
+                return
+            state = _json_object(payload)
+            if state is not None:
+                self._publish(self.discovery.device_configs(device_id, state))
+        elif rest.startswith("ports/") and rest[6:].isdigit():
+            port = int(rest[6:])
+            if not payload:
+                self._remove(device_id, port)
+            elif _json_object(payload) is not None:
+                self._publish(self.discovery.port_configs(device_id, port))
+
+    def _publish(self, configs: dict[str, Config]) -> None:
+        for topic, config in configs.items():
+            body = json.dumps(config, separators=(",", ":"), ensure_ascii=False).encode()
+            if self.published.get(topic) != body:
+                self.published[topic] = body
+                self._send(topic, body)
+
+    def _send(self, topic: str, body: bytes) -> None:
+        self.mqtt.submit(topic, body, retain=True).add_done_callback(log_publish_failure)
+
+    def _remove(self, device_id: str, port: int | None) -> None:
+        """Empty retained configs for the device (port None: with all its ports) or one port."""
+        for topic in list(self.published):
+            parsed = self.disc.parse_config(topic)
+            owner = self.discovery.owner(parsed[1]) if parsed else None
+            if owner is None or owner[0] != device_id or (port is not None and owner[1] != port):
+                continue
+            del self.published[topic]
+            self._send(topic, b"")
+        log.info("home assistant entities removed", extra={"device_id": device_id, "port": port})
+
+
+def log_publish_failure(fut: asyncio.Future[None]) -> None:
+    if not fut.cancelled() and fut.exception() is not None:
+        log.warning("publish failed", extra={"error": repr(fut.exception())})
+
+
+def _json_object(payload: bytes) -> dict[str, Any] | None:
+    try:
+        value = json.loads(payload)
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None

@@ -1,0 +1,266 @@
+"""Home Assistant discovery with the real gateway, broker and a charger on a TCP socket.
+
+The configs are checked against what Home Assistant documents for MQTT discovery (required
+keys, device classes per component, units per device class, state classes, availability), and
+every value_template is rendered with Jinja2 (Home Assistant's template engine) against the
+payloads the gateway really published on the entity's state topic.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import jinja2
+import pytest
+
+import protocol as p
+from bridge.charging.messages import StopRequest
+from bridge.homeassistant import PORT_STATUS_OPTIONS
+from tests.bridge.ecosystem.support import register, report_power, wait_prefix
+from tests.bridge.gateway.conftest import B
+from tests.bridge.helpers import (
+    TIMEOUT,
+    FakeDevice,
+    MqttCollector,
+    gateway_settings,
+    mqtt_collector,
+    running_gateway,
+    tcp_port,
+)
+from tests.broker import Mosquitto
+
+DEVICE_ID = "04AB373B"
+DEV = f"{B}/devices/{DEVICE_ID}"
+HA = "homeassistant"
+CONFIGS = 6 + 2 * 7  # charger entities + 7 per port
+
+# From the Home Assistant documentation (sensor, binary_sensor, button device classes; units
+# accepted per sensor device class; state classes; entity categories).
+SENSOR_CLASSES = {
+    "apparent_power", "aqi", "area", "atmospheric_pressure", "battery",
+    "blood_glucose_concentration", "carbon_dioxide", "carbon_monoxide", "conductivity",
+    "current", "data_rate", "data_size", "date", "distance", "duration", "energy",
+    "energy_distance", "energy_storage", "enum", "frequency", "gas", "humidity", "illuminance",
+    "irradiance", "moisture", "monetary", "nitrogen_dioxide", "nitrogen_monoxide",
+    "nitrous_oxide", "ozone", "ph", "pm1", "pm10", "pm25", "power", "power_factor",
+    "precipitation", "precipitation_intensity", "pressure", "reactive_energy", "reactive_power",
+    "signal_strength", "sound_pressure", "speed", "sulphur_dioxide", "temperature", "timestamp",
+    "volatile_organic_compounds", "volatile_organic_compounds_parts", "voltage", "volume",
+    "volume_flow_rate", "volume_storage", "water", "weight", "wind_direction", "wind_speed",
+}  # fmt: skip
+BINARY_SENSOR_CLASSES = {
+    "battery", "battery_charging", "carbon_monoxide", "cold", "connectivity", "door",
+    "garage_door", "gas", "heat", "light", "lock", "moisture", "motion", "moving", "occupancy",
+    "opening", "plug", "power", "presence", "problem", "running", "safety", "smoke", "sound",
+    "tamper", "update", "vibration", "window",
+}  # fmt: skip
+BUTTON_CLASSES = {"identify", "restart", "update"}
+UNITS = {
+    "power": {"mW", "W", "kW", "MW", "GW", "TW", "BTU/h"},
+    "energy": {"J", "kJ", "MJ", "GJ", "mWh", "Wh", "kWh", "MWh", "GWh", "TWh", "cal", "kcal"},
+    "voltage": {"µV", "mV", "V", "kV", "MV"},
+    "current": {"mA", "A"},
+    "temperature": {"°C", "°F", "K"},
+}
+STATE_CLASSES = {"measurement", "measurement_angle", "total", "total_increasing"}
+REQUIRED = {"sensor": "state_topic", "binary_sensor": "state_topic", "button": "command_topic"}
+
+
+@pytest.fixture
+async def ha(broker: Mosquitto) -> Any:
+    async with mqtt_collector(broker, f"{HA}/#") as collector:
+        yield collector
+
+
+async def discovery(
+    ha: MqttCollector, count: int = CONFIGS, after: int = 0
+) -> dict[str, dict[str, Any]]:
+    """The first `count` configs (topic -> config), from message index `after` on."""
+    configs = {}
+    while len(configs) < count:
+        message = await wait_prefix(ha, f"{HA}/", after=after)
+        if message.topic != f"{HA}/status":
+            configs[message.topic] = message.json()
+    return configs
+
+
+async def retained_configs(broker: Mosquitto) -> dict[str, Any]:
+    """What a Home Assistant connecting now would read."""
+    async with mqtt_collector(broker, f"{HA}/#") as late:
+        await late.client.publish(f"{HA}/probe", b"x", qos=1)
+        await late.wait_message(f"{HA}/probe")  # retained messages come before it
+    assert all(m.retain for m in late.messages if m.topic != f"{HA}/probe")
+    return {m.topic: m.json() for m in late.messages if m.payload and m.topic != f"{HA}/probe"}
+
+
+def render(template: str, value_json: Any) -> str:
+    """As Home Assistant renders MQTT value templates (`value`, `value_json`, `this`)."""
+    env = jinja2.Environment(undefined=jinja2.StrictUndefined)
+    return env.from_string(template).render(
+        value_json=value_json, value=json.dumps(value_json), this=SimpleNamespace(state="x")
+    )
+
+
+def check_shape(topic: str, config: dict[str, Any], identifiers: set[str]) -> None:
+    component = topic.split("/")[1]
+    assert component in REQUIRED and config[REQUIRED[component]]
+    assert config["name"] and config["unique_id"]
+    device = config["device"]
+    assert device["identifiers"] and device["name"]
+    if "via_device" in device:
+        assert device["via_device"] in identifiers
+    for entry in config["availability"]:
+        assert entry["topic"].startswith(f"{B}/") and "value_json." in entry["value_template"]
+    if len(config["availability"]) > 1:
+        assert config["availability_mode"] == "all"
+    assert config.get("entity_category") in (None, "config", "diagnostic")
+    device_class = config.get("device_class")
+    if component == "sensor":
+        assert config.get("entity_category") != "config"
+        if device_class is not None:
+            assert device_class in SENSOR_CLASSES
+        if device_class == "enum":
+            assert config["options"] and "unit_of_measurement" not in config
+            assert "state_class" not in config
+        if device_class in UNITS:
+            assert config["unit_of_measurement"] in UNITS[device_class]
+        if "state_class" in config:
+            assert config["state_class"] in STATE_CLASSES
+        if device_class == "energy":
+            assert config["state_class"] in ("total", "total_increasing")
+    elif component == "binary_sensor":
+        assert device_class in BINARY_SENSOR_CLASSES
+    else:
+        assert device_class is None or device_class in BUTTON_CLASSES
+        assert isinstance(config["payload_press"], str)
+
+
+@pytest.mark.gateway(homeassistant=True)
+async def test_discovery_of_a_two_port_charger(
+    broker: Mosquitto, device: FakeDevice, mqtt: MqttCollector, ha: MqttCollector
+) -> None:
+    await register(device)
+    await report_power(device)
+    power_event = await mqtt.wait(f"{DEV}/event/port", lambda m: m["type"] == "power")
+    status_event = await mqtt.wait(f"{DEV}/event/port", lambda m: m["type"] == "status")
+    configs = await discovery(ha)
+    assert await retained_configs(broker) == configs
+    assert len({c["unique_id"] for c in configs.values()}) == CONFIGS
+    identifiers = {i for c in configs.values() for i in c["device"]["identifiers"]}
+    assert identifiers == {f"{B}_{DEVICE_ID}", f"{B}_{DEVICE_ID}_port1", f"{B}_{DEVICE_ID}_port2"}
+    latest = {
+        DEV: mqtt.all(DEV)[-1],
+        f"{DEV}/ports/1": mqtt.all(f"{DEV}/ports/1")[-1],
+        f"{DEV}/ports/2": mqtt.all(f"{DEV}/ports/2")[-1],
+        f"{B}/bridge/state": {"state": "online"},
+    }
+    rendered = {}
+    for topic, config in configs.items():
+        check_shape(topic, config, identifiers)
+        for entry in config["availability"]:
+            assert render(entry["value_template"], latest[entry["topic"]]) == "online"
+        if "state_topic" not in config:
+            continue
+        state_topic = config["state_topic"]
+        if state_topic.endswith("/event/port"):
+            port = int(config["unique_id"].split("_p")[-1].split("_")[0])
+            payload = {**power_event, "port": port}
+        else:
+            payload = latest[state_topic]
+        value = render(config["value_template"], payload)
+        rendered[config["unique_id"]] = value
+        if config.get("unit_of_measurement"):
+            float(value)  # a number for every sensor with a unit
+        if state_topic.endswith("/event/port"):
+            # events of other types render "", which numeric MQTT sensors ignore
+            assert render(config["value_template"], status_event) == ""
+    node = f"{B}_{DEVICE_ID}"
+    assert rendered[f"{node}_connectivity"] == "ON"
+    assert float(rendered[f"{node}_voltage"]) == 230.0
+    assert float(rendered[f"{node}_temperature"]) == 25.0
+    assert rendered[f"{node}_signal"] == "21"
+    assert rendered[f"{node}_p1_status"] == "charging" in PORT_STATUS_OPTIONS
+    assert rendered[f"{node}_p2_status"] == "idle"
+    assert float(rendered[f"{node}_p1_power"]) == 234.2
+    assert float(rendered[f"{node}_p2_power"]) == 0.0
+    assert float(rendered[f"{node}_p1_energy"]) == 0.12
+    assert float(rendered[f"{node}_p1_voltage"]) == 220.1
+    assert float(rendered[f"{node}_p1_current"]) == 1.065
+    assert float(rendered[f"{node}_p1_temperature"]) == 30.0
+    # Port 1's sensors ignore port 2's power reports and the reverse.
+    port2_event = {**power_event, "port": 2}
+    energy = configs[f"{HA}/sensor/{B}/{DEVICE_ID}_p1_energy/config"]
+    assert render(energy["value_template"], port2_event) == ""
+    # A null renders None, which Home Assistant takes for "unknown".
+    assert render(energy["value_template"], {**power_event, "energy_kwh": None}) == "None"
+
+
+@pytest.mark.gateway(homeassistant=True)
+async def test_buttons_reach_the_charger(
+    device: FakeDevice, mqtt: MqttCollector, ha: MqttCollector
+) -> None:
+    await register(device)
+    configs = await discovery(ha, 6 + 2 * 7)
+    locate = configs[f"{HA}/button/{B}/{DEVICE_ID}_locate/config"]
+    await mqtt.client.publish(locate["command_topic"], locate["payload_press"], qos=1)
+    frame = await device.recv()
+    assert frame.command == 0x96
+    assert p.decode_payload(0x96, frame.data, p.Sender.SERVER) == p.Locate(seconds=10)
+    await device.send(0x96, b"\x00", message_id=frame.message_id)
+    assert (await mqtt.wait(f"{DEV}/response/locate"))["ok"] is True
+    reboot = configs[f"{HA}/button/{B}/{DEVICE_ID}_reboot/config"]
+    await mqtt.client.publish(reboot["command_topic"], reboot["payload_press"], qos=1)
+    assert (await device.recv()).command == 0x87
+    stop = configs[f"{HA}/button/{B}/{DEVICE_ID}_p2_stop/config"]
+    assert stop["command_topic"] == f"{B}/charging/request/stop"
+    request = StopRequest.model_validate_json(stop["payload_press"])
+    assert (request.device_id, request.port) == (DEVICE_ID, 2)
+
+
+@pytest.mark.gateway(homeassistant=True)
+async def test_forgotten_device_and_port_lose_their_entities(
+    broker: Mosquitto, device: FakeDevice, mqtt: MqttCollector, ha: MqttCollector
+) -> None:
+    await register(device)
+    configs = await discovery(ha)
+    # Forget port 2: its 7 entities are removed, nothing else.
+    await mqtt.client.publish(f"{DEV}/ports/2", b"", qos=1, retain=True)
+    removed = {(await wait_prefix(ha, f"{HA}/", empty=True)).topic for _ in range(7)}
+    assert removed == {t for t in configs if f"{DEVICE_ID}_p2_" in t}
+    # Forget the device (it went offline first, as an operator would): the rest goes.
+    await device.close()
+    await mqtt.wait(DEV, lambda m: m["online"] is False)
+    await mqtt.client.publish(DEV, b"", qos=1, retain=True)
+    removed |= {(await wait_prefix(ha, f"{HA}/", empty=True)).topic for _ in range(CONFIGS - 7)}
+    assert removed == set(configs)
+    assert await retained_configs(broker) == {}
+
+
+async def test_unique_ids_are_stable_across_restarts(broker: Mosquitto, tmp_path: Path) -> None:
+    """A restarted gateway, its retained configs learnt, republishes exactly the same configs
+    when Home Assistant announces itself (`homeassistant/status` = online)."""
+    settings = gateway_settings(broker, tmp_path, homeassistant=True)
+    seen = []
+    for _ in range(2):
+        async with (
+            mqtt_collector(broker, f"{HA}/#", f"{DEV}/ports/2") as ha,
+            running_gateway(settings) as app,
+        ):
+            assert app.homeassistant is not None
+            async with asyncio.timeout(TIMEOUT):
+                await app.homeassistant.mqtt.wait_connected()  # or it misses the probe
+            device = FakeDevice()
+            await device.connect(tcp_port(app))
+            await register(device)
+            await ha.wait(f"{DEV}/ports/2", lambda m: m["updated_at"] is not None)
+            await ha.client.publish(f"{HA}/status", b"online", qos=1)
+            probe = (await ha.wait_message(f"{HA}/status"), len(ha.messages))[1]
+            seen.append(await discovery(ha, after=probe))
+            await device.close()
+    first, second = seen
+    assert first == second
+    assert len({c["unique_id"] for c in first.values()}) == CONFIGS

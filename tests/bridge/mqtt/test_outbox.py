@@ -1,0 +1,240 @@
+"""The outbox on its own: order, the bound, critical messages, coalescing, keys, durability."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from bridge.mqtt.client import MessageDropped, MqttClient, MqttSettings
+from bridge.mqtt.outbox import Outbox, OutboxLocked, SqliteOutbox
+from tests.broker import Mosquitto
+
+
+def drain(outbox: Outbox) -> list[tuple[str, bytes]]:
+    out = []
+    while (m := outbox.take()) is not None:
+        out.append((m.topic, m.payload))
+        outbox.acked(m.seq)
+    return out
+
+
+@pytest.fixture(params=["memory", "sqlite"])
+def outbox(request: pytest.FixtureRequest, tmp_path: Path) -> Outbox:
+    if request.param == "memory":
+        return Outbox(5)
+    return SqliteOutbox(tmp_path / "o.sqlite3", 5)
+
+
+def test_messages_come_out_in_order_and_in_flight_ones_go_back_first(outbox: Outbox) -> None:
+    for i in range(4):
+        outbox.add("t", str(i).encode())
+    first, second = outbox.take(), outbox.take()
+    assert first is not None and second is not None
+    outbox.acked(first.seq)
+    outbox.requeue()  # connection lost with `second` in flight
+    assert len(outbox) == 3
+    assert drain(outbox) == [("t", b"1"), ("t", b"2"), ("t", b"3")]
+    assert len(outbox) == 0
+
+
+def test_the_oldest_non_critical_messages_are_dropped_beyond_the_bound(outbox: Outbox) -> None:
+    outbox.add("e", b"0")
+    outbox.add("settled", b"s", critical=True)
+    dropped = []
+    for i in range(1, 8):
+        dropped += outbox.add("e", str(i).encode()).dropped
+    assert len(outbox) == 5 and outbox.dropped == 4 == len(dropped)
+    assert drain(outbox) == [("settled", b"s"), *[("e", str(i).encode()) for i in range(4, 8)]]
+
+
+def test_critical_messages_are_kept_even_beyond_the_bound(outbox: Outbox) -> None:
+    for i in range(7):
+        outbox.add("settled", str(i).encode(), critical=True)
+    added = outbox.add("e", b"x")
+    assert added.dropped == [added.seq]  # the only droppable one is the newest
+    assert len(outbox) == 7 and outbox.dropped == 1
+    assert [p for _, p in drain(outbox)] == [str(i).encode() for i in range(7)]
+
+
+def test_in_flight_messages_are_not_dropped(outbox: Outbox) -> None:
+    outbox.add("e", b"0")
+    in_flight = outbox.take()
+    assert in_flight is not None
+    for i in range(1, 10):
+        outbox.add("e", str(i).encode())
+    assert len(outbox) == 5
+    outbox.acked(in_flight.seq)
+    assert [p for _, p in drain(outbox)] == [b"6", b"7", b"8", b"9"]
+
+
+def test_a_retained_state_supersedes_the_queued_one_and_moves_to_the_end(outbox: Outbox) -> None:
+    first = outbox.add("state/a", b"1", retain=True)
+    outbox.add("event", b"e")
+    second = outbox.add("state/a", b"2", retain=True)
+    assert second.replaced == first.seq and not second.dropped
+    assert drain(outbox) == [("event", b"e"), ("state/a", b"2")]
+
+
+def test_a_retained_state_already_in_flight_is_not_superseded(outbox: Outbox) -> None:
+    outbox.add("state/a", b"1", retain=True)
+    assert outbox.take() is not None
+    assert outbox.add("state/a", b"2", retain=True).replaced is None
+    outbox.requeue()
+    assert drain(outbox) == [("state/a", b"1"), ("state/a", b"2")]
+
+
+def test_keys_are_found_while_queued_and_remembered_once_published(outbox: Outbox) -> None:
+    added = outbox.add("settled", b"s", critical=True, key="k")
+    assert outbox.find_key("k") == added.seq and outbox.find_key("other") is False
+    message = outbox.take()
+    assert message is not None and outbox.find_key("k") == added.seq
+    outbox.acked(message.seq)
+    assert outbox.find_key("k") is True
+
+
+def test_a_refused_keyed_message_may_be_submitted_again(outbox: Outbox) -> None:
+    outbox.add("settled", b"s", critical=True, key="k")
+    message = outbox.take()
+    assert message is not None
+    outbox.failed(message.seq)
+    assert outbox.find_key("k") is False and len(outbox) == 0
+
+
+def test_sqlite_outbox_survives_a_restart_in_order(tmp_path: Path) -> None:
+    path = tmp_path / "o.sqlite3"
+    props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+    props.CorrelationData = b"corr"
+    first = SqliteOutbox(path, 100)
+    for i in range(5):
+        first.add("e", str(i).encode())
+    first.add("resp", b"r", properties=props)
+    first.add("settled", b"s", critical=True, key="k1")
+    first.add("settled", b"s2", critical=True, key="k2")
+    sent = first.take()
+    assert sent is not None
+    first.acked(sent.seq)  # "0" published
+    in_flight = first.take()  # "1" in flight at the crash
+    assert in_flight is not None
+    message = None
+    while (message := first.take()) is not None and message.key != "k2":
+        first.acked(message.seq)
+    assert message is not None  # "k2" in flight too
+    first.flush()  # what the event loop does at the end of the turn
+    first._db.close()  # a crash: no close(), the process just ends
+
+    second = SqliteOutbox(path, 100)
+    assert second.find_key("k1") is True  # published before the crash
+    restored = []
+    while (m := second.take()) is not None:
+        restored.append(m)
+    assert [(m.topic, m.payload) for m in restored] == [("e", b"1"), ("settled", b"s2")]
+    assert restored[1].critical and second.find_key("k2") == restored[1].seq
+    new = second.add("e", b"new")
+    assert new.seq > restored[-1].seq  # new messages after the old ones
+    second.close()
+
+    third = SqliteOutbox(path, 100)
+    assert [p for _, p in drain(third)] == [b"1", b"s2", b"new"]
+    third.close()
+
+
+def test_sqlite_outbox_restores_properties(tmp_path: Path) -> None:
+    path = tmp_path / "o.sqlite3"
+    props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+    props.CorrelationData = b"corr"
+    first = SqliteOutbox(path)
+    first.add("resp", b"r", properties=props)
+    first.close()
+    second = SqliteOutbox(path)
+    restored = second.take()
+    assert restored is not None and restored.properties is not None
+    assert restored.properties.CorrelationData == b"corr"
+    second.close()
+
+
+def test_sqlite_outbox_writes_before_handing_out_and_skips_what_never_left(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "o.sqlite3"
+    outbox = SqliteOutbox(path, 3)
+    for i in range(10):  # no event loop here: nothing flushed yet; 7 dropped in memory
+        outbox.add("e", str(i).encode())
+    outbox.add("s", b"1", retain=True)
+    outbox.add("s", b"2", retain=True)
+    assert outbox.stored_count() == 0
+    message = outbox.take()
+    assert message is not None and message.payload == b"8"
+    assert outbox.stored_count() == 3  # "8" (in flight), "9", and only the newest state
+    outbox.acked(message.seq)
+    outbox.flush()
+    assert outbox.stored_count() == 2
+    outbox.close()
+
+
+def test_sqlite_outbox_forgets_published_keys_after_their_ttl(tmp_path: Path) -> None:
+    path = tmp_path / "o.sqlite3"
+    first = SqliteOutbox(path, key_ttl_s=3600)
+    first.add("settled", b"s", critical=True, key="k")
+    message = first.take()
+    assert message is not None
+    first.acked(message.seq)
+    first.close()
+    for ttl, known in ((3600, True), (0, False)):
+        reopened = SqliteOutbox(path, key_ttl_s=ttl)
+        assert reopened.find_key("k") is known
+        reopened.close()
+
+
+def test_a_second_process_cannot_open_the_same_outbox(tmp_path: Path) -> None:
+    path = tmp_path / "o.sqlite3"
+    first = SqliteOutbox(path)
+    with pytest.raises(OutboxLocked, match="in use"):
+        SqliteOutbox(path)
+    first.close()
+    SqliteOutbox(path).close()  # free again once closed
+
+
+async def test_client_futures_follow_drops_coalescing_and_keys(broker: Mosquitto) -> None:
+    async with broker.client(identifier="outbox-client-watch", clean_session=False) as sub:
+        await sub.subscribe("chargebridge/t/#", qos=1)
+    async with MqttClient(MqttSettings(url=broker.url), outbox=Outbox(4)) as mqtt:
+        async with asyncio.timeout(10):
+            await mqtt.wait_connected()
+        broker.stop()
+        async with asyncio.timeout(10):
+            await mqtt.disconnected.wait()
+        settled = mqtt.submit("chargebridge/t/settled", b"s", critical=True, key="k")
+        events = [mqtt.submit("chargebridge/t/event", str(i)) for i in range(2)]
+        old_state = mqtt.submit("chargebridge/t/state", b"1", retain=True)
+        new_state = mqtt.submit(
+            "chargebridge/t/state", b"2", retain=True
+        )  # supersedes the queued one
+        events += [mqtt.submit("chargebridge/t/event", str(i)) for i in range(2, 4)]  # drop e0, e1
+        again = mqtt.submit("chargebridge/t/settled", b"s-resent", critical=True, key="k")
+        assert mqtt.queued == 4 and mqtt.dropped == 2
+        for fut in events[:2]:
+            with pytest.raises(MessageDropped):
+                await fut
+        broker.start()
+        async with asyncio.timeout(20):
+            await asyncio.gather(old_state, settled, *events[2:], new_state, again)
+        assert mqtt.submit(
+            "chargebridge/t/settled", b"s", critical=True, key="k"
+        ).done()  # published
+    async with broker.client(identifier="outbox-client-watch", clean_session=False) as sub:
+        received = []
+        async with asyncio.timeout(10):
+            async for m in sub.messages:
+                received.append((str(m.topic), m.payload))
+                if len(received) == 4:
+                    break
+    assert received == [
+        ("chargebridge/t/settled", b"s"),
+        ("chargebridge/t/state", b"2"),
+        ("chargebridge/t/event", b"2"),
+        ("chargebridge/t/event", b"3"),
+    ]
