@@ -30,7 +30,9 @@ CONF = ROOT / "mosquitto.conf"
 DEPLOY = ROOT / "deploy" / "mosquitto"
 ACL = DEPLOY / "chargebridge.acl"
 BRIDGE_USER = "chargebridge"
-USERS = {user: f"{user}-test-password" for user in (BRIDGE_USER, "monitor", "operator")}
+USERS = {
+    user: f"{user}-test-password" for user in (BRIDGE_USER, "monitor", "operator", "homeassistant")
+}
 
 
 @cache

@@ -184,3 +184,23 @@ async def test_operator_cannot_use_the_bridge_to_write_state(
         assert (await seen.wait(f"{B}/replies/op"))["request_id"] == "ok"
         assert not [m for m in seen.messages if m.topic == f"{B}/sessions/FORGED"]
         await device.close()
+
+
+async def test_homeassistant_user_presses_only_its_buttons(broker: Mosquitto) -> None:
+    """The optional `homeassistant` user: its discovery prefix, and the three requests its
+    buttons send; a start request is dropped (fenced by its later, permitted requests)."""
+    allowed = [
+        f"{B}/devices/{DEV}/request/reboot",
+        f"{B}/devices/{DEV}/request/locate",
+        f"{B}/charging/request/stop",
+        "homeassistant/status",
+    ]
+    denied = [f"{B}/devices/{DEV}/request/start_charging", f"{B}/charging/request/start"]
+    async with (
+        mqtt_collector(broker, f"{B}/#", "homeassistant/#") as seen,
+        broker.client("homeassistant") as ha,
+    ):
+        for topic in [*denied, *allowed]:
+            await ha.publish(topic, b"{}", qos=1)
+        await seen.wait_message("homeassistant/status")
+        assert [m.topic for m in seen.messages] == allowed
