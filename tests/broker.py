@@ -77,11 +77,17 @@ def _set(text: str, key: str, value: str) -> str:
     return re.sub(rf"^{key}\s+.*$", f"{key} {value}", text, flags=re.M)
 
 
-def render_conf(port: int, store: Path, extra: str = "", tls_port: int | None = None) -> str:
+def render_conf(
+    port: int,
+    store: Path,
+    extra: str = "",
+    tls_port: int | None = None,
+    passwd: Path | None = None,
+) -> str:
     text = CONF.read_text()
     text = _set(text, "listener", f"{port} 127.0.0.1")
     text = _set(text, "persistence_location", f"{store}/")
-    text = _set(text, "password_file", str(password_file()))
+    text = _set(text, "password_file", str(passwd or password_file()))
     text = _set(text, "acl_file", str(ACL))
     if tls_port is not None:
         certs = certificates()
@@ -106,9 +112,17 @@ class Mosquitto:
     """One broker process; `start()` again after `stop()`/`kill()` reuses port and store."""
 
     def __init__(
-        self, workdir: Path, port: int | None = None, extra_conf: str = "", tls: bool = False
+        self,
+        workdir: Path,
+        port: int | None = None,
+        extra_conf: str = "",
+        tls: bool = False,
+        passwd: Path | None = None,
     ) -> None:
+        """`passwd`: another password file than the test users' (then `url` and `client`
+        know no passwords)."""
         self.workdir = workdir
+        self.passwd = passwd
         self.port = port or free_port()
         self.tls_port = free_port() if tls else None
         self.store = workdir / "store"
@@ -142,7 +156,7 @@ class Mosquitto:
 
     def start(self, timeout: float = 10.0) -> None:
         self.conf_path.write_text(
-            render_conf(self.port, self.store, self.extra_conf, self.tls_port)
+            render_conf(self.port, self.store, self.extra_conf, self.tls_port, self.passwd)
         )
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import ssl
+import subprocess
 from pathlib import Path
 
 import aiomqtt
@@ -28,7 +29,7 @@ from tests.bridge.helpers import (
     running_gateway,
     tcp_port,
 )
-from tests.broker import USERS, Mosquitto
+from tests.broker import DEPLOY, USERS, Mosquitto
 
 B = "chargebridge"
 DEV = "04AB373B"
@@ -204,3 +205,33 @@ async def test_homeassistant_user_presses_only_its_buttons(broker: Mosquitto) ->
             await ha.publish(topic, b"{}", qos=1)
         await seen.wait_message("homeassistant/status")
         assert [m.topic for m in seen.messages] == allowed
+
+
+async def test_make_users_generates_passwords_the_broker_accepts(tmp_path: Path) -> None:
+    """deploy/mosquitto/make-users.sh: given passwords kept, missing ones generated and
+    printed once; the file holds only hashes and is private."""
+    passwd = tmp_path / "passwd"
+    made = await asyncio.to_thread(
+        subprocess.run,
+        [DEPLOY / "make-users.sh", passwd, "chargebridge:given-secret", "monitor"],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    user, _, generated = made.stdout.strip().partition(":")
+    assert user == "monitor" and len(generated) >= 20
+    content = passwd.read_text()
+    assert "given-secret" not in content and generated not in content
+    assert [line.split(":")[0] for line in content.splitlines()] == ["chargebridge", "monitor"]
+    assert passwd.stat().st_mode & 0o077 == 0
+    broker = Mosquitto(tmp_path / "broker", passwd=passwd)
+    broker.start()
+    try:
+        for name, password in (("chargebridge", "given-secret"), ("monitor", generated)):
+            async with aiomqtt.Client("127.0.0.1", broker.port, username=name, password=password):
+                pass
+        with pytest.raises(aiomqtt.MqttError):
+            async with aiomqtt.Client("127.0.0.1", broker.port, username="operator", password="x"):
+                pass
+    finally:
+        broker.close()
