@@ -53,16 +53,9 @@ class Role:
             )
 
     async def kill(self) -> None:
-        await self._signal(signal.SIGKILL)
-
-    async def terminate(self) -> int:
-        return await self._signal(signal.SIGTERM)
-
-    async def _signal(self, sig: int) -> int:
         assert self.proc is not None
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-        return await asyncio.wait_for(asyncio.to_thread(self.proc.wait), TIMEOUT)
+        self.proc.send_signal(signal.SIGKILL)
+        await asyncio.wait_for(asyncio.to_thread(self.proc.wait), TIMEOUT)
 
     def close(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
