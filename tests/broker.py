@@ -11,6 +11,7 @@ same port and store, which the durability and fault tests need.
 
 from __future__ import annotations
 
+import atexit
 import os
 import re
 import shutil
@@ -38,7 +39,9 @@ USERS = {
 @cache
 def _secrets_dir() -> Path:
     """A private directory for the password file and certificates, shared by the process."""
-    return Path(tempfile.mkdtemp(prefix="chargebridge-broker-"))
+    path = tempfile.mkdtemp(prefix="chargebridge-broker-")
+    atexit.register(shutil.rmtree, path, ignore_errors=True)
+    return Path(path)
 
 
 @cache
