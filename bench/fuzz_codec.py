@@ -154,17 +154,14 @@ def check_payload(command: int, data: bytes, sender: Sender) -> str | None:
     return None
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--inputs", type=int, default=1_000_000)
-    parser.add_argument("--seed", type=int, default=1)
-    args = parser.parse_args()
-    rng = random.Random(args.seed)
+def fuzz(inputs: int, seed: int) -> dict[str, Any]:
+    """Run `inputs` inputs from `seed`; the report has `failures` (a count) and `examples`."""
+    rng = random.Random(seed)
     seeds = seed_frames(rng)
     failures: list[dict[str, str]] = []
     stats: dict[str, int] = {}
     started = time.perf_counter()
-    for index in range(args.inputs):
+    for index in range(inputs):
         raw = make_input(rng, seeds)
         try:
             problem = check(rng, raw, PAIRS[index % len(PAIRS)], stats)
@@ -172,19 +169,26 @@ def main() -> int:
             problem = f"{type(exc).__name__}: {exc}"
         if problem:
             failures.append({"problem": problem, "input_hex": raw.hex().upper()})
-    seconds = time.perf_counter() - started
-    report = {
-        "inputs": args.inputs,
-        "seconds": round(seconds, 1),
+    return {
+        "inputs": inputs,
+        "seconds": round(time.perf_counter() - started, 1),
         "failures": len(failures),
-        "seed": args.seed,
+        "seed": seed,
         "seed_frames": len(seeds),
         "decoder_pairs": len(PAIRS),
         "stream_items": dict(sorted(stats.items())),
         "examples": failures[:5],
     }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--inputs", type=int, default=1_000_000)
+    parser.add_argument("--seed", type=int, default=1)
+    args = parser.parse_args()
+    report = fuzz(args.inputs, args.seed)
     print(json.dumps(report))
-    return 1 if failures else 0
+    return 1 if report["failures"] else 0
 
 
 if __name__ == "__main__":

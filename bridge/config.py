@@ -59,6 +59,18 @@ class CommonSettings(BaseSettings):
         default="5",
         description="MQTT protocol version; 3.1.1 for brokers without MQTT 5 (the embedded one)",
     )
+    mqtt_ca_file: str = Field(
+        default="",
+        description="CA certificate (PEM file) that signed the broker's certificate, for "
+        "mqtts:// with a private CA (empty: the system's CAs)",
+    )
+    mqtt_keepalive_s: int = Field(
+        default=30,
+        ge=2,
+        le=65535,
+        description="MQTT keepalive in seconds; a broker silent for about twice as long is "
+        "given up and reconnected",
+    )
     base_topic: str = Field(
         default="chargebridge",
         description="prefix of every topic",
@@ -85,7 +97,13 @@ class CommonSettings(BaseSettings):
 
     def mqtt_settings(self, **role: Any) -> MqttSettings:
         """Connection settings of one role: URL and protocol are common, the rest is the role's."""
-        return MqttSettings(url=self.mqtt, protocol=self.mqtt_protocol, **role)
+        return MqttSettings(
+            url=self.mqtt,
+            protocol=self.mqtt_protocol,
+            tls_ca_file=self.mqtt_ca_file or None,
+            keepalive_s=self.mqtt_keepalive_s,
+            **role,
+        )
 
     @field_validator("log_level", mode="before")
     @classmethod

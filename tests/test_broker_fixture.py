@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-import aiomqtt
-
 from tests.broker import Mosquitto
 
 
 async def test_broker_keeps_retained_messages_across_restart(broker: Mosquitto) -> None:
-    async with aiomqtt.Client("127.0.0.1", broker.port) as c:
-        await c.publish("t/retained", b"kept", qos=1, retain=True)
+    async with broker.client() as c:
+        await c.publish("chargebridge/t/retained", b"kept", qos=1, retain=True)
     broker.stop()
     broker.start()
-    async with aiomqtt.Client("127.0.0.1", broker.port) as c:
-        await c.subscribe("t/#", qos=1)
+    async with broker.client() as c:
+        await c.subscribe("chargebridge/t/#", qos=1)
         async for msg in c.messages:
             assert msg.payload == b"kept"
             assert msg.retain

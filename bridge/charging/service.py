@@ -39,6 +39,7 @@ from bridge.charging.messages import (
 from bridge.charging.settings import ChargingSettings
 from bridge.charging.store import ChargingStore
 from bridge.mqtt.client import MqttClient, MqttSettings, payload_bytes
+from bridge.mqtt.payloads import oversized
 from bridge.mqtt.topics import Topics
 
 log = logging.getLogger("chargebridge.charging")
@@ -295,6 +296,8 @@ class ChargingService:
             self._commit_counts(duplicate_events=1)
             return
         try:
+            if too_big := oversized(payload):
+                raise RequestError(too_big)
             event = parse_event(device_id, parse_json_object(payload), self.clock())
         except RequestError as exc:
             log.warning("unusable event on %s: %s", topic, exc)
@@ -364,6 +367,8 @@ class ChargingService:
     def handle_request(self, action: str, payload: bytes) -> None:
         request_id: str | None = None
         try:
+            if too_big := oversized(payload):
+                raise RequestError(too_big)
             data = parse_json_object(payload)
             request_id = request_id_of(data)
             request = parse_request(action, data)

@@ -35,6 +35,7 @@ from bridge.mqtt.payloads import (
     EventBase,
     Payload,
     PortState,
+    oversized,
     response,
 )
 from bridge.mqtt.topics import Topics
@@ -493,7 +494,13 @@ class Gateway:
             self.mqtt.submit(self.topics.device_response(parsed.device_id, parsed.command), body)
         ]
         response_topic = getattr(properties, "ResponseTopic", None)
-        if response_topic:
+        if response_topic and not self.topics.allowed_response_topic(response_topic):
+            log.warning(
+                "response topic refused: outside %s inside the base topic",
+                self.topics.replies,
+                extra={"topic": topic, "response_topic": response_topic},
+            )
+        elif response_topic:
             futures.append(
                 self.mqtt.submit(response_topic, body, properties=_response_properties(properties))
             )
@@ -501,6 +508,8 @@ class Gateway:
             fut.add_done_callback(_log_failure)
 
     async def _request(self, device_id: str, command: str, payload: bytes) -> CommandResponse:
+        if too_big := oversized(payload):
+            return response(None, False, "invalid", too_big)
         try:
             body = json.loads(payload or b"{}")
         except (ValueError, UnicodeDecodeError) as exc:

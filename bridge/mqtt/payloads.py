@@ -318,6 +318,18 @@ U16Seconds = Annotated[int, Field(ge=0, le=0xFFFF)]
 U16Raw = Annotated[int, Field(ge=0, le=0xFFFF)]
 
 
+# Requests are small JSON objects (the largest, a `raw` frame of 1024 data bytes in hex, is
+# about 2 KB); anything bigger is refused unread, so a client cannot make us parse megabytes.
+MAX_REQUEST_BYTES = 16384
+
+
+def oversized(payload: bytes) -> str | None:
+    """Why a request payload is refused for its size, or None."""
+    if len(payload) <= MAX_REQUEST_BYTES:
+        return None
+    return f"payload of {len(payload)} bytes; requests are limited to {MAX_REQUEST_BYTES} bytes"
+
+
 class CommandRequest(BaseModel):
     """Base of `{b}/devices/{device_id}/request/{command}` payloads. Validated strictly from
     JSON: unknown keys, `"2"` for a number or `true` for a port are refused."""

@@ -140,6 +140,21 @@ class Topics:
         prefix = f"{self.base}/charging/request/"
         return topic[len(prefix) :] if topic.startswith(prefix) else None
 
+    # --- MQTT v5 response topics ---------------------------------------------
+    @property
+    def replies(self) -> str:
+        """Where requesters may ask for v5 responses inside the base topic."""
+        return f"{self.base}/replies/"
+
+    def allowed_response_topic(self, topic: str) -> bool:
+        """A requester's v5 `response_topic` the bridge may publish to: not a wildcard, and
+        outside the base topic or under `{b}/replies/`. The bridge user may write all of
+        `{b}/#`, so honouring any topic there would let a client that may only send
+        requests make the bridge overwrite sessions, device state or events for it."""
+        if not topic or "+" in topic or "#" in topic or "\0" in topic:
+            return False
+        return not topic.startswith(f"{self.base}/") or topic.startswith(self.replies)
+
     def parse_session(self, topic: str) -> str | None:
         prefix = f"{self.base}/sessions/"
         rest = topic[len(prefix) :] if topic.startswith(prefix) else ""

@@ -20,6 +20,7 @@ import aiomqtt
 
 from bridge.app import GatewayApp
 from bridge.config import GatewaySettings, load_settings
+from bridge.mqtt.client import MqttClient, MqttSettings
 from protocol import Frame, StreamDecoder, encode_frame
 from tests.broker import Mosquitto
 
@@ -112,7 +113,7 @@ class MqttCollector:
     """Records all messages on its subscriptions; `wait` returns the first match not yet
     consumed (earlier or future), so tests never race the broker."""
 
-    def __init__(self, client: aiomqtt.Client) -> None:
+    def __init__(self, client: aiomqtt.Client | MqttClient) -> None:
         self.client = client
         self.messages: list[Received] = []
         self._consumed: set[int] = set()
@@ -153,6 +154,23 @@ class MqttCollector:
                 await self._new.wait()
             return found
 
+    async def latest(
+        self, topic: str, where: Callable[[Any], bool], timeout: float = TIMEOUT
+    ) -> Any:
+        """The JSON of the newest message on `topic` matching `where`, consumed or not (for
+        retained state such as statistics, which is republished only when it changes)."""
+
+        def find() -> Any:
+            for m in reversed(self.messages):
+                if m.topic == topic and m.payload and where(m.json()):
+                    return m.json()
+            return None
+
+        async with asyncio.timeout(timeout), self._new:
+            while (found := find()) is None:
+                await self._new.wait()
+            return found
+
     def all(self, topic: str) -> list[Any]:
         return [m.json() for m in self.messages if m.topic == topic and m.payload]
 
@@ -172,10 +190,36 @@ async def mqtt_collector(
         if persistent_id
         else {"protocol": aiomqtt.ProtocolVersion.V5}
     )
-    async with aiomqtt.Client("127.0.0.1", broker.port, **options) as client:
+    async with broker.client(**options) as client:
         collector = MqttCollector(client)
         for topic in topics:
             await client.subscribe(topic, qos=1)
+        pump = asyncio.create_task(collector._pump())
+        try:
+            yield collector
+        finally:
+            pump.cancel()
+            with suppress(asyncio.CancelledError):
+                await pump
+
+
+@asynccontextmanager
+async def lasting_collector(
+    broker: Mosquitto, *topics: str, client_id: str, user: str = "monitor"
+) -> AsyncIterator[MqttCollector]:
+    """A collector that outlives broker restarts and pauses: our reconnecting client with a
+    persistent session, so the broker keeps what arrives while it is away (fault tests)."""
+    settings = MqttSettings(
+        url=broker.url_for(user),
+        client_id=client_id,
+        clean_start=False,
+        session_expiry_s=3600,
+        keepalive_s=2,
+    )
+    async with MqttClient(settings, subscriptions=[(t, 1) for t in topics]) as client:
+        async with asyncio.timeout(TIMEOUT):
+            await client.wait_connected()
+        collector = MqttCollector(client)
         pump = asyncio.create_task(collector._pump())
         try:
             yield collector

@@ -33,7 +33,7 @@ from bridge.mqtt.payloads import (
 from bridge.mqtt.topics import Topics
 from tests.broker import Mosquitto
 
-BASE = "cbtest"
+BASE = "chargebridge"  # the topics the shipped ACL grants the bridge user
 TOPICS = Topics(BASE)
 DEV = "04AB373B"
 ORDER = "0123456789ABCDEF0123456789ABCDEF"
@@ -249,7 +249,7 @@ class FakeGateway:
 
 @contextlib.asynccontextmanager
 async def fake_gateway(broker: Mosquitto, **behaviour: str) -> AsyncIterator[FakeGateway]:
-    async with aiomqtt.Client("127.0.0.1", broker.port, identifier="fake-gateway") as client:
+    async with broker.client(identifier="fake-gateway") as client:
         gateway = FakeGateway(client, dict(behaviour))
         task = asyncio.create_task(gateway.serve())
         async with asyncio.timeout(10):
@@ -328,7 +328,7 @@ class Watcher:
 
 @contextlib.asynccontextmanager
 async def watcher(broker: Mosquitto) -> AsyncIterator[Watcher]:
-    async with aiomqtt.Client("127.0.0.1", broker.port) as client:
+    async with broker.client() as client:
         w = Watcher(client)
         task = asyncio.create_task(w.serve())
         async with asyncio.timeout(10):

@@ -8,7 +8,6 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-import aiomqtt
 import pytest
 
 from tests.bridge.charging.harness import (
@@ -81,7 +80,7 @@ async def test_killed_service_resumes_with_state_and_missed_events(
     service_process.start()
     async with (
         watcher(broker) as w,
-        aiomqtt.Client("127.0.0.1", broker.port) as gw,
+        broker.client() as gw,
     ):
         # Its first statistics show it subscribed: from then on the broker queues for it.
         await w.until(lambda: w.stats, timeout=20)
@@ -123,7 +122,7 @@ async def test_wiped_broker_gets_the_retained_state_back(broker: Mosquitto, tmp_
     async with running_service(settings_for(broker, tmp_path)):
         async with (
             watcher(broker) as w,
-            aiomqtt.Client("127.0.0.1", broker.port) as gw,
+            broker.client() as gw,
         ):
             await publish_event(gw, "port", power_event(0.05))
             await publish_event(gw, "order", settled_event(0.3, 900, order_no=OTHER, port=1))
@@ -142,7 +141,7 @@ async def test_wiped_broker_gets_the_retained_state_back(broker: Mosquitto, tmp_
             keys = ("total_events_processed", "sessions_created", "sessions_completed")
             await fresh.stats_where(**{k: before[k] for k in keys})
             # ... and it processes events again (it subscribed anew on the empty broker).
-            async with aiomqtt.Client("127.0.0.1", broker.port) as gw:
+            async with broker.client() as gw:
                 await publish_event(gw, "order", settled_event(0.1, 60))
             await fresh.session(ORDER, "completed")
             await fresh.stats_where(total_events_processed=3, sessions_completed=2)
@@ -155,7 +154,7 @@ async def test_empty_state_dir_adopts_what_the_broker_retains(
     async with (
         running_service(first),
         watcher(broker) as w,
-        aiomqtt.Client("127.0.0.1", broker.port) as gw,
+        broker.client() as gw,
     ):
         await publish_event(gw, "order", settled_event(0.3, 900))
         await publish_event(gw, "port", power_event(0.02, order_no=OTHER, port=1))
@@ -167,7 +166,7 @@ async def test_empty_state_dir_adopts_what_the_broker_retains(
     async with (
         running_service(second),
         watcher(broker) as w,
-        aiomqtt.Client("127.0.0.1", broker.port) as gw,
+        broker.client() as gw,
     ):
         await request(gw, "query", {"request_id": "q", "device_id": DEV, "port": 1})
         reply = await w.response("query", "q")

@@ -7,8 +7,6 @@ import json
 from pathlib import Path
 from typing import Any
 
-import aiomqtt
-
 from tests.bridge.charging.harness import (
     DEV,
     ORDER,
@@ -49,7 +47,7 @@ async def test_server_start_lifecycle(broker: Mosquitto, tmp_path: Path) -> None
         running_service(settings_for(broker, tmp_path)),
         fake_gateway(broker) as gw,
         watcher(broker) as w,
-        aiomqtt.Client("127.0.0.1", broker.port) as app,
+        broker.client() as app,
     ):
         await request(app, "start", {"request_id": "r1", "device_id": DEV, "port": 2})
         reply = await w.response("start", "r1")
@@ -104,7 +102,7 @@ async def test_card_start_and_offline_start(broker: Mosquitto, tmp_path: Path) -
     async with (
         running_service(settings_for(broker, tmp_path)),
         watcher(broker) as w,
-        aiomqtt.Client("127.0.0.1", broker.port) as gw,
+        broker.client() as gw,
     ):
         await publish_event(gw, "order", card_swipe_event(port=1))
         await publish_event(gw, "port", power_event(0.01, order_no=card_order, port=1))
@@ -141,7 +139,7 @@ async def test_settlement_of_an_unknown_order_creates_a_completed_session(
     async with (
         running_service(settings_for(broker, tmp_path)),
         watcher(broker) as w,
-        aiomqtt.Client("127.0.0.1", broker.port) as gw,
+        broker.client() as gw,
     ):
         await publish_event(gw, "order", settled_event(0.2, 600))
         done = await w.session(ORDER, "completed")
@@ -163,7 +161,7 @@ async def test_refused_start(broker: Mosquitto, tmp_path: Path) -> None:
         running_service(settings_for(broker, tmp_path)),
         fake_gateway(broker, start_charging="refuse"),
         watcher(broker) as w,
-        aiomqtt.Client("127.0.0.1", broker.port) as app,
+        broker.client() as app,
     ):
         body = {"request_id": "r2", "device_id": DEV, "port": 1, "order_no": ORDER}
         await request(app, "start", body)
@@ -187,7 +185,7 @@ async def test_start_that_times_out_is_retried_then_fails(
         running_service(settings),
         fake_gateway(broker, start_charging="silent") as gw,
         watcher(broker) as w,
-        aiomqtt.Client("127.0.0.1", broker.port) as app,
+        broker.client() as app,
     ):
         await request(app, "start", {"request_id": "t", "device_id": DEV, "port": 2})
         reply = await w.response("start", "t")
@@ -204,7 +202,7 @@ async def test_offline_device_fails_at_once(broker: Mosquitto, tmp_path: Path) -
         running_service(settings_for(broker, tmp_path)),
         fake_gateway(broker, start_charging="offline") as gw,
         watcher(broker) as w,
-        aiomqtt.Client("127.0.0.1", broker.port) as app,
+        broker.client() as app,
     ):
         await request(app, "start", {"request_id": "o", "device_id": DEV, "port": 2})
         reply = await w.response("start", "o")
@@ -218,7 +216,7 @@ async def test_stop_then_settlement(broker: Mosquitto, tmp_path: Path) -> None:
         running_service(settings_for(broker, tmp_path)),
         fake_gateway(broker) as gw,
         watcher(broker) as w,
-        aiomqtt.Client("127.0.0.1", broker.port) as app,
+        broker.client() as app,
     ):
         await request(app, "start", {"request_id": "s1", "device_id": DEV, "port": 2})
         sid = (await w.response("start", "s1"))["session"]["session_id"]
@@ -253,7 +251,7 @@ async def test_timeout_then_late_settlement(broker: Mosquitto, tmp_path: Path) -
     async with (
         running_service(settings),
         watcher(broker) as w,
-        aiomqtt.Client("127.0.0.1", broker.port) as gw,
+        broker.client() as gw,
     ):
         await publish_event(gw, "port", power_event(0.05))
         await w.session(ORDER, "charging")
@@ -281,7 +279,7 @@ async def test_duplicate_settlements_count_once(broker: Mosquitto, tmp_path: Pat
     async with (
         running_service(settings_for(broker, tmp_path)),
         watcher(broker) as w,
-        aiomqtt.Client("127.0.0.1", broker.port) as gw,
+        broker.client() as gw,
     ):
         await publish_event(gw, "port", power_event(0.05))
         first = settled_event(0.3, 1000)
@@ -312,7 +310,7 @@ async def test_query(broker: Mosquitto, tmp_path: Path) -> None:
     async with (
         running_service(settings_for(broker, tmp_path)),
         watcher(broker) as w,
-        aiomqtt.Client("127.0.0.1", broker.port) as gw,
+        broker.client() as gw,
     ):
         await publish_event(gw, "port", power_event(0.05, port=4))
         await w.session(ORDER, "charging")
@@ -338,7 +336,7 @@ async def test_bad_requests_are_answered_and_name_the_field(
         running_service(settings_for(broker, tmp_path)),
         fake_gateway(broker) as gw,
         watcher(broker) as w,
-        aiomqtt.Client("127.0.0.1", broker.port) as app,
+        broker.client() as app,
     ):
         await request(app, "start", b"{not json")
         await request(app, "start", b"[1, 2]")
@@ -385,7 +383,7 @@ async def test_malformed_events_are_counted_not_fatal(broker: Mosquitto, tmp_pat
     async with (
         running_service(settings_for(broker, tmp_path)),
         watcher(broker) as w,
-        aiomqtt.Client("127.0.0.1", broker.port) as gw,
+        broker.client() as gw,
     ):
         await gw.publish(TOPICS.event(DEV, "port"), b"\xff\xfe garbage", qos=1)
         bad = power_event(0.1)
@@ -403,7 +401,7 @@ async def test_finished_sessions_are_cleared_after_retention(
     async with (
         running_service(settings),
         watcher(broker) as w,
-        aiomqtt.Client("127.0.0.1", broker.port) as gw,
+        broker.client() as gw,
     ):
         await publish_event(gw, "order", settled_event(0.2, 600))
         await w.session(ORDER, "completed")
@@ -419,7 +417,7 @@ async def test_auto_port_start_learns_the_port(broker: Mosquitto, tmp_path: Path
         running_service(settings_for(broker, tmp_path)),
         fake_gateway(broker) as gw,
         watcher(broker) as w,
-        aiomqtt.Client("127.0.0.1", broker.port) as app,
+        broker.client() as app,
     ):
         body = {"request_id": "a", "device_id": DEV, "port": "auto", "mode": "time"}
         await request(app, "start", {**body, "duration_s": 3600, "balance_cents": 356})
@@ -436,7 +434,7 @@ async def test_without_session_tracking_events_are_only_counted(
     async with (
         running_service(settings_for(broker, tmp_path, session_tracking=False)),
         watcher(broker) as w,
-        aiomqtt.Client("127.0.0.1", broker.port) as gw,
+        broker.client() as gw,
     ):
         await publish_event(gw, "port", power_event(0.05))
         await publish_event(gw, "order", settled_event(0.1, 60))
@@ -454,7 +452,7 @@ async def test_stats_are_published_at_most_every_stats_interval(
     async with (
         running_service(settings_for(broker, tmp_path, stats_interval=interval)),
         watcher(broker) as w,
-        aiomqtt.Client("127.0.0.1", broker.port) as gw,
+        broker.client() as gw,
     ):
         for batch in range(4):
             for i in range(batch * 10, batch * 10 + 10):

@@ -146,10 +146,14 @@ async def test_decode_and_replay_a_capture(
         ]
         assert lines[0]["ts"] == records[0]["ts"] and lines[0]["payload"]["port_count"] == 2
 
-    # Replay against a second gateway (another base topic): it sees the same charger.
-    settings = gateway_settings(broker, tmp_path / "second", base_topic="replayed")
+    # Replay against a second gateway (another base topic, inside the bridge user's ACL): it
+    # sees the same charger.
+    replayed = f"{B}/replayed"
+    settings = gateway_settings(
+        broker, tmp_path / "second", base_topic=replayed, gateway_id="replay-gw"
+    )
     async with (
-        mqtt_collector(broker, "replayed/#") as seen,
+        mqtt_collector(broker, f"{replayed}/#") as seen,
         running_gateway(settings) as second,
     ):
         frames = read_capture(capture_file.read_text().splitlines())
@@ -158,7 +162,7 @@ async def test_decode_and_replay_a_capture(
         summary = await replay(frames, TcpTarget("127.0.0.1", tcp_port(second)), 2.0, 0.3)
         assert summary["frames_sent"] == 2 and summary["replies"] == 2
         assert summary["seconds"] >= span / 2
-        event = await seen.wait(f"replayed/devices/{DEVICE_ID}/event/device", _register)
+        event = await seen.wait(f"{replayed}/devices/{DEVICE_ID}/event/device", _register)
         assert event["port_count"] == 2
 
 

@@ -160,6 +160,16 @@ async def test_offline_device_answers_at_once(gateway: Any, mqtt: MqttCollector)
         ),
         ("set_params", {"heartbeat_interval_s": 60}, "unplug_power"),
         ("raw", {"command": 0x96, "data_hex": "zz"}, "data_hex"),
+        ("raw", {"command": 300, "data_hex": ""}, "command"),
+        ("adjust_charging", {"request_id": "i", "port": 1, "mode": "forever"}, "mode"),
+        ("adjust_charging", {"request_id": "i", "port": 1, "mode": "time"}, "duration_s"),
+        ("read_params", {"request_id": "i", "which": "secrets"}, "which"),
+        ("query_status", {"request_id": "i", "verbose": True}, "verbose"),
+        ("reboot", {"request_id": "i", "delay_s": 5}, "delay_s"),
+        ("locate", {"request_id": "i", "seconds": -1}, "seconds"),
+        ("stop_charging", {"request_id": "i", "port": True, "order_no": ORDER}, "port"),
+        ("card_reply", {"request_id": "i", "card_id": "A1B2C3"}, "card_id"),
+        ("start_charging", b'{"request_id": "i", "pad": "' + b"x" * 20000 + b'"}', "limited"),
     ],
 )
 async def test_invalid_requests_never_reach_the_device(
@@ -185,16 +195,16 @@ async def test_query_status_needs_no_reply_and_v5_response_topic(
     device: FakeDevice, mqtt: MqttCollector
 ) -> None:
     await online(device)
-    await mqtt.client.subscribe("my/inbox", qos=1)
+    await mqtt.client.subscribe("chargebridge/replies/inbox", qos=1)
     props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
-    props.ResponseTopic = "my/inbox"
+    props.ResponseTopic = "chargebridge/replies/inbox"
     props.CorrelationData = b"corr-1"
     await request(mqtt, "query_status", {"request_id": "q"}, properties=props)
     frame = await device.recv()
     assert (frame.command, frame.data) == (0x81, b"")
     response = await mqtt.wait(f"{DEV}/response/query_status")
     assert (response["ok"], response["request_id"]) == (True, "q")
-    direct = await mqtt.wait_message("my/inbox")
+    direct = await mqtt.wait_message("chargebridge/replies/inbox")
     assert direct.json() == response
     assert direct.properties.CorrelationData == b"corr-1"
 

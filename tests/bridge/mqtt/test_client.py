@@ -30,11 +30,11 @@ async def next_messages(
 
 async def test_publish_returns_after_broker_ack_and_is_delivered(broker: Mosquitto) -> None:
     async with (
-        aiomqtt.Client("127.0.0.1", broker.port) as sub,
+        broker.client() as sub,
         MqttClient(settings(broker, client_id="t1")) as mqtt,
     ):
-        await sub.subscribe("t/#", qos=1)
-        await mqtt.publish("t/a", b"hello")
+        await sub.subscribe("chargebridge/t/#", qos=1)
+        await mqtt.publish("chargebridge/t/a", b"hello")
         assert mqtt.queued == 0
         [msg] = await next_messages(sub, 1)
         assert msg.payload == b"hello"
@@ -42,16 +42,14 @@ async def test_publish_returns_after_broker_ack_and_is_delivered(broker: Mosquit
 
 async def test_outage_keeps_order_and_acks_only_after_broker_is_back(broker: Mosquitto) -> None:
     # A persistent subscriber so that the broker keeps what arrives for it across restarts.
-    async with aiomqtt.Client(
-        "127.0.0.1", broker.port, identifier="watcher", clean_session=False
-    ) as sub:
-        await sub.subscribe("t/#", qos=1)
+    async with broker.client(identifier="watcher", clean_session=False) as sub:
+        await sub.subscribe("chargebridge/t/#", qos=1)
     async with MqttClient(settings(broker, client_id="t2")) as mqtt:
         await asyncio.wait_for(mqtt.wait_connected(), 10)
         broker.stop()
         async with asyncio.timeout(10):
             await mqtt.disconnected.wait()
-        futures = [mqtt.submit("t/seq", str(i)) for i in range(200)]
+        futures = [mqtt.submit("chargebridge/t/seq", str(i)) for i in range(200)]
         await asyncio.sleep(0)
         assert not any(f.done() for f in futures), "acknowledged while the broker was down"
         assert mqtt.queued == 200
@@ -59,9 +57,7 @@ async def test_outage_keeps_order_and_acks_only_after_broker_is_back(broker: Mos
         async with asyncio.timeout(20):
             await asyncio.gather(*futures)
         assert mqtt.queued == 0
-    async with aiomqtt.Client(
-        "127.0.0.1", broker.port, identifier="watcher", clean_session=False
-    ) as sub:
+    async with broker.client(identifier="watcher", clean_session=False) as sub:
         got = await next_messages(sub, 200)
     assert [m.payload for m in got] == [str(i).encode() for i in range(200)]
 
@@ -74,20 +70,22 @@ async def test_on_connect_runs_before_messages_after_every_connection(broker: Mo
         calls.append(len(calls))
         if len(calls) == 2:
             reconnected.set()
-        await mqtt.publish("t/state", b"online", retain=True)
+        await mqtt.publish("chargebridge/t/state", b"online", retain=True)
 
     mqtt = MqttClient(
-        settings(broker, client_id="t3"), subscriptions=[("in/#", 1)], on_connect=on_connect
+        settings(broker, client_id="t3"),
+        subscriptions=[("chargebridge/in/#", 1)],
+        on_connect=on_connect,
     )
     async with mqtt:
         await asyncio.wait_for(mqtt.wait_connected(), 10)
         assert calls == [0]
         broker.kill()
         broker.start()
-        async with aiomqtt.Client("127.0.0.1", broker.port) as pub:
+        async with broker.client() as pub:
             async with asyncio.timeout(15):
                 await reconnected.wait()
-            await pub.publish("in/x", b"1", qos=1)
+            await pub.publish("chargebridge/in/x", b"1", qos=1)
             async with asyncio.timeout(10):
                 msg = await anext(aiter(mqtt.messages))
         assert msg.payload == b"1"
@@ -100,7 +98,7 @@ from bridge.mqtt.client import MqttClient, MqttSettings, Will
 
 async def main():
     s = MqttSettings(url=sys.argv[1], client_id="dying", keepalive_s=2,
-                     will=Will(topic="t/state", payload=b"offline", retain=True))
+                     will=Will(topic="chargebridge/t/state", payload=b"offline", retain=True))
     async with MqttClient(s) as mqtt:
         await asyncio.wait_for(mqtt.wait_connected(), 10)
         print("connected", flush=True)
@@ -111,8 +109,8 @@ asyncio.run(main())
 
 
 async def test_will_is_published_when_the_process_dies(broker: Mosquitto) -> None:
-    async with aiomqtt.Client("127.0.0.1", broker.port) as sub:
-        await sub.subscribe("t/state", qos=1)
+    async with broker.client() as sub:
+        await sub.subscribe("chargebridge/t/state", qos=1)
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-c", WILL_SCRIPT, broker.url, stdout=asyncio.subprocess.PIPE
         )
@@ -128,19 +126,19 @@ async def test_will_is_published_when_the_process_dies(broker: Mosquitto) -> Non
 
 async def test_manual_ack_leaves_unprocessed_messages_with_the_broker(broker: Mosquitto) -> None:
     s = settings(broker, client_id="svc", clean_start=False, session_expiry_s=3600, manual_ack=True)
-    async with MqttClient(s, subscriptions=[("jobs/#", 1)]) as mqtt:
+    async with MqttClient(s, subscriptions=[("chargebridge/jobs/#", 1)]) as mqtt:
         await asyncio.wait_for(mqtt.wait_connected(), 10)
-    async with aiomqtt.Client("127.0.0.1", broker.port) as pub:
-        await pub.publish("jobs/1", b"a", qos=1)
-        await pub.publish("jobs/2", b"b", qos=1)
-    async with MqttClient(s, subscriptions=[("jobs/#", 1)]) as mqtt:
+    async with broker.client() as pub:
+        await pub.publish("chargebridge/jobs/1", b"a", qos=1)
+        await pub.publish("chargebridge/jobs/2", b"b", qos=1)
+    async with MqttClient(s, subscriptions=[("chargebridge/jobs/#", 1)]) as mqtt:
         it = aiter(mqtt.messages)
         async with asyncio.timeout(10):
             first = await anext(it)
             second = await anext(it)
         assert (first.payload, second.payload) == (b"a", b"b")
         mqtt.ack(first)  # "b" is never acknowledged: the process "crashes" before that
-    async with MqttClient(s, subscriptions=[("jobs/#", 1)]) as mqtt:
+    async with MqttClient(s, subscriptions=[("chargebridge/jobs/#", 1)]) as mqtt:
         async with asyncio.timeout(10):
             again = await anext(aiter(mqtt.messages))
         assert again.payload == b"b"

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-import aiomqtt
 import pytest
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
@@ -200,22 +199,22 @@ def test_a_second_process_cannot_open_the_same_outbox(tmp_path: Path) -> None:
 
 
 async def test_client_futures_follow_drops_coalescing_and_keys(broker: Mosquitto) -> None:
-    async with aiomqtt.Client(
-        "127.0.0.1", broker.port, identifier="outbox-client-watch", clean_session=False
-    ) as sub:
-        await sub.subscribe("t/#", qos=1)
+    async with broker.client(identifier="outbox-client-watch", clean_session=False) as sub:
+        await sub.subscribe("chargebridge/t/#", qos=1)
     async with MqttClient(MqttSettings(url=broker.url), outbox=Outbox(4)) as mqtt:
         async with asyncio.timeout(10):
             await mqtt.wait_connected()
         broker.stop()
         async with asyncio.timeout(10):
             await mqtt.disconnected.wait()
-        settled = mqtt.submit("t/settled", b"s", critical=True, key="k")
-        events = [mqtt.submit("t/event", str(i)) for i in range(2)]
-        old_state = mqtt.submit("t/state", b"1", retain=True)
-        new_state = mqtt.submit("t/state", b"2", retain=True)  # supersedes the queued one
-        events += [mqtt.submit("t/event", str(i)) for i in range(2, 4)]  # drop e0, e1
-        again = mqtt.submit("t/settled", b"s-resent", critical=True, key="k")
+        settled = mqtt.submit("chargebridge/t/settled", b"s", critical=True, key="k")
+        events = [mqtt.submit("chargebridge/t/event", str(i)) for i in range(2)]
+        old_state = mqtt.submit("chargebridge/t/state", b"1", retain=True)
+        new_state = mqtt.submit(
+            "chargebridge/t/state", b"2", retain=True
+        )  # supersedes the queued one
+        events += [mqtt.submit("chargebridge/t/event", str(i)) for i in range(2, 4)]  # drop e0, e1
+        again = mqtt.submit("chargebridge/t/settled", b"s-resent", critical=True, key="k")
         assert mqtt.queued == 4 and mqtt.dropped == 2
         for fut in events[:2]:
             with pytest.raises(MessageDropped):
@@ -223,10 +222,10 @@ async def test_client_futures_follow_drops_coalescing_and_keys(broker: Mosquitto
         broker.start()
         async with asyncio.timeout(20):
             await asyncio.gather(old_state, settled, *events[2:], new_state, again)
-        assert mqtt.submit("t/settled", b"s", critical=True, key="k").done()  # published
-    async with aiomqtt.Client(
-        "127.0.0.1", broker.port, identifier="outbox-client-watch", clean_session=False
-    ) as sub:
+        assert mqtt.submit(
+            "chargebridge/t/settled", b"s", critical=True, key="k"
+        ).done()  # published
+    async with broker.client(identifier="outbox-client-watch", clean_session=False) as sub:
         received = []
         async with asyncio.timeout(10):
             async for m in sub.messages:
@@ -234,8 +233,8 @@ async def test_client_futures_follow_drops_coalescing_and_keys(broker: Mosquitto
                 if len(received) == 4:
                     break
     assert received == [
-        ("t/settled", b"s"),
-        ("t/state", b"2"),
-        ("t/event", b"2"),
-        ("t/event", b"3"),
+        ("chargebridge/t/settled", b"s"),
+        ("chargebridge/t/state", b"2"),
+        ("chargebridge/t/event", b"2"),
+        ("chargebridge/t/event", b"3"),
     ]

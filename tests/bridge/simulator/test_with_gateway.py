@@ -6,8 +6,6 @@ import asyncio
 import json
 from pathlib import Path
 
-import aiomqtt
-
 from bridge.mqtt.topics import Topics
 from bridge.simulator.fleet import Fleet, FleetConfig, TcpTarget
 from protocol.ids import device_id
@@ -18,7 +16,7 @@ T = Topics("chargebridge")
 
 
 async def request(broker: Mosquitto, topic: str, body: dict[str, object]) -> None:
-    async with aiomqtt.Client("127.0.0.1", broker.port) as client:
+    async with broker.client() as client:
         await client.publish(topic, json.dumps(body), qos=1)
 
 
