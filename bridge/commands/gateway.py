@@ -9,6 +9,7 @@ import signal
 import sys
 
 from bridge.app import run_gateway
+from bridge.commands.common import run_async
 from bridge.config import ConfigError, GatewaySettings, add_settings_arguments, settings_from_args
 from bridge.logs import setup_logging
 
@@ -38,7 +39,7 @@ def main(args: argparse.Namespace) -> int:
         return 2
     setup_logging(settings.log_format, settings.log_level)
     try:
-        asyncio.run(serve_until_signalled(settings))
+        run_async(serve_until_signalled(settings))
     except OSError as exc:
         print(f"chargebridge gateway: {exc}", file=sys.stderr)
         return 1

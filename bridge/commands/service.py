@@ -10,6 +10,7 @@ import sys
 
 from bridge.charging.service import run_service
 from bridge.charging.settings import ChargingSettings
+from bridge.commands.common import run_async
 from bridge.config import ConfigError, add_settings_arguments, settings_from_args
 from bridge.logs import setup_logging
 
@@ -39,7 +40,7 @@ def main(args: argparse.Namespace) -> int:
         return 2
     setup_logging(settings.log_format, settings.log_level)
     try:
-        asyncio.run(serve_until_signalled(settings))
+        run_async(serve_until_signalled(settings))
     except OSError as exc:
         print(f"chargebridge service: {exc}", file=sys.stderr)
         return 1
