@@ -56,15 +56,28 @@ async def main(args: argparse.Namespace) -> None:
         say("all_registered", stats=fleet.snapshot(), latencies_s=fleet.stats.latencies_s)
         for _ in range(args.cycles):
             await fleet.wait_until(lambda s: s.registered < n)
-            base = fleet.stats.connect_failures
             say("dropped", stats=fleet.snapshot())
             acked = fleet.stats.heartbeats_acked
-            await fleet.wait_until(all_back)
-            await fleet.wait_until(lambda s, want=acked + n: s.heartbeats_acked >= want)
+            failures: list[float] = []  # when each failed connect attempt was noticed
+            seen = [fleet.stats.connect_failures]
+
+            def back(
+                s: FleetStats,
+                want: int = acked + n,
+                failures: list[float] = failures,
+                seen: list[int] = seen,
+            ) -> bool:
+                if s.connect_failures > seen[0]:
+                    failures.extend([time.monotonic()] * (s.connect_failures - seen[0]))
+                    seen[0] = s.connect_failures
+                return all_back(s) and s.heartbeats_acked >= want
+
+            await fleet.wait_until(back)
             say(
                 "all_registered",
                 stats=fleet.snapshot(),
-                connect_failures_since_drop=fleet.stats.connect_failures - base,
+                latencies_s=fleet.stats.latencies_s,
+                failure_times=failures,
             )
         await stop.wait()
 

@@ -371,7 +371,5 @@ class FleetProcs:
             "t": max(line["t"] for line in lines),
             "stats": stats,
             "latencies_s": [x for line in lines for x in line.get("latencies_s", [])],
-            "connect_failures_since_drop": sum(
-                line.get("connect_failures_since_drop", 0) for line in lines
-            ),
+            "failure_times": [x for line in lines for x in line.get("failure_times", [])],
         }
