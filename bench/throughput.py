@@ -6,7 +6,8 @@ service process updates the session and publishes it retained on `{b}/sessions/{
 subscriber (QoS 1) sees it. Latency is from the frame's send to that session update (the
 session's `duration_s` names the frame). Phases: 1,000 and 5,000 frames/s, paced, then `max`:
 frames sent as fast as the gateway reads them; `delivered_per_s` is session updates seen per
-second from the first send to the last update.
+second from the first send to the last update. `gateway_stage` gives the same figures for
+the gateway's `event/port` messages (device -> gateway -> broker -> subscriber, one hop less).
 
 The reference, in the same run and through the same broker: raw paho-mqtt publishing as many
 QoS 1 messages at the same rate to a QoS 1 subscriber (one hop, no processing);
@@ -38,9 +39,11 @@ from _harness import (
 
 
 class Sessions:
-    """First arrival time of each (session_id, duration_s) seen on the sessions topics."""
+    """First arrival time of each (session_id, duration_s) seen on the sessions topics (or,
+    with `id_key="order_no"`, on the gateway's port events)."""
 
-    def __init__(self) -> None:
+    def __init__(self, id_key: str = "session_id") -> None:
+        self.id_key = id_key
         self.seen: dict[tuple[str, int], float] = {}
         self.cond = threading.Condition()
 
@@ -48,7 +51,9 @@ class Sessions:
         if not payload:
             return
         data = json.loads(payload)
-        key = (data["session_id"], data["duration_s"])
+        if "duration_s" not in data:
+            return  # a port status event
+        key = (data[self.id_key], data["duration_s"])
         with self.cond:
             self.seen.setdefault(key, now)
             self.cond.notify_all()
@@ -68,7 +73,12 @@ def session_id(index: int) -> str:
 
 
 def run_phase(
-    load: subprocess.Popen[bytes], lines: LineReader, sessions: Sessions, rate: int, count: int
+    load: subprocess.Popen[bytes],
+    lines: LineReader,
+    sessions: Sessions,
+    events: Sessions,
+    rate: int,
+    count: int,
 ) -> dict[str, Any]:
     assert load.stdin is not None
     load.stdin.write(f"go {rate} {count}\n".encode())
@@ -77,19 +87,29 @@ def run_phase(
     frames = sent["frames"]
     keys = [(session_id(int(i)), int(d)) for i, d, _ in frames]
     sessions.wait_for(keys, 120)
-    latencies = []
-    last = frames[0][2]
-    for (_i, _d, t), key in zip(frames, keys, strict=True):
-        arrived = sessions.seen.get(key)
-        if arrived is not None:
-            latencies.append(arrived - t)
-            last = max(last, arrived)
-    elapsed = last - frames[0][2]
     send_s = frames[-1][2] - frames[0][2]
     return {
         "rate": rate or "max",
         "frames": count,
         "sent_per_s": round(count / send_s, 1) if send_s > 0 else None,
+        **arrivals(frames, keys, sessions),
+        "gateway_stage": arrivals(frames, keys, events),
+    }
+
+
+def arrivals(
+    frames: list[list[float]], keys: list[tuple[str, int]], seen: Sessions
+) -> dict[str, Any]:
+    """Delivered count and rate (first send to last arrival) and send->arrival latency."""
+    latencies = []
+    last = frames[0][2]
+    for (_i, _d, t), key in zip(frames, keys, strict=True):
+        arrived = seen.seen.get(key)
+        if arrived is not None:
+            latencies.append(arrived - t)
+            last = max(last, arrived)
+    elapsed = last - frames[0][2]
+    return {
         "delivered": len(latencies),
         "delivered_per_s": round(len(latencies) / elapsed, 1) if elapsed > 0 else None,
         "latency_ms": {
@@ -114,7 +134,11 @@ def main() -> None:
         procs.gateway(mqtt_port, tcp_port)
         procs.service(mqtt_port)
         sessions = Sessions()
-        watch = Watch(mqtt_port, "chargebridge/sessions/+", sessions, qos=1)
+        events = Sessions("order_no")
+        watches = [
+            Watch(mqtt_port, "chargebridge/sessions/+", sessions, qos=1),
+            Watch(mqtt_port, "chargebridge/devices/+/event/port", events, qos=1),
+        ]
         load = procs.spawn(
             [PYTHON, "bench/_load.py", "--port", str(tcp_port), "--devices", str(args.devices)],
             "load",
@@ -126,13 +150,17 @@ def main() -> None:
         time.sleep(1.0)  # registration events settle before the clock starts
         results = []
         for rate, count in phases:
-            ours = run_phase(load, lines, sessions, rate, count)
+            ours = run_phase(load, lines, sessions, events, rate, count)
             ref = paho_reference(mqtt_port, count, rate=rate or None)
             ours["reference_paho"] = ref
-            if ours["delivered_per_s"]:
-                ours["ratio_to_reference"] = round(ours["delivered_per_s"] / ref["msgs_per_s"], 3)
+            for stage in (ours, ours["gateway_stage"]):
+                if stage["delivered_per_s"]:
+                    stage["ratio_to_reference"] = round(
+                        stage["delivered_per_s"] / ref["msgs_per_s"], 3
+                    )
             results.append(ours)
-        watch.close()
+        for w in watches:
+            w.close()
     emit(
         {
             "benchmark": "throughput",

@@ -47,7 +47,6 @@ DEVICE_COMMANDS = ("start_charging", "stop_charging")
 ADOPT_TIMEOUT_S = 10.0
 # Gateway results worth a resend: the device did not answer, or its command queue was full.
 RETRYABLE = frozenset({"timeout", "busy"})
-MAX_BATCH = 256  # messages per store transaction: bounds the latency a batch adds
 
 
 def new_order_no() -> str:
@@ -254,21 +253,14 @@ class ChargingService:
 
     # --- incoming messages ------------------------------------------------------------
     async def consume(self) -> None:
-        """Messages that arrived together are applied in one store transaction (one fsync),
-        then acknowledged; their publications leave only after that commit, as the sender
-        runs once this synchronous block has yielded."""
-        async for first in self.client.messages:
-            batch = [first, *self.client.ready_messages(MAX_BATCH - 1)]
-            with self.store.batch():
-                for message in batch:
-                    received = time.perf_counter()
-                    try:
-                        self.handle(message, received)
-                    except Exception:
-                        log.exception("processing a message on %s failed", message.topic)
-                        self._count(processing_errors=1)
-            for message in batch:
-                self.client.ack(message)
+        async for message in self.client.messages:
+            received = time.perf_counter()
+            try:
+                self.handle(message, received)
+            except Exception:
+                log.exception("processing a message on %s failed", message.topic)
+                self._count(processing_errors=1)
+            self.client.ack(message)
 
     def handle(self, message: aiomqtt.Message, received: float) -> None:
         topic = str(message.topic)

@@ -10,11 +10,10 @@ fsync costs nothing that matters (docs/charging.md gives the measured figure).
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import sqlite3
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from pathlib import Path
 
 from bridge.charging.model import ChargingSession, ChargingStats
@@ -38,7 +37,6 @@ class ChargingStore:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.executescript(SCHEMA)
-        self._in_batch = False
 
     def close(self) -> None:
         self._db.close()
@@ -71,15 +69,9 @@ class ChargingStore:
         seen: Iterable[str] = (),
         initialized: bool = False,
     ) -> None:
-        """Write all of one state change atomically (inside `batch()`: as a savepoint of the
-        batch's transaction, so a failing change is undone alone)."""
+        """Write all of one state change atomically."""
         db = self._db
-        begin, end, undo = (
-            ("SAVEPOINT change", "RELEASE change", ("ROLLBACK TO change", "RELEASE change"))
-            if self._in_batch
-            else ("BEGIN", "COMMIT", ("ROLLBACK",))
-        )
-        db.execute(begin)
+        db.execute("BEGIN")
         try:
             db.executemany(
                 "INSERT OR REPLACE INTO sessions VALUES (?, ?)",
@@ -95,30 +87,9 @@ class ChargingStore:
             if initialized:
                 db.execute("INSERT OR REPLACE INTO meta VALUES ('initialized', '1')")
         except BaseException:
-            for statement in undo:
-                db.execute(statement)
+            db.execute("ROLLBACK")
             raise
-        db.execute(end)
-
-    @contextlib.contextmanager
-    def batch(self) -> Iterator[None]:
-        """Group the commits of several messages into one transaction: one fsync for the
-        batch instead of one per message (group commit). Acknowledge the messages to the
-        broker only after the block exits, as for single commits."""
-        if self._in_batch:
-            yield
-            return
-        self._db.execute("BEGIN")
-        self._in_batch = True
-        try:
-            yield
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
-        else:
-            self._db.execute("COMMIT")
-        finally:
-            self._in_batch = False
+        db.execute("COMMIT")
 
     def prune_seen(self, before: float) -> int:
         """Forget fingerprints older than `before` (Unix s); returns how many."""

@@ -232,14 +232,6 @@ class MqttClient:
         while True:
             yield await self._incoming.get()
 
-    def ready_messages(self, limit: int) -> list[aiomqtt.Message]:
-        """Up to `limit` incoming messages that are already here, without waiting (so a
-        consumer can process what arrived together as one batch)."""
-        out: list[aiomqtt.Message] = []
-        while len(out) < limit and not self._incoming.empty():
-            out.append(self._incoming.get_nowait())
-        return out
-
     def ack(self, message: aiomqtt.Message) -> None:
         """With `manual_ack`: tell the broker this QoS>0 message has been processed."""
         if self.settings.manual_ack and message.qos > 0 and self._client is not None:
