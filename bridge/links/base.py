@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-from typing import Protocol
+from typing import Protocol, cast
 
 from protocol import StreamDecoder, StreamItem
 
@@ -45,7 +45,8 @@ class Connection:
         self.peer = peer
         self.replaceable = kind == "tcp"
         self.closed = False
-        self._transport = transport
+        # A cast, not an isinstance check: uvloop's transports are not asyncio subclasses.
+        self._transport = cast(asyncio.WriteTransport, transport)
 
     def __repr__(self) -> str:
         return f"<Connection {self.id} {self.peer}>"
@@ -53,7 +54,6 @@ class Connection:
     def write(self, data: bytes) -> bool:
         if self.closed:
             return False
-        assert isinstance(self._transport, asyncio.WriteTransport)
         self._transport.write(data)
         return True
 
@@ -65,7 +65,6 @@ class Connection:
 
     def abort(self) -> None:
         self.closed = True
-        assert isinstance(self._transport, asyncio.WriteTransport)
         self._transport.abort()
 
 
@@ -87,8 +86,7 @@ class DeviceStreamProtocol(asyncio.Protocol):
         return f"{self.kind}:{peer}"
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.WriteTransport)
-        transport.set_write_buffer_limits(high=self.max_write_buffer)
+        cast(asyncio.WriteTransport, transport).set_write_buffer_limits(high=self.max_write_buffer)
         self.conn = Connection(transport, self.kind, self.peer_name(transport))
         self.handler.connection_made(self.conn)
 

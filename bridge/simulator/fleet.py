@@ -17,7 +17,7 @@ import resource
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, cast
 
 import serial_asyncio_fast
 
@@ -184,10 +184,10 @@ class _StreamProtocol(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # A cast, not an isinstance check: uvloop's transports are not asyncio subclasses.
+        self.transport = cast(asyncio.Transport, transport)
         for driver in self.drivers.values():
-            driver.attach(transport)
+            driver.attach(self.transport)
 
     def data_received(self, data: bytes) -> None:
         for item in self.decoder.feed(data):

@@ -1,0 +1,375 @@
+"""Shared plumbing of the system benchmarks (not a benchmark itself).
+
+Each benchmark starts its own Mosquitto with a minimal config in a temp dir (anonymous, a
+random port, no persistence, unbounded queues so a burst is never dropped by the broker), the
+gateway and charging service as real `python -m bridge ...` processes, and the load in a
+separate process, so the figures include every process boundary a deployment has. The raw
+paho-mqtt reference runs through the same broker in the same run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import platform
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+PYTHON = sys.executable
+MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_port(port: int, timeout: float = 15.0, host: str = "127.0.0.1") -> None:
+    """Block until something listens on `port` (process start-up, not a sync point)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with socket.create_connection((host, port), timeout=0.5):
+                return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"nothing listens on {host}:{port}") from None
+            time.sleep(0.02)
+
+
+def rss_kib(pid: int) -> int:
+    """VmRSS of a process, KiB."""
+    text = Path(f"/proc/{pid}/status").read_text()
+    match = re.search(r"^VmRSS:\s+(\d+) kB", text, re.M)
+    return int(match.group(1)) if match else 0
+
+
+def percentile(samples: list[float], q: float) -> float | None:
+    if not samples:
+        return None
+    ordered = sorted(samples)
+    return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
+
+
+def machine() -> dict[str, Any]:
+    model = "?"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    mosq = subprocess.run([MOSQUITTO, "-h"], capture_output=True, text=True).stdout
+    try:
+        import uvloop
+
+        loop = f"uvloop {uvloop.__version__}"
+    except ImportError:
+        loop = "asyncio"
+    return {
+        "nproc": os.cpu_count(),
+        "cpu": model,
+        "python": platform.python_version(),
+        "mosquitto": mosq.splitlines()[0] if mosq else "?",
+        "event_loop": loop,
+    }
+
+
+class Procs:
+    """Child processes started by a benchmark, all stopped on exit (even on error)."""
+
+    def __init__(self) -> None:
+        self.tmp = Path(tempfile.mkdtemp(prefix="chargebridge-bench-"))
+        self.children: list[subprocess.Popen[bytes]] = []
+
+    def __enter__(self) -> Procs:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for proc in self.children:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in self.children:
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def spawn(self, args: list[str], name: str, **kw: Any) -> subprocess.Popen[bytes]:
+        log = open(self.tmp / f"{name}.log", "ab")  # noqa: SIM115 - lives as long as the child
+        kw.setdefault("stdout", log)
+        proc = subprocess.Popen(args, stderr=log, cwd=ROOT, **kw)
+        self.children.append(proc)
+        return proc
+
+    def log_tail(self, name: str, lines: int = 20) -> str:
+        path = self.tmp / f"{name}.log"
+        return (
+            "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+            if path.exists()
+            else ""
+        )
+
+    def mosquitto(self) -> int:
+        port = free_port()
+        conf = self.tmp / "mosquitto.conf"
+        conf.write_text(
+            f"listener {port} 127.0.0.1\n"
+            "allow_anonymous true\n"
+            "persistence false\n"
+            "max_queued_messages 0\n"
+            "max_queued_bytes 0\n"
+            "log_dest none\n"
+        )
+        self.spawn([MOSQUITTO, "-c", str(conf)], "mosquitto")
+        wait_port(port)
+        return port
+
+    def gateway(self, mqtt_port: int, tcp_port: int, *extra: str) -> subprocess.Popen[bytes]:
+        proc = self.spawn(
+            [
+                PYTHON, "-m", "bridge", "gateway",
+                "--tcp", f"127.0.0.1:{tcp_port}",
+                "--mqtt", f"mqtt://127.0.0.1:{mqtt_port}",
+                "--state-dir", str(self.tmp / "gateway"),
+                "--max-connections-per-ip", "100000",
+                "--log-level", "warning",
+                "--gateway-id", "bench",
+                *extra,
+            ],
+            "gateway",
+        )  # fmt: skip
+        wait_port(tcp_port)
+        return proc
+
+    def service(self, mqtt_port: int, *extra: str) -> subprocess.Popen[bytes]:
+        return self.spawn(
+            [
+                PYTHON, "-m", "bridge", "service",
+                "--mqtt", f"mqtt://127.0.0.1:{mqtt_port}",
+                "--state-dir", str(self.tmp / "service"),
+                "--log-level", "warning",
+                "--event-logging", "false",
+                *extra,
+            ],
+            "service",
+        )  # fmt: skip
+
+
+class LineReader:
+    """JSON lines from a child's stdout, read on a thread, each stamped on arrival."""
+
+    def __init__(self, proc: subprocess.Popen[bytes]) -> None:
+        assert proc.stdout is not None
+        self._stdout = proc.stdout
+        self._lines: list[tuple[float, dict[str, Any]]] = []
+        self._cond = threading.Condition()
+        threading.Thread(target=self._run, daemon=True).start()
+
+    def _run(self) -> None:
+        for raw in self._stdout:
+            with contextlib.suppress(ValueError):
+                item = (time.monotonic(), json.loads(raw))
+                with self._cond:
+                    self._lines.append(item)
+                    self._cond.notify_all()
+        with self._cond:
+            self._lines.append((time.monotonic(), {"event": "eof"}))
+            self._cond.notify_all()
+
+    def wait(self, event: str, timeout: float) -> tuple[float, dict[str, Any]]:
+        """The first line whose `event` is `event` (or `eof`), waiting at most `timeout`."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while True:
+                for t, line in self._lines:
+                    if line.get("event") in (event, "eof"):
+                        self._lines.remove((t, line))
+                        return t, line
+                left = deadline - time.monotonic()
+                if left <= 0 or not self._cond.wait(left):
+                    raise TimeoutError(f"no {event!r} line within {timeout} s")
+
+
+@contextlib.contextmanager
+def raised_nofile(wanted: int) -> Iterator[None]:
+    """Children inherit the limit; root may lift the hard limit too."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    with contextlib.suppress(ValueError, OSError):
+        resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, wanted), max(hard, wanted)))
+    try:
+        yield
+    finally:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def paho_reference(mqtt_port: int, count: int, rate: float | None = None) -> dict[str, Any]:
+    """Raw paho-mqtt: one client publishes `count` QoS 1 messages (paced at `rate`/s, or as
+    fast as the broker takes them), another subscribed at QoS 1 receives them; the send time
+    travels in the payload. Messages/s counts from the first publish to the last receipt."""
+    import paho.mqtt.client as paho
+
+    topic = f"bench/ref/{os.getpid()}"
+    got: list[float] = []
+    done = threading.Event()
+
+    def on_message(_c: Any, _u: Any, msg: Any) -> None:
+        got.append(time.perf_counter() - float(msg.payload[:24]))
+        if len(got) >= count:
+            done.set()
+
+    ready = threading.Event()
+    sub = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=f"ref-sub-{os.getpid()}")
+    sub.on_message = on_message
+    sub.on_subscribe = lambda *a: ready.set()
+    sub.connect("127.0.0.1", mqtt_port)
+    sub.subscribe(topic, 1)
+    sub.loop_start()
+    pub = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=f"ref-pub-{os.getpid()}")
+    # At most 100 unacknowledged, as our client: paho's own queue scans all queued messages on
+    # every PUBACK, so an unbounded burst would measure that quadratic cost instead.
+    window = threading.Semaphore(100)
+    pub.max_inflight_messages_set(100)
+    pub.on_publish = lambda *a: window.release()
+    pub.connect("127.0.0.1", mqtt_port)
+    pub.loop_start()
+    ready.wait(10)
+    body = b"x" * 400  # about the size of a 0x06 power event
+    start = time.perf_counter()
+    for i in range(count):
+        if rate:
+            delay = start + i / rate - time.perf_counter()
+            if delay > 0:
+                time.sleep(delay)
+        window.acquire()
+        pub.publish(topic, f"{time.perf_counter():<24.6f}".encode() + body, qos=1)
+    done.wait(max(30.0, count / 500))
+    elapsed = time.perf_counter() - start
+    pub.loop_stop()
+    sub.loop_stop()
+    pub.disconnect()
+    sub.disconnect()
+    return {
+        "messages": count,
+        "received": len(got),
+        "msgs_per_s": round(len(got) / elapsed, 1),
+        "latency_ms": {
+            "p50": _ms(percentile(got, 50)),
+            "p99": _ms(percentile(got, 99)),
+        },
+    }
+
+
+def _ms(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds * 1000, 2)
+
+
+def emit(result: dict[str, Any]) -> None:
+    print(json.dumps(result, indent=2))
+
+
+class Watch:
+    """A paho subscriber on its own thread; `on_message(topic, payload, now)` runs there."""
+
+    def __init__(self, mqtt_port: int, topic: str, on_message: Any, qos: int = 1) -> None:
+        import paho.mqtt.client as paho
+
+        ready = threading.Event()
+        self.client = paho.Client(paho.CallbackAPIVersion.VERSION2)
+        self.client.on_message = lambda _c, _u, m: on_message(m.topic, m.payload, time.monotonic())
+        self.client.on_subscribe = lambda *a: ready.set()
+        self.client.connect("127.0.0.1", mqtt_port)
+        self.client.subscribe(topic, qos)
+        self.client.loop_start()
+        if not ready.wait(10):
+            raise TimeoutError("subscription not acknowledged")
+
+    def close(self) -> None:
+        self.client.loop_stop()
+        self.client.disconnect()
+
+
+class Counter:
+    """Counts messages matching a predicate; `wait(n)` returns when n were seen."""
+
+    def __init__(self, match: Any = None) -> None:
+        self.match = match
+        self.count = 0
+        self.last = 0.0
+        self._cond = threading.Condition()
+
+    def __call__(self, topic: str, payload: bytes, now: float) -> None:
+        if self.match is None or self.match(topic, payload):
+            with self._cond:
+                self.count += 1
+                self.last = now
+                self._cond.notify_all()
+
+    def wait(self, n: int, timeout: float) -> float:
+        with self._cond:
+            if not self._cond.wait_for(lambda: self.count >= n, timeout):
+                raise TimeoutError(f"saw {self.count} of {n} messages")
+            return self.last
+
+
+FLEET_PER_PROCESS = 10_000
+"""Chargers per load process: each holds one socket per charger, and the hard open-files limit
+of an unprivileged process (20,000 here) caps what one process can hold."""
+
+
+class FleetProcs:
+    """N simulated chargers (`bench/_fleet.py`) split over processes of <= 10k chargers, with
+    distinct physical ids and source addresses; their milestone lines merged."""
+
+    def __init__(self, procs: Procs, port: int, n: int, *extra: str) -> None:
+        self.readers: list[LineReader] = []
+        workers = max(1, -(-n // FLEET_PER_PROCESS))
+        for w in range(workers):
+            count = n // workers + (1 if w < n % workers else 0)
+            proc = procs.spawn(
+                [
+                    PYTHON, "bench/_fleet.py", "--port", str(port), "--devices", str(count),
+                    "--first-index", str(w * FLEET_PER_PROCESS),
+                    "--first-source", str(2 + 8 * w),
+                    *extra,
+                ],
+                f"fleet{w}",
+                stdout=subprocess.PIPE,
+            )  # fmt: skip
+            self.readers.append(LineReader(proc))
+
+    def wait(self, event: str, timeout: float) -> dict[str, Any]:
+        """Every worker's `event` line: first/last time, summed counters, merged latencies."""
+        lines = [r.wait(event, timeout)[1] for r in self.readers]
+        bad = [line for line in lines if line.get("event") != event]
+        if bad:
+            raise RuntimeError(f"a fleet process ended before {event!r}")
+        stats: dict[str, Any] = {}
+        for line in lines:
+            for key, value in line.get("stats", {}).items():
+                if isinstance(value, int | float) and not isinstance(value, bool):
+                    stats[key] = stats.get(key, 0) + value
+        return {
+            "first_t": min(line["t"] for line in lines),
+            "t": max(line["t"] for line in lines),
+            "stats": stats,
+            "latencies_s": [x for line in lines for x in line.get("latencies_s", [])],
+            "failure_times": [x for line in lines for x in line.get("failure_times", [])],
+        }

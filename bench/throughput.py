@@ -1,0 +1,175 @@
+"""End-to-end throughput and latency; prints one JSON object.
+
+Chargers (a separate load process, `bench/_load.py`, 1,000 raw TCP connections) send 0x06
+power reports to a gateway process; the gateway publishes `event/port` to Mosquitto; a charging
+service process updates the session and publishes it retained on `{b}/sessions/{id}`, where a
+subscriber (QoS 1) sees it. Latency is from the frame's send to that session update (the
+session's `duration_s` names the frame). Phases: 1,000 and 5,000 frames/s, paced, then `max`:
+frames sent as fast as the gateway reads them; `delivered_per_s` is session updates seen per
+second from the first send to the last update. `gateway_stage` gives the same figures for
+the gateway's `event/port` messages (device -> gateway -> broker -> subscriber, one hop less).
+
+The reference, in the same run and through the same broker: raw paho-mqtt publishing as many
+QoS 1 messages at the same rate to a QoS 1 subscriber (one hop, no processing);
+`ratio_to_reference` = our delivered/s / raw msgs/s.
+
+    .venv/bin/python bench/throughput.py [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import threading
+import time
+from typing import Any
+
+from _harness import (
+    PYTHON,
+    LineReader,
+    Procs,
+    Watch,
+    emit,
+    free_port,
+    machine,
+    paho_reference,
+    percentile,
+)
+
+
+class Sessions:
+    """First arrival time of each (session_id, duration_s) seen on the sessions topics (or,
+    with `id_key="order_no"`, on the gateway's port events)."""
+
+    def __init__(self, id_key: str = "session_id") -> None:
+        self.id_key = id_key
+        self.seen: dict[tuple[str, int], float] = {}
+        self.cond = threading.Condition()
+
+    def __call__(self, topic: str, payload: bytes, now: float) -> None:
+        if not payload:
+            return
+        data = json.loads(payload)
+        if "duration_s" not in data:
+            return  # a port status event
+        key = (data[self.id_key], data["duration_s"])
+        with self.cond:
+            self.seen.setdefault(key, now)
+            self.cond.notify_all()
+
+    def wait_for(self, keys: list[tuple[str, int]], timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        with self.cond:
+            for key in keys:
+                while key not in self.seen:
+                    left = deadline - time.monotonic()
+                    if left <= 0 or not self.cond.wait(left):
+                        return
+
+
+def session_id(index: int) -> str:
+    return (0xB0 << 120 | index).to_bytes(16, "big").hex().upper()
+
+
+def run_phase(
+    load: subprocess.Popen[bytes],
+    lines: LineReader,
+    sessions: Sessions,
+    events: Sessions,
+    rate: int,
+    count: int,
+) -> dict[str, Any]:
+    assert load.stdin is not None
+    load.stdin.write(f"go {rate} {count}\n".encode())
+    load.stdin.flush()
+    _, sent = lines.wait("sent", 600)
+    frames = sent["frames"]
+    keys = [(session_id(int(i)), int(d)) for i, d, _ in frames]
+    sessions.wait_for(keys, 120)
+    send_s = frames[-1][2] - frames[0][2]
+    return {
+        "rate": rate or "max",
+        "frames": count,
+        "sent_per_s": round(count / send_s, 1) if send_s > 0 else None,
+        **arrivals(frames, keys, sessions),
+        "gateway_stage": arrivals(frames, keys, events),
+    }
+
+
+def arrivals(
+    frames: list[list[float]], keys: list[tuple[str, int]], seen: Sessions
+) -> dict[str, Any]:
+    """Delivered count and rate (first send to last arrival) and send->arrival latency."""
+    latencies = []
+    last = frames[0][2]
+    for (_i, _d, t), key in zip(frames, keys, strict=True):
+        arrived = seen.seen.get(key)
+        if arrived is not None:
+            latencies.append(arrived - t)
+            last = max(last, arrived)
+    elapsed = last - frames[0][2]
+    return {
+        "delivered": len(latencies),
+        "delivered_per_s": round(len(latencies) / elapsed, 1) if elapsed > 0 else None,
+        "latency_ms": {
+            "p50": round((percentile(latencies, 50) or 0) * 1000, 2),
+            "p99": round((percentile(latencies, 99) or 0) * 1000, 2),
+            "max": round(max(latencies, default=0) * 1000, 2),
+        },
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="5 s phases instead of 10 s")
+    parser.add_argument("--devices", type=int, default=1000)
+    parser.add_argument("--max-frames", type=int, default=30000)
+    args = parser.parse_args()
+    seconds = 5 if args.quick else 10
+    phases = [(1000, 1000 * seconds), (5000, 5000 * seconds), (0, args.max_frames)]
+    with Procs() as procs:
+        mqtt_port = procs.mosquitto()
+        tcp_port = free_port()
+        procs.gateway(mqtt_port, tcp_port)
+        procs.service(mqtt_port)
+        sessions = Sessions()
+        events = Sessions("order_no")
+        watches = [
+            Watch(mqtt_port, "chargebridge/sessions/+", sessions, qos=1),
+            Watch(mqtt_port, "chargebridge/devices/+/event/port", events, qos=1),
+        ]
+        load = procs.spawn(
+            [PYTHON, "bench/_load.py", "--port", str(tcp_port), "--devices", str(args.devices)],
+            "load",
+            stdout=subprocess.PIPE,
+            stdin=subprocess.PIPE,
+        )
+        lines = LineReader(load)
+        lines.wait("ready", 60)
+        time.sleep(1.0)  # registration events settle before the clock starts
+        results = []
+        for rate, count in phases:
+            ours = run_phase(load, lines, sessions, events, rate, count)
+            ref = paho_reference(mqtt_port, count, rate=rate or None)
+            ours["reference_paho"] = ref
+            for stage in (ours, ours["gateway_stage"]):
+                if stage["delivered_per_s"]:
+                    stage["ratio_to_reference"] = round(
+                        stage["delivered_per_s"] / ref["msgs_per_s"], 3
+                    )
+            results.append(ours)
+        for w in watches:
+            w.close()
+    emit(
+        {
+            "benchmark": "throughput",
+            "machine": machine(),
+            "devices": args.devices,
+            "phases": results,
+        }
+    )
+
+
+if __name__ == "__main__":
+    main()
