@@ -29,10 +29,10 @@ ensure_venv() {
             "$PY" -m venv "$VENV"
         }
     fi
-    if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+    if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ "$0" -nt "$stamp" ]; then
         echo "run.sh: installing chargebridge into $VENV ..." >&2
         "$VENV/bin/python" -m pip install -q --upgrade pip >/dev/null
-        "$VENV/bin/python" -m pip install -q -e ".[dev]"
+        "$VENV/bin/python" -m pip install -q -e ".[dev,fast]"
         touch "$stamp"
     fi
 }

@@ -106,14 +106,26 @@ class DeviceClock:
 class _Driver:
     """Moves one device's bytes and timer; the transport may be shared (serial bus)."""
 
-    __slots__ = ("attempts", "device", "fleet", "index", "next_delay", "timer", "transport")
+    __slots__ = (
+        "attempts",
+        "device",
+        "fleet",
+        "index",
+        "next_delay",
+        "timer",
+        "timer_when",
+        "transport",
+    )
 
     def __init__(self, index: int, device: SimulatedDevice, fleet: Fleet) -> None:
         self.index = index
         self.device = device
         self.fleet = fleet
         self.transport: asyncio.Transport | None = None
-        self.timer: asyncio.TimerHandle | None = None
+        # uvloop's call_at returns a plain Handle (no `when()`) for a past deadline, so the
+        # deadline the timer was armed for is kept here.
+        self.timer: asyncio.Handle | None = None
+        self.timer_when = math.inf
         self.attempts = 0
         self.next_delay: float | None = None
 
@@ -160,12 +172,13 @@ class _Driver:
         deadline = self.device.next_deadline()
         when = self.fleet.clock.loop_time(deadline) if deadline != math.inf else math.inf
         if self.timer is not None:
-            if self.timer.when() == when:
+            if self.timer_when == when:
                 return
             self.timer.cancel()
             self.timer = None
         if when != math.inf and not self.fleet.stopping:
             self.timer = self.fleet.loop.call_at(when, self.on_timer)
+            self.timer_when = when
 
     def stop(self) -> None:
         if self.timer is not None:
