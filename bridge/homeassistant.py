@@ -244,9 +244,10 @@ class Discovery:
                     **self._entity(device_id, port, "power", "Power", dev),
                     **avail,
                     "state_topic": port_topic,
-                    # idle: 0 W; null (no power report yet) renders `None`, i.e. unknown
-                    "value_template": "{{ 0 if value_json.status == 'idle' "
-                    "else value_json.power_w }}",
+                    # idle: 0 W; null (no power report yet) renders '' which Home Assistant's
+                    # numeric sensors ignore, where `None` would be logged as a bad value
+                    "value_template": "{{ 0 if value_json.status == 'idle' else "
+                    "(value_json.power_w if value_json.power_w is not none else '') }}",
                     "device_class": "power",
                     "state_class": "measurement",
                     "unit_of_measurement": "W",

@@ -264,3 +264,16 @@ async def test_unique_ids_are_stable_across_restarts(broker: Mosquitto, tmp_path
     first, second = seen
     assert first == second
     assert len({c["unique_id"] for c in first.values()}) == CONFIGS
+
+
+def test_port_power_renders_empty_before_any_power_report() -> None:
+    """A plugged port has no power yet (`power_w: null`): '' (ignored), not 'None'."""
+    from bridge.homeassistant import Discovery
+    from bridge.mqtt.topics import DiscoveryTopics, Topics
+
+    configs = Discovery(Topics(B), DiscoveryTopics()).port_configs(DEVICE_ID, 1)
+    [power] = [c for c in configs.values() if c["unique_id"].endswith("_p1_power")]
+    template = power["value_template"]
+    assert render(template, {"status": "plugged_not_started", "power_w": None}) == ""
+    assert render(template, {"status": "idle", "power_w": None}) == "0"
+    assert float(render(template, {"status": "charging", "power_w": 12.5})) == 12.5
