@@ -10,12 +10,27 @@ from __future__ import annotations
 import contextlib
 import logging
 import socket
+from collections.abc import Iterator
 from types import TracebackType
+from typing import Any
 
 from amqtt.broker import Broker
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 1883
+
+
+class _SnapshotDict(dict[str, Any]):
+    """amqtt 0.12 iterates its subscription table across `await`s (retained messages for a
+    new client, broadcasts) while other clients subscribe; a plain dict then raises
+    "dictionary changed size during iteration" and drops the connecting client. Iterating a
+    snapshot is what the code means."""
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(list(dict.keys(self)))
+
+    def items(self) -> list[tuple[str, Any]]:  # type: ignore[override]
+        return list(dict.items(self))
 
 
 class BrokerPortInUse(RuntimeError):
@@ -62,6 +77,7 @@ class EmbeddedBroker:
             },
         }
         self._broker = Broker(config)
+        self._broker._subscriptions = _SnapshotDict(self._broker._subscriptions)
         await self._broker.start()
         return self
 

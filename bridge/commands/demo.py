@@ -102,19 +102,23 @@ async def serve(settings: DemoSettings) -> None:
         gateway = GatewayApp(effective)
         gateway_ready, service_ready = asyncio.Event(), asyncio.Event()
         async with asyncio.TaskGroup() as roles:
+            # One client after the other: amqtt 0.12 can fail a connection that races
+            # another client's subscriptions.
             service = roles.create_task(run_service(effective, ready=service_ready))
-            gw = roles.create_task(gateway.serve(ready=gateway_ready))
+            gw: asyncio.Task[None] | None = None
             try:
                 async with asyncio.timeout(15):
                     await service_ready.wait()
+                    gw = roles.create_task(gateway.serve(ready=gateway_ready))
                     await gateway_ready.wait()
                 host, port = gateway.tcp_addresses[0]
                 await run_fleet(settings, effective, topics, console, TcpTarget(host, port))
             finally:
                 # Chargers first (no new frames), then the gateway flushes, then the service.
-                gw.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await gw
+                if gw is not None:
+                    gw.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await gw
                 service.cancel()
 
 
@@ -146,7 +150,25 @@ async def run_fleet(
         f"{target.host}:{target.port}, time x{settings.speed:g}; Ctrl-C to stop",
         soft_wrap=True,
     )
-    async with viewer, driver_mqtt, Fleet(config, target) as fleet:
+    async with viewer:
+        async with asyncio.timeout(15):
+            await viewer.wait_connected()
+        async with driver_mqtt:
+            async with asyncio.timeout(15):
+                await driver_mqtt.wait_connected()
+            await _drive(settings, state, viewer, driver, console, config, target)
+
+
+async def _drive(
+    settings: DemoSettings,
+    state: LiveState,
+    viewer: MqttClient,
+    driver: DemoDriver,
+    console: Console,
+    config: FleetConfig,
+    target: TcpTarget,
+) -> None:
+    async with Fleet(config, target) as fleet:
         tasks = [
             asyncio.create_task(driver.run(), name="demo-driver"),
             asyncio.create_task(show(state, viewer, console), name="demo-view"),

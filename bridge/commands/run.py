@@ -61,18 +61,24 @@ async def run_both(
     *,
     gateway_ready: asyncio.Event | None = None,
     service_ready: asyncio.Event | None = None,
+    one_after_the_other: bool = False,
 ) -> None:
-    """Both roles until cancelled. Neither waits for the other: the gateway serves chargers
-    even while the broker (and so the service) is unreachable."""
+    """Both roles until cancelled. Normally neither waits for the other: the gateway serves
+    chargers even while the broker (and so the service) is unreachable. On the embedded broker
+    they connect one after the other: amqtt 0.12 can fail a connection that races another
+    client's subscriptions ("dictionary changed size during iteration")."""
+    service_ready = service_ready or asyncio.Event()
     async with asyncio.TaskGroup() as tg:
         tg.create_task(run_service(settings, ready=service_ready), name="charging-service")
+        if one_after_the_other:
+            await service_ready.wait()
         tg.create_task(run_gateway(settings, ready=gateway_ready), name="gateway")
 
 
 async def serve(settings: RunSettings) -> None:
     try:
         async with broker_for(settings) as effective:
-            await run_both(effective)
+            await run_both(effective, one_after_the_other=settings.embedded_broker)
     except BrokerPortInUse as exc:
         raise OSError(str(exc)) from None
 

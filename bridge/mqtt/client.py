@@ -337,6 +337,9 @@ class MqttClient:
                     backoff,
                 )
             finally:
+                lost = client._disconnected
+                if lost.done() and not lost.cancelled():
+                    lost.exception()  # logged above; retrieved so asyncio does not log it again
                 self._client = None
                 self.connected.clear()
                 self.disconnected.set()

@@ -135,6 +135,7 @@ async def test_demo_shows_completed_sessions_and_stops_cleanly_on_ctrl_c(tmp_pat
         assert proc.returncode == 0, err.decode()
     out = shown + rest.decode()
     assert "Traceback" not in err.decode()
+    assert " ERROR " not in err.decode(), err.decode()
     assert "chargers 3/3 online" in out
     assert "sessions completed" in out
     completed = [line for line in out.splitlines() if "completed: device" in line]
