@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import json
 import math
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -213,6 +214,10 @@ class ChargingSession:
     @property
     def active(self) -> bool:
         return self.status in ACTIVE
+
+    def to_json(self) -> str:
+        """The retained payload as compact JSON: stored and published from this one text."""
+        return json.dumps(self.to_payload(), separators=(",", ":"))
 
     def to_payload(self) -> dict[str, Any]:
         """The retained `{b}/sessions/{session_id}` payload, exactly as API.md section 6."""

@@ -106,7 +106,7 @@ class ChargingService:
         """Adopt retained state into an empty store, then republish everything we hold."""
         if not self.store.initialized:
             await self._adopt()
-        futures = [self._publish_session(s) for s in self.sessions.values()]
+        futures = [self._publish_session(s.session_id, s.to_json()) for s in self.sessions.values()]
         futures.append(self._publish_stats())
         await asyncio.gather(*futures)
         self.current.set()
@@ -161,16 +161,15 @@ class ChargingService:
             self.stats = stats
         self.store.commit(
             now=self.clock(),
-            sessions=self.sessions.values(),
+            sessions=[(s.session_id, s.to_json()) for s in self.sessions.values()],
             stats=self.stats,
             initialized=True,
         )
         log.info("adopted %d retained sessions (statistics: %s)", len(sessions), stats is not None)
 
     # --- publishing ----------------------------------------------------------------
-    def _publish_session(self, session: m.ChargingSession) -> asyncio.Future[None]:
-        payload = json.dumps(session.to_payload(), separators=(",", ":"))
-        return self.client.submit(self.topics.session(session.session_id), payload, retain=True)
+    def _publish_session(self, session_id: str, payload: str) -> asyncio.Future[None]:
+        return self.client.submit(self.topics.session(session_id), payload, retain=True)
 
     def _clear_session(self, session_id: str) -> asyncio.Future[None]:
         return self.client.submit(self.topics.session(session_id), b"", retain=True)
@@ -229,10 +228,11 @@ class ChargingService:
             deleted.append(session.session_id)
         if m.Effect.COMPLETED in effects and new is not None:
             seen = (*seen, settlement_key(new.device_id, new.port, new.session_id))
+        rows = [(s.session_id, s.to_json()) for s in changed]  # serialised once: store + publish
         self.store.commit(
-            now=self.clock(), sessions=changed, deleted=deleted, stats=self.stats, seen=seen
+            now=self.clock(), sessions=rows, deleted=deleted, stats=self.stats, seen=seen
         )
-        published = [self._publish_session(s) for s in changed]
+        published = [self._publish_session(sid, text) for sid, text in rows]
         published += [self._clear_session(sid) for sid in deleted]
         self._stats_changed.set()
         if received is not None:

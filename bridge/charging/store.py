@@ -63,19 +63,19 @@ class ChargingStore:
         self,
         *,
         now: float,
-        sessions: Iterable[ChargingSession] = (),
+        sessions: Iterable[tuple[str, str]] = (),
         deleted: Iterable[str] = (),
         stats: ChargingStats | None = None,
         seen: Iterable[str] = (),
         initialized: bool = False,
     ) -> None:
-        """Write all of one state change atomically."""
+        """Write all of one state change atomically; `sessions` are (session_id, JSON)."""
         db = self._db
         db.execute("BEGIN")
         try:
             db.executemany(
                 "INSERT OR REPLACE INTO sessions VALUES (?, ?)",
-                [(s.session_id, json.dumps(s.to_payload())) for s in sessions],
+                list(sessions),
             )
             db.executemany("DELETE FROM sessions WHERE session_id = ?", [(d,) for d in deleted])
             if stats is not None:
