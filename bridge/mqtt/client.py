@@ -33,8 +33,10 @@ from paho.mqtt.properties import Properties
 from pydantic import BaseModel, Field, field_validator
 
 from bridge.mqtt.outbox import Outbox, OutboxMessage
+from bridge.mqtt.paho_speedups import read_everything_available, share_property_tables
 
 log = logging.getLogger("chargebridge.mqtt")
+share_property_tables()
 
 BACKOFF_INITIAL_S = 1.0
 BACKOFF_MAX_S = 30.0
@@ -64,6 +66,10 @@ class MqttSettings(BaseModel):
     tls_ca_file: str | None = None
     tls_insecure: bool = False
     max_inflight: int = 100
+    # MQTT v5 Receive Maximum: QoS 1 messages the broker may send us unacknowledged (else
+    # the broker's own limit, Mosquitto's max_inflight_messages, 20 by default). A consumer
+    # that acknowledges after processing handles at most this many per batch.
+    receive_maximum: int | None = None
 
     @field_validator("url")
     @classmethod
@@ -270,6 +276,14 @@ class MqttClient:
         while True:
             yield await self._incoming.get()
 
+    async def batches(self, limit: int) -> AsyncIterator[list[aiomqtt.Message]]:
+        """Incoming messages in lists: all that have arrived, at most `limit`, at least one."""
+        while True:
+            batch = [await self._incoming.get()]
+            while len(batch) < limit and not self._incoming.empty():
+                batch.append(self._incoming.get_nowait())
+            yield batch
+
     def ack(self, message: aiomqtt.Message) -> None:
         """With `manual_ack`: tell the broker this QoS>0 message has been processed."""
         if self.settings.manual_ack and message.qos > 0 and self._client is not None:
@@ -283,9 +297,12 @@ class MqttClient:
         if s.will is not None:
             will = aiomqtt.Will(s.will.topic, s.will.payload, s.will.qos, s.will.retain)
         properties = None
-        if s.v5 and s.session_expiry_s is not None:
+        if s.v5 and (s.session_expiry_s is not None or s.receive_maximum is not None):
             properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
-            properties.SessionExpiryInterval = s.session_expiry_s
+            if s.session_expiry_s is not None:
+                properties.SessionExpiryInterval = s.session_expiry_s
+            if s.receive_maximum is not None:
+                properties.ReceiveMaximum = s.receive_maximum
         tls_context = None
         if s.tls:
             tls_context = ssl.create_default_context(cafile=s.tls_ca_file)
@@ -314,6 +331,7 @@ class MqttClient:
             **kwargs,
         )
         client.pending_calls_threshold = s.max_inflight + 10  # our window, not a leak
+        read_everything_available(client._client)
         if s.manual_ack:
             client._client.manual_ack_set(True)
         return client
@@ -364,8 +382,13 @@ class MqttClient:
                 task.result()
             self.disconnected.clear()
             self.connected.set()
-            async for message in client.messages:
+            messages = client.messages
+            async for message in messages:
                 await self._incoming.put(message)
+                # aiomqtt's iterator costs a task and a loop turn per message; take what
+                # else has arrived directly, so a consumer sees it as one batch.
+                for _ in range(len(messages)):
+                    await self._incoming.put(client._queue.get_nowait())
         finally:
             sender.cancel()
             with contextlib.suppress(asyncio.CancelledError):
