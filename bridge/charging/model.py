@@ -205,7 +205,9 @@ class ChargingSession:
     current_a: float | None = None
     temperature_c: float | None = None
     stop_reason: str | None = None
-    events: tuple[dict[str, Any], ...] = field(default=())
+    # The most recent events as compact JSON texts, newest last: each is serialised once,
+    # when it happens, not again on every later update of the session (see `to_json`).
+    events: tuple[str, ...] = field(default=())
 
     @property
     def order_no(self) -> str:
@@ -215,12 +217,21 @@ class ChargingSession:
     def active(self) -> bool:
         return self.status in ACTIVE
 
+    @property
+    def records(self) -> list[dict[str, Any]]:
+        """The events as dicts (`{"ts", "type", ...}`), oldest first."""
+        return [json.loads(text) for text in self.events]
+
     def to_json(self) -> str:
         """The retained payload as compact JSON: stored and published from this one text."""
-        return json.dumps(self.to_payload(), separators=(",", ":"))
+        head = json.dumps(self._head(), separators=(",", ":"))
+        return f'{head[:-1]},"events":[{",".join(self.events)}]}}'
 
     def to_payload(self) -> dict[str, Any]:
         """The retained `{b}/sessions/{session_id}` payload, exactly as API.md section 6."""
+        return {**self._head(), "events": self.records}
+
+    def _head(self) -> dict[str, Any]:
         return {
             "session_id": self.session_id,
             "device_id": self.device_id,
@@ -238,7 +249,6 @@ class ChargingSession:
             "temperature_c": self.temperature_c,
             "stop_reason": self.stop_reason,
             "last_update": iso(self.last_update),
-            "events": list(self.events),
         }
 
     @classmethod
@@ -265,7 +275,10 @@ class ChargingSession:
                 current_a=_opt_float(payload.get("current_a")),
                 temperature_c=_opt_float(payload.get("temperature_c")),
                 stop_reason=payload.get("stop_reason"),
-                events=tuple(dict(e) for e in payload.get("events") or ())[-MAX_EVENTS:],
+                events=tuple(
+                    json.dumps(dict(e), separators=(",", ":"))
+                    for e in (payload.get("events") or ())[-MAX_EVENTS:]
+                ),
             )
         except (KeyError, TypeError, AttributeError) as exc:
             raise ValueError(f"not a session payload: {exc!r}") from None
@@ -277,7 +290,7 @@ def _opt_float(value: Any) -> float | None:
 
 def _noted(session: ChargingSession, event: Event, **changes: Any) -> ChargingSession:
     """`session` with `changes`, the event appended to its history and `last_update` moved."""
-    events = (*session.events, event.record())[-MAX_EVENTS:]
+    events = (*session.events, json.dumps(event.record(), separators=(",", ":")))[-MAX_EVENTS:]
     now = event.ts if event.at is None else event.at
     return dataclasses.replace(session, events=events, last_update=now, **changes)
 
@@ -396,7 +409,8 @@ def transition(session: ChargingSession | None, event: Event) -> Result:
 
 def _stop_confirmed(session: ChargingSession) -> bool:
     """Whether the device already confirmed the latest stop request."""
-    for entry in reversed(session.events):
+    for text in reversed(session.events):
+        entry = json.loads(text)
         if entry["type"] in (StopAccepted.kind, StopRequested.kind):
             return bool(entry["type"] == StopAccepted.kind)
     return False

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 
 from hypothesis import given
 from hypothesis import strategies as st
@@ -90,7 +91,7 @@ def test_server_start_lifecycle() -> None:
     assert (s.energy_kwh, s.duration_s, s.max_power_w) == (0.13, 699, 250.0)
     assert s.start_time == T0 and s.end_time == T0 + 700
     assert s.stop_reason == "battery_full"
-    assert [e["type"] for e in s.events] == [
+    assert [e["type"] for e in s.records] == [
         "start_requested",
         "started",
         "power",
@@ -150,7 +151,7 @@ def test_refused_start_fails_with_the_reason() -> None:
     assert s is not None and s.status == "failed"
     assert s.stop_reason == "no charger plugged in" and s.end_time == T0 + 1
     assert steps[1] == {Effect.CHANGED}
-    assert s.events[-1] == {
+    assert s.records[-1] == {
         "ts": iso(T0 + 1),
         "type": "start_failed",
         "reason": "no charger plugged in",
@@ -178,7 +179,7 @@ def test_stop_then_settlement() -> None:
     assert s is not None and s.status == "completed"
     assert steps[2] == {Effect.CHANGED}
     assert steps[3] == {Effect.STOP_APPLIED, Effect.CHANGED}
-    assert [e["type"] for e in s.events][2:] == ["stop_requested", "stopped", "power", "settled"]
+    assert [e["type"] for e in s.records][2:] == ["stop_requested", "stopped", "power", "settled"]
 
 
 def test_refused_stop_returns_to_charging() -> None:
@@ -221,8 +222,8 @@ def test_history_is_bounded_newest_last() -> None:
     events += [power(T0 + i, energy=i / 1000) for i in range(1, 80)]
     s, _ = run(events)
     assert s is not None and len(s.events) == MAX_EVENTS
-    assert s.events[-1]["energy_kwh"] == 0.079
-    assert s.events[0]["ts"] == iso(T0 + 30)
+    assert s.records[-1]["energy_kwh"] == 0.079
+    assert s.records[0]["ts"] == iso(T0 + 30)
 
 
 def test_auto_port_learns_the_device_choice() -> None:
@@ -332,9 +333,27 @@ def test_stop_confirmed_by_event_and_response_counts_once() -> None:
 def test_last_update_is_when_the_service_applied_the_event() -> None:
     s, _ = run([requested(), PowerReported(**{**vars_of(power(T0 + 5)), "at": T0 + 7200})])
     assert s is not None and s.last_update == T0 + 7200
-    assert s.events[-1]["ts"] == iso(T0 + 5)
+    assert s.records[-1]["ts"] == iso(T0 + 5)
     assert transition(s, Tick(ts=T0 + 7300, session_timeout=900))[1] == frozenset()
 
 
 def vars_of(event: Event) -> dict[str, object]:
     return {f.name: getattr(event, f.name) for f in dataclasses.fields(event)}
+
+
+def test_the_stored_and_published_json_is_the_payload() -> None:
+    """`to_json` splices the events' stored texts in; it must equal the payload exactly."""
+    s, _ = run(
+        [
+            requested(T0),
+            StartAccepted(ts=T0 + 1, port=2),
+            power(T0 + 300, energy=0.05),
+        ]
+    )
+    assert s is not None
+    assert json.loads(s.to_json()) == s.to_payload()
+    assert list(s.to_payload()).index("events") == len(s.to_payload()) - 1
+    again = ChargingSession.from_payload(json.loads(s.to_json()))
+    assert again == s
+    empty = dataclasses.replace(s, events=())
+    assert json.loads(empty.to_json())["events"] == []

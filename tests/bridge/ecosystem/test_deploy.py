@@ -104,9 +104,10 @@ def test_charging_payload_models_match_the_service_output() -> None:
         energy_kwh=0.5,
         voltage_v=220.0,
         stop_reason="full",
-        events=({"ts": "2026-01-01T00:00:00.000Z", "type": "settled"},),
+        events=('{"ts":"2026-01-01T00:00:00.000Z","type":"settled"}',),
     )
     ChargingSessionPayload.model_validate(session.to_payload())
+    ChargingSessionPayload.model_validate_json(session.to_json())
     ChargingStatsPayload.model_validate(m.ChargingStats().to_payload(2, 1.0))
     ChargingResponsePayload.model_validate(
         {"request_id": "r", "ok": True, "message": "ok", "session": session.to_payload()}
