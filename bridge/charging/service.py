@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import hashlib
 import json
 import logging
@@ -45,9 +46,29 @@ from bridge.mqtt.topics import Topics
 log = logging.getLogger("chargebridge.charging")
 
 DEVICE_COMMANDS = ("start_charging", "stop_charging")
+# Messages handled per store transaction: as many as the broker has sent us, up to this.
+MAX_BATCH = 1000
 ADOPT_TIMEOUT_S = 10.0
 # Gateway results worth a resend: the device did not answer, or its command queue was full.
 RETRYABLE = frozenset({"timeout", "busy"})
+
+
+@dataclasses.dataclass
+class Batch:
+    """State changes of the messages handled together, written in ONE transaction."""
+
+    changed: dict[str, m.ChargingSession] = dataclasses.field(default_factory=dict)
+    deleted: set[str] = dataclasses.field(default_factory=set)
+    seen: dict[str, None] = dataclasses.field(default_factory=dict)  # ordered set
+    events: int = 0  # gateway event messages whose processing time is measured
+
+    def change(self, session: m.ChargingSession) -> None:
+        self.deleted.discard(session.session_id)
+        self.changed[session.session_id] = session
+
+    def delete(self, session_id: str) -> None:
+        self.changed.pop(session_id, None)
+        self.deleted.add(session_id)
 
 
 def new_order_no() -> str:
@@ -74,6 +95,7 @@ class ChargingService:
         self._replies: dict[str, asyncio.Future[dict[str, Any]]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._stats_changed = asyncio.Event()
+        self._batch: Batch | None = None  # set while `consume` handles a batch
         # Set by the first on_connect: nothing may be published before adoption has read
         # what the broker retains, or our empty state would overwrite it.
         self.current = asyncio.Event()
@@ -85,6 +107,7 @@ class ChargingService:
             clean_start=False,
             session_expiry_s=self.settings.mqtt_session_expiry_s,
             manual_ack=True,
+            receive_maximum=MAX_BATCH,
         )
 
     def subscriptions(self) -> list[tuple[str, int]]:
@@ -205,46 +228,62 @@ class ChargingService:
         event: m.Event,
         *,
         seen: tuple[str, ...] = (),
-        received: float | None = None,
+        received: bool = False,
     ) -> tuple[m.ChargingSession | None, frozenset[m.Effect]]:
-        """Run one transition, then persist (one transaction) and publish its result.
+        """Run one transition; its result is persisted (one transaction) and published with
+        the batch being handled, or at once outside a batch.
 
-        `received` (perf_counter) marks a gateway event message: it is counted as processed
-        (unless it is a resent settlement) and its processing time measured.
+        `received` marks a gateway event message: it is counted as processed (unless it is a
+        resent settlement) and its processing time measured.
         """
         new, effects = m.transition(session, event)
         if not seen and effects <= {m.Effect.IGNORED}:
             return new, effects
         self.stats = self.stats.tally(effects, new)
-        if received is not None and m.Effect.DUPLICATE not in effects:
+        batch = self._batch or Batch()
+        if received and m.Effect.DUPLICATE not in effects:
             self.stats = self.stats.add(total_events_processed=1)
-        deleted: list[str] = []
-        changed: list[m.ChargingSession] = []
+        if received:
+            batch.events += 1
         if new is not None and m.Effect.CHANGED in effects:
             self.sessions[new.session_id] = new
-            changed.append(new)
+            batch.change(new)
         elif m.Effect.EXPIRED in effects and session is not None:
             self.sessions.pop(session.session_id, None)
-            deleted.append(session.session_id)
+            batch.delete(session.session_id)
         if m.Effect.COMPLETED in effects and new is not None:
             seen = (*seen, settlement_key(new.device_id, new.port, new.session_id))
-        rows = [(s.session_id, s.to_json()) for s in changed]  # serialised once: store + publish
-        self.store.commit(
-            now=self.clock(), sessions=rows, deleted=deleted, stats=self.stats, seen=seen
-        )
-        published = [self._publish_session(sid, text) for sid, text in rows]
-        published += [self._clear_session(sid) for sid in deleted]
+        batch.seen.update(dict.fromkeys(seen))
         self._stats_changed.set()
-        if received is not None:
-            self._measure(published, received)
+        if self._batch is None:
+            self._flush(batch, time.perf_counter())
         return new, effects
 
-    def _measure(self, published: list[asyncio.Future[None]], received: float) -> None:
+    def _flush(self, batch: Batch, received: float) -> None:
+        """Commit a batch's changes, then publish each changed session once (its newest
+        state: the retained message is what matters)."""
+        rows = [(s.session_id, s.to_json()) for s in batch.changed.values()]
+        self.store.commit(
+            now=self.clock(),
+            sessions=rows,
+            deleted=batch.deleted,
+            stats=self.stats,
+            seen=batch.seen,
+        )
+        published = [self._publish_session(sid, text) for sid, text in rows]
+        published += [self._clear_session(sid) for sid in batch.deleted]
+        if batch.events:
+            self._measure(published, received, batch.events)
+
+    def _has_seen(self, key: str) -> bool:
+        return (self._batch is not None and key in self._batch.seen) or self.store.has_seen(key)
+
+    def _measure(self, published: list[asyncio.Future[None]], received: float, count: int) -> None:
         """Processing time: message receipt until the broker acknowledged its new state."""
 
         def done(_: object) -> None:
             elapsed_ms = (time.perf_counter() - received) * 1000.0
-            self._count(total_processing_time_ms=elapsed_ms, processing_samples=1)
+            self._count(total_processing_time_ms=elapsed_ms * count, processing_samples=count)
 
         if not published:
             done(None)
@@ -254,16 +293,31 @@ class ChargingService:
 
     # --- incoming messages ------------------------------------------------------------
     async def consume(self) -> None:
-        async for message in self.client.messages:
-            received = time.perf_counter()
-            try:
-                self.handle(message, received)
-            except Exception:
-                log.exception("processing a message on %s failed", message.topic)
-                self._count(processing_errors=1)
-            self.client.ack(message)
+        """Handle what the broker has sent as one batch: one transaction, then the acks.
 
-    def handle(self, message: aiomqtt.Message, received: float) -> None:
+        A message is acknowledged to the broker only after its effects are committed; if the
+        commit fails the service stops (unacknowledged, the messages are redelivered)."""
+        async for messages in self.client.batches(MAX_BATCH):
+            received = time.perf_counter()
+            self._batch = batch = Batch()
+            try:
+                for message in messages:
+                    try:
+                        self.handle(message)
+                    except Exception:
+                        log.exception("processing a message on %s failed", message.topic)
+                        self._count(processing_errors=1)
+            finally:
+                self._batch = None
+            try:
+                self._flush(batch, received)
+            except Exception:
+                log.critical("cannot write the state store %s; stopping", self.store.path)
+                raise
+            for message in messages:
+                self.client.ack(message)
+
+    def handle(self, message: aiomqtt.Message) -> None:
         topic = str(message.topic)
         payload = payload_bytes(message)
         action = self.topics.parse_charging_request(topic)
@@ -275,7 +329,7 @@ class ChargingService:
             return
         device_id, rest = parts
         if rest in ("event/port", "event/order"):
-            self.handle_event(topic, device_id, payload, received)
+            self.handle_event(topic, device_id, payload)
         elif rest.startswith("response/"):
             self.handle_reply(payload)
 
@@ -289,10 +343,10 @@ class ChargingService:
         if future is not None and not future.done():
             future.set_result(data)
 
-    def handle_event(self, topic: str, device_id: str, payload: bytes, received: float) -> None:
+    def handle_event(self, topic: str, device_id: str, payload: bytes) -> None:
         """One gateway event message, applied at most once however often it is delivered."""
         fingerprint = "msg:" + hashlib.sha256(topic.encode() + b"\0" + payload).hexdigest()
-        if self.store.has_seen(fingerprint):
+        if self._has_seen(fingerprint):
             self._commit_counts(duplicate_events=1)
             return
         try:
@@ -312,26 +366,30 @@ class ChargingService:
                 event.order_no,
             )
         if event.event is None or not self.settings.session_tracking:
-            self._commit_counts(fingerprint, total_events_processed=1)
-            self._measure([], received)
+            self._commit_counts(fingerprint, measured=True, total_events_processed=1)
             return
         session = self._session_for(event)
         if session is None and self._already_settled(event):
             self._commit_counts(fingerprint, duplicate_events=1)
             return
-        self.apply(session, event.event, seen=(fingerprint,), received=received)
+        self.apply(session, event.event, seen=(fingerprint,), received=True)
 
-    def _commit_counts(self, *seen: str, **counts: int) -> None:
+    def _commit_counts(self, *seen: str, measured: bool = False, **counts: int) -> None:
+        """Counts (and fingerprints) of a message that changes no session."""
         self.stats = self.stats.add(**counts)
-        self.store.commit(now=self.clock(), stats=self.stats, seen=seen)
+        batch = self._batch or Batch()
+        batch.seen.update(dict.fromkeys(seen))
+        batch.events += measured
         self._stats_changed.set()
+        if self._batch is None:
+            self._flush(batch, time.perf_counter())
 
     def _already_settled(self, event: DeviceEvent) -> bool:
         """A settlement resent after its session was cleared must not create it again."""
         if not isinstance(event.event, m.Settled):
             return False
         e = event.event
-        return self.store.has_seen(settlement_key(e.device_id, e.port, e.order_no))
+        return self._has_seen(settlement_key(e.device_id, e.port, e.order_no))
 
     def _session_for(self, event: DeviceEvent) -> m.ChargingSession | None:
         if event.order_no is not None:

@@ -185,3 +185,39 @@ async def test_empty_state_dir_adopts_what_the_broker_retains(
             total_energy_delivered_kwh=0.4,
             average_session_duration_s=500.0,
         )
+
+
+async def test_a_backlog_handled_as_one_batch_counts_each_event_once(
+    broker: Mosquitto, service_process: ServiceProcess
+) -> None:
+    """What queued while the service was down arrives at once and is handled as one batch
+    (one transaction): a redelivered copy and a resent settlement inside it count once."""
+    service_process.start()
+    async with (
+        watcher(broker) as w,
+        broker.client() as gw,
+    ):
+        await w.until(lambda: w.stats, timeout=20)
+        service_process.kill()
+        raw = await publish_event(gw, "port", power_event(0.05))
+        await gw.publish(f"{BASE}/devices/{DEV}/event/port", raw, qos=1)  # redelivered copy
+        await publish_event(gw, "port", power_event(0.15, duration_s=600))
+        await publish_event(gw, "order", settled_event(0.2, 700))
+        await publish_event(gw, "order", settled_event(0.2, 700, ts=1_790_001_800.0))
+        await publish_event(gw, "port", power_event(0.01, order_no=OTHER, port=1))
+
+        service_process.start()
+        done = await w.session(ORDER, "completed", timeout=20)
+        assert done["energy_kwh"] == 0.2
+        assert [e["type"] for e in done["events"]] == ["power", "power", "settled"]
+        await w.session(OTHER, "charging")
+        await w.stats_where(
+            total_events_processed=4,
+            power_update_events=3,
+            sessions_created=2,
+            sessions_completed=1,
+            duplicate_events=2,
+            processing_errors=0,
+            active_sessions=1,
+            total_energy_delivered_kwh=0.2,
+        )
