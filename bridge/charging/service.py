@@ -61,6 +61,10 @@ class Batch:
     deleted: set[str] = dataclasses.field(default_factory=set)
     seen: dict[str, None] = dataclasses.field(default_factory=dict)  # ordered set
     events: int = 0  # gateway event messages whose processing time is measured
+    # Fingerprints of the batch's messages looked up in the store in one query, and those
+    # the store already had.
+    looked_up: set[str] = dataclasses.field(default_factory=set)
+    known: set[str] = dataclasses.field(default_factory=set)
 
     def change(self, session: m.ChargingSession) -> None:
         self.deleted.discard(session.session_id)
@@ -276,7 +280,13 @@ class ChargingService:
             self._measure(published, received, batch.events)
 
     def _has_seen(self, key: str) -> bool:
-        return (self._batch is not None and key in self._batch.seen) or self.store.has_seen(key)
+        batch = self._batch
+        if batch is not None:
+            if key in batch.seen:
+                return True
+            if key in batch.looked_up:
+                return key in batch.known
+        return self.store.has_seen(key)
 
     def _measure(self, published: list[asyncio.Future[None]], received: float, count: int) -> None:
         """Processing time: message receipt until the broker acknowledged its new state."""
@@ -300,6 +310,8 @@ class ChargingService:
         async for messages in self.client.batches(MAX_BATCH):
             received = time.perf_counter()
             self._batch = batch = Batch()
+            batch.looked_up = {fingerprint(m) for m in messages}
+            batch.known = self.store.seen_among(batch.looked_up)
             try:
                 for message in messages:
                     try:
@@ -329,7 +341,7 @@ class ChargingService:
             return
         device_id, rest = parts
         if rest in ("event/port", "event/order"):
-            self.handle_event(topic, device_id, payload)
+            self.handle_event(message, device_id, payload)
         elif rest.startswith("response/"):
             self.handle_reply(payload)
 
@@ -343,10 +355,11 @@ class ChargingService:
         if future is not None and not future.done():
             future.set_result(data)
 
-    def handle_event(self, topic: str, device_id: str, payload: bytes) -> None:
+    def handle_event(self, message: aiomqtt.Message, device_id: str, payload: bytes) -> None:
         """One gateway event message, applied at most once however often it is delivered."""
-        fingerprint = "msg:" + hashlib.sha256(topic.encode() + b"\0" + payload).hexdigest()
-        if self._has_seen(fingerprint):
+        topic = str(message.topic)
+        key = fingerprint(message)
+        if self._has_seen(key):
             self._commit_counts(duplicate_events=1)
             return
         try:
@@ -355,7 +368,7 @@ class ChargingService:
             event = parse_event(device_id, parse_json_object(payload), self.clock())
         except RequestError as exc:
             log.warning("unusable event on %s: %s", topic, exc)
-            self._commit_counts(fingerprint, processing_errors=1)
+            self._commit_counts(key, processing_errors=1)
             return
         if self.settings.event_logging:
             log.info(
@@ -366,13 +379,13 @@ class ChargingService:
                 event.order_no,
             )
         if event.event is None or not self.settings.session_tracking:
-            self._commit_counts(fingerprint, measured=True, total_events_processed=1)
+            self._commit_counts(key, measured=True, total_events_processed=1)
             return
         session = self._session_for(event)
         if session is None and self._already_settled(event):
-            self._commit_counts(fingerprint, duplicate_events=1)
+            self._commit_counts(key, duplicate_events=1)
             return
-        self.apply(session, event.event, seen=(fingerprint,), received=True)
+        self.apply(session, event.event, seen=(key,), received=True)
 
     def _commit_counts(self, *seen: str, measured: bool = False, **counts: int) -> None:
         """Counts (and fingerprints) of a message that changes no session."""
@@ -588,6 +601,12 @@ class ChargingService:
             task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+def fingerprint(message: aiomqtt.Message) -> str:
+    """Names one message, topic and payload: a redelivery has the same fingerprint."""
+    digest = hashlib.sha256(str(message.topic).encode() + b"\0" + payload_bytes(message))
+    return "msg:" + digest.hexdigest()
 
 
 def settlement_key(device_id: str, port: int | None, order_no: str) -> str:
