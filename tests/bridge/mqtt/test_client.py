@@ -158,3 +158,20 @@ def test_settings_reject_bad_urls() -> None:
         "p@ss",
     )
     assert "p%40ss" not in s.redacted_url()
+
+
+async def test_a_message_paho_refuses_fails_alone_and_the_rest_go_out(broker: Mosquitto) -> None:
+    async with (
+        broker.client() as sub,
+        MqttClient(settings(broker, client_id="t-refused")) as mqtt,
+    ):
+        await sub.subscribe("chargebridge/t/#", qos=1)
+        await mqtt.wait_connected()
+        bad = mqtt.submit("chargebridge/t/#", b"a wildcard is no topic to publish on")
+        good = mqtt.submit("chargebridge/t/ok", b"after")
+        with pytest.raises(aiomqtt.MqttError, match="could not publish"):
+            await asyncio.wait_for(bad, 10)
+        await asyncio.wait_for(good, 10)
+        [msg] = await next_messages(sub, 1)
+        assert (str(msg.topic), msg.payload) == ("chargebridge/t/ok", b"after")
+        assert mqtt.queued == 0
