@@ -57,6 +57,12 @@ def rss_kib(pid: int) -> int:
     return int(match.group(1)) if match else 0
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time a process has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def percentile(samples: list[float], q: float) -> float | None:
     if not samples:
         return None
@@ -93,6 +99,7 @@ class Procs:
     def __init__(self) -> None:
         self.tmp = Path(tempfile.mkdtemp(prefix="chargebridge-bench-"))
         self.children: list[subprocess.Popen[bytes]] = []
+        self.named: dict[str, subprocess.Popen[bytes]] = {}  # the latest child of each name
 
     def __enter__(self) -> Procs:
         return self
@@ -114,7 +121,12 @@ class Procs:
         kw.setdefault("stdout", log)
         proc = subprocess.Popen(args, stderr=log, cwd=ROOT, **kw)
         self.children.append(proc)
+        self.named[name] = proc
         return proc
+
+    def cpu(self, *names: str) -> dict[str, float]:
+        """CPU seconds used so far by the named children."""
+        return {name: cpu_seconds(self.named[name].pid) for name in names}
 
     def log_tail(self, name: str, lines: int = 20) -> str:
         path = self.tmp / f"{name}.log"

@@ -98,7 +98,11 @@ def session_id(index: int) -> str:
     return (0xB0 << 120 | index).to_bytes(16, "big").hex().upper()
 
 
+MEASURED = ("gateway", "service", "mosquitto")
+
+
 def run_phase(
+    procs: Procs,
     load: subprocess.Popen[bytes],
     lines: LineReader,
     sessions: Sessions,
@@ -107,12 +111,14 @@ def run_phase(
     count: int,
 ) -> dict[str, Any]:
     assert load.stdin is not None
+    before = procs.cpu(*MEASURED)
     load.stdin.write(f"go {rate} {count}\n".encode())
     load.stdin.flush()
     _, sent = lines.wait("sent", 600)
     frames = sent["frames"]
     keys = [(session_id(int(i)), int(d)) for i, d, _ in frames]
     sessions.wait_for(keys, 120)
+    used = procs.cpu(*MEASURED)
     send_s = frames[-1][2] - frames[0][2]
     return {
         "rate": rate or "max",
@@ -120,6 +126,9 @@ def run_phase(
         "sent_per_s": round(count / send_s, 1) if send_s > 0 else None,
         **arrivals(frames, keys, sessions),
         "gateway_stage": arrivals(frames, keys, events),
+        "cpu_us_per_frame": {
+            name: round((used[name] - before[name]) / count * 1e6, 1) for name in MEASURED
+        },
     }
 
 
@@ -176,7 +185,7 @@ def main() -> None:
         time.sleep(1.0)  # registration events settle before the clock starts
         results = []
         for rate, count in phases:
-            ours = run_phase(load, lines, sessions, events, rate, count)
+            ours = run_phase(procs, load, lines, sessions, events, rate, count)
             ref = paho_reference(mqtt_port, count, rate=rate or None)
             ours["reference_paho"] = ref
             for stage in (ours, ours["gateway_stage"]):
