@@ -58,18 +58,9 @@ async def main(args: argparse.Namespace) -> None:
             await fleet.wait_until(lambda s: s.registered < n)
             say("dropped", stats=fleet.snapshot())
             acked = fleet.stats.heartbeats_acked
-            failures: list[float] = []  # when each failed connect attempt was noticed
-            seen = [fleet.stats.connect_failures]
+            since = time.monotonic()
 
-            def back(
-                s: FleetStats,
-                want: int = acked + n,
-                failures: list[float] = failures,
-                seen: list[int] = seen,
-            ) -> bool:
-                if s.connect_failures > seen[0]:
-                    failures.extend([time.monotonic()] * (s.connect_failures - seen[0]))
-                    seen[0] = s.connect_failures
+            def back(s: FleetStats, want: int = acked + n) -> bool:
                 return all_back(s) and s.heartbeats_acked >= want
 
             await fleet.wait_until(back)
@@ -77,7 +68,8 @@ async def main(args: argparse.Namespace) -> None:
                 "all_registered",
                 stats=fleet.snapshot(),
                 latencies_s=fleet.stats.latencies_s,
-                failure_times=failures,
+                # When each failed attempt STARTED (CLOCK_MONOTONIC) and why it failed.
+                failures=[[t, why] for t, why in fleet.stats.failed_connects if t >= since],
             )
         await stop.wait()
 

@@ -383,5 +383,5 @@ class FleetProcs:
             "t": max(line["t"] for line in lines),
             "stats": stats,
             "latencies_s": [x for line in lines for x in line.get("latencies_s", [])],
-            "failure_times": [x for line in lines for x in line.get("failure_times", [])],
+            "failures": [x for line in lines for x in line.get("failures", [])],
         }

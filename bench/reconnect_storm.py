@@ -5,8 +5,9 @@ one JSON object with, per round:
 - `down_s`: from the signal until the new gateway listens;
 - `all_registered_s`: from the new gateway listening until every charger is registered again
   and has a heartbeat answered;
-- `refused`: connection attempts that failed (refused, reset, timed out) after the new gateway
-  was listening; `connect_failures_total` counts those made while it was down, too.
+- `refused`: connection attempts STARTED after the new gateway was listening that failed
+  (refused, reset, timed out), with `refused_why` (errno names); `failed_while_down` counts
+  the attempts started before, which fail by design.
 The reference: raw paho-mqtt carrying as many QoS 1 messages as the gateway published for the
 storm (11 per charger), unpaced, through the same broker; `ratio_to_reference` compares the
 time the gateway took to republish the fleet's state with the time raw paho needs for it.
@@ -19,6 +20,7 @@ from __future__ import annotations
 import argparse
 import signal
 import time
+from collections import Counter as Counter_
 from typing import Any
 
 from _harness import (
@@ -72,8 +74,9 @@ def main() -> None:
                     "down_s": round(t_up - t_signal, 2),
                     "all_registered_s": round(back["t"] - t_up, 2),
                     "all_published_s": round(t_published - t_up, 2),
-                    "refused": sum(1 for t in back["failure_times"] if t > t_up),
-                    "failed_while_down": sum(1 for t in back["failure_times"] if t <= t_up),
+                    "refused": sum(1 for t, _ in back["failures"] if t > t_up),
+                    "refused_why": dict(Counter_(why for t, why in back["failures"] if t > t_up)),
+                    "failed_while_down": sum(1 for t, _ in back["failures"] if t <= t_up),
                     "connected": back["stats"].get("connected"),
                     "ack_latency_ms_p99_whole_run": round((percentile(lat, 99) or 0) * 1000, 1),
                 }

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import math
 import random
@@ -339,6 +340,7 @@ class Fleet:
         self._protocols.add(proto)
         sources = self.config.local_hosts
         local = (sources[driver.index % len(sources)], 0) if sources else None
+        started = time.monotonic()
         try:
             async with asyncio.timeout(self.config.connect_timeout_s):
                 await self.loop.create_connection(
@@ -347,6 +349,8 @@ class Fleet:
         except (OSError, TimeoutError) as exc:
             self._protocols.discard(proto)
             self.stats.connect_failures += 1
+            why = errno.errorcode.get(exc.errno or 0, type(exc).__name__)
+            self.stats.failed_connects.append((started, why))
             self.changed.set()
             log.debug("device %08X: connect failed: %s", driver.device.physical_id, exc)
             self._reconnect_later(driver)

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import random
+from collections import deque
 from dataclasses import dataclass, field, fields
 from typing import Any
 
 LATENCY_SAMPLES = 10_000
 """Reservoir size for acknowledgement latencies: enough for percentiles, bounded memory."""
+FAILURES_KEPT = 10_000
+"""The most recent failed connection attempts kept (when and why), for benchmarks."""
 
 
 @dataclass(slots=True)
@@ -33,6 +36,10 @@ class FleetStats:
     frames_received: int = 0
     bad_frames: int = 0
     latencies_s: list[float] = field(default_factory=list)
+    failed_connects: deque[tuple[float, str]] = field(
+        default_factory=lambda: deque(maxlen=FAILURES_KEPT)
+    )
+    """(time.monotonic() when the attempt STARTED, why it failed) of recent failed connects."""
     _latency_seen: int = 0
     _rng: random.Random = field(default_factory=lambda: random.Random(0))
 
@@ -51,7 +58,7 @@ class FleetStats:
         out: dict[str, Any] = {
             f.name: getattr(self, f.name)
             for f in fields(self)
-            if not f.name.startswith("_") and f.name != "latencies_s"
+            if not f.name.startswith("_") and f.name not in ("latencies_s", "failed_connects")
         }
         samples = sorted(round(x / time_scale, 6) for x in self.latencies_s)
         out["energy_reported_kwh"] = round(out.pop("energy_reported_wh") / 1000.0, 3)
