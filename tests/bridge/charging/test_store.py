@@ -1,0 +1,71 @@
+"""The SQLite store alone: sessions, statistics and fingerprints survive a reopen."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+from bridge.charging.model import (
+    MAX_EVENTS,
+    ChargingSession,
+    ChargingStats,
+    PowerReported,
+    transition,
+)
+from bridge.charging.store import ChargingStore
+
+ORDER = "0123456789ABCDEF0123456789ABCDEF"
+T0 = 1_790_000_000.0
+
+
+def reported(n: int, session: ChargingSession | None = None) -> ChargingSession:
+    """`session` after n more power reports (a new session if None)."""
+    start = 0 if session is None else session.duration_s
+    for i in range(start + 1, start + n + 1):
+        event = PowerReported(
+            ts=T0 + i,
+            order_no=ORDER,
+            device_id="04AB373B",
+            port=1,
+            power_w=200.0,
+            energy_kwh=i / 1000,
+            duration_s=i,
+        )
+        session, _ = transition(session, event)
+    assert session is not None
+    return session
+
+
+def test_sessions_and_stats_survive_a_reopen(tmp_path: Path) -> None:
+    store = ChargingStore(tmp_path)
+    session = reported(3)
+    stats = ChargingStats(power_update_events=3, total_events_processed=3)
+    store.commit(
+        now=T0,
+        sessions=[(ORDER, session.to_json())],
+        stats=stats,
+        seen=["msg:1"],
+        initialized=True,
+    )
+    store.close()
+    again = ChargingStore(tmp_path)
+    sessions, loaded_stats = again.load()
+    assert sessions == {ORDER: session}
+    assert sessions[ORDER].to_json() == session.to_json()
+    assert loaded_stats == stats
+    assert again.initialized and again.has_seen("msg:1")
+    assert again.seen_among(["msg:1", "msg:2"]) == {"msg:1"}
+
+
+def test_the_latest_state_and_deletions_are_what_a_reopen_finds(tmp_path: Path) -> None:
+    store = ChargingStore(tmp_path)
+    session = reported(1)
+    for _ in range(MAX_EVENTS + 5):
+        session = reported(1, session)
+        store.commit(now=T0, sessions=[(ORDER, session.to_json())])
+    other = dataclasses.replace(reported(2), session_id="B" * 32)
+    store.commit(now=T0, sessions=[(other.session_id, other.to_json())])
+    store.commit(now=T0, deleted=[other.session_id])
+    store.close()
+    loaded = ChargingStore(tmp_path).load()[0]
+    assert loaded == {ORDER: session} and len(session.events) == MAX_EVENTS
