@@ -307,7 +307,7 @@ class ChargingService:
 
         A message is acknowledged to the broker only after its effects are committed; if the
         commit fails the service stops (unacknowledged, the messages are redelivered)."""
-        async for messages in self.client.batches(MAX_BATCH):
+        async for messages in self.client.batches(MAX_BATCH, self.settings.batch_interval_s):
             received = time.perf_counter()
             self._batch = batch = Batch()
             batch.looked_up = {fingerprint(m) for m in messages}

@@ -44,6 +44,13 @@ class ChargingSettings(CommonSettings):
     retry_backoff_s: float = Field(
         default=2.0, ge=0, description="pause before the first resend, doubling"
     )
+    batch_interval_s: float = Field(
+        default=0.005,
+        ge=0,
+        le=1,
+        description="group commit: under load, at most one store transaction (and one "
+        "publish per changed session) per this many seconds; 0: one per event-loop turn",
+    )
     cleanup_interval_s: float = Field(
         default=60.0, gt=0, description="seconds between checks for timeout and retention"
     )

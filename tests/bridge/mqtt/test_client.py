@@ -175,3 +175,22 @@ async def test_a_message_paho_refuses_fails_alone_and_the_rest_go_out(broker: Mo
         [msg] = await next_messages(sub, 1)
         assert (str(msg.topic), msg.payload) == ("chargebridge/t/ok", b"after")
         assert mqtt.queued == 0
+
+
+async def test_batches_group_what_arrives_within_the_interval(broker: Mosquitto) -> None:
+    subs = [("chargebridge/t/batch", 1)]
+    async with (
+        MqttClient(settings(broker, client_id="t-batch-pub")) as pub,
+        MqttClient(settings(broker, client_id="t-batch-sub"), subscriptions=subs) as sub,
+    ):
+        await asyncio.gather(pub.wait_connected(), sub.wait_connected())
+        batches = sub.batches(limit=100, every=0.5)
+        await pub.publish("chargebridge/t/batch", b"first")
+        first = await asyncio.wait_for(anext(batches), 10)
+        assert [m.payload for m in first] == [b"first"]
+        # The consumer waits already; handed out just now, the next list is not made before
+        # 0.5 s have passed, so the messages sent meanwhile come together.
+        waiting = asyncio.ensure_future(anext(batches))
+        await asyncio.gather(*(pub.submit("chargebridge/t/batch", b"%d" % i) for i in range(5)))
+        second = await asyncio.wait_for(waiting, 10)
+        assert [m.payload for m in second] == [b"0", b"1", b"2", b"3", b"4"]
