@@ -276,9 +276,7 @@ class MqttClient:
         while True:
             yield await self._incoming.get()
 
-    async def batches(
-        self, limit: int, every: float = 0.0
-    ) -> AsyncIterator[list[aiomqtt.Message]]:
+    async def batches(self, limit: int, every: float = 0.0) -> AsyncIterator[list[aiomqtt.Message]]:
         """Incoming messages in lists: all that have arrived, at most `limit`, at least one.
 
         With `every` (seconds), a list is not made sooner than `every` after the previous
