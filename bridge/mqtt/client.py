@@ -33,7 +33,11 @@ from paho.mqtt.properties import Properties
 from pydantic import BaseModel, Field, field_validator
 
 from bridge.mqtt.outbox import Outbox, OutboxMessage
-from bridge.mqtt.paho_speedups import read_everything_available, share_property_tables
+from bridge.mqtt.paho_speedups import (
+    read_everything_available,
+    share_property_tables,
+    write_in_bulk,
+)
 
 log = logging.getLogger("chargebridge.mqtt")
 share_property_tables()
@@ -341,6 +345,7 @@ class MqttClient:
             **kwargs,
         )
         read_everything_available(client._client)
+        write_in_bulk(client._client)
         if s.manual_ack:
             client._client.manual_ack_set(True)
         return client
