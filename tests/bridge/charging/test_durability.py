@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 import signal
+import sqlite3
 import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from bridge.charging.service import run_service
+from bridge.charging.store import ChargingStore
 from tests.bridge.charging.harness import (
     BASE,
     DEV,
@@ -221,3 +226,33 @@ async def test_a_backlog_handled_as_one_batch_counts_each_event_once(
             active_sessions=1,
             total_energy_delivered_kwh=0.2,
         )
+
+
+async def test_a_store_that_cannot_commit_stops_the_service_and_the_event_stays_queued(
+    broker: Mosquitto, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Nothing is acknowledged that was not written: a failing commit (disk full, I/O error)
+    stops the service, and the next one gets the event from the broker."""
+    settings = settings_for(broker, tmp_path / "state")
+    commit = ChargingStore.commit
+
+    def failing(self: ChargingStore, **kw: Any) -> None:
+        if kw.get("seen"):  # the transaction of a processed message
+            raise sqlite3.OperationalError("disk I/O error")
+        commit(self, **kw)
+
+    monkeypatch.setattr(ChargingStore, "commit", failing)
+    async with watcher(broker) as w, broker.client() as gw:
+        ready = asyncio.Event()
+        service = asyncio.create_task(run_service(settings, ready=ready))
+        await asyncio.wait_for(ready.wait(), 10)
+        await publish_event(gw, "port", power_event(0.05))
+        with pytest.raises(BaseExceptionGroup) as stopped:
+            await asyncio.wait_for(service, 10)
+        assert stopped.group_contains(sqlite3.OperationalError)
+        assert ORDER not in w.sessions
+
+        monkeypatch.undo()
+        async with running_service(settings):
+            await w.session(ORDER, "charging")
+            await w.stats_where(total_events_processed=1, sessions_created=1, duplicate_events=0)
