@@ -432,17 +432,21 @@ class MqttClient:
         gateway's CPU at 5,000 events/s. paho's `on_publish` (the PUBACK) completes them.
         """
         inner = client._client  # aiomqtt exposes no publish without a task per message
-        pending: dict[int, int] = {}  # paho message id -> outbox seq, this connection only
+        pending: dict[int, OutboxMessage] = {}  # by paho message id, this connection only
         chained = inner.on_publish
 
         def on_publish(c: paho.Client, userdata: Any, mid: int, *rest: Any) -> None:
-            seq = pending.pop(mid, None)
-            if seq is None:
+            message = pending.pop(mid, None)
+            if message is None:
                 if chained is not None:
                     chained(c, userdata, mid, *rest)
                 return
-            self.outbox.acked(seq)
-            self._settle(seq)
+            reason = rest[0] if rest else None
+            if getattr(reason, "is_failure", False):  # MQTT v5: e.g. not authorised (ACL)
+                self._refused(message, f"the broker refused it: {reason}")
+            else:
+                self.outbox.acked(message.seq)
+                self._settle(message.seq)
             self._wakeup.set()
 
         inner.on_publish = on_publish
@@ -451,7 +455,7 @@ class MqttClient:
             while len(pending) < limit and (message := self.outbox.take()) is not None:
                 mid = self._publish_now(inner, message)
                 if mid is not None:
-                    pending[mid] = message.seq
+                    pending[mid] = message
             self._wakeup.clear()
             await self._wakeup.wait()
 
@@ -469,11 +473,15 @@ class MqttClient:
             if info.rc in (paho.MQTT_ERR_NO_CONN, paho.MQTT_ERR_CONN_LOST):
                 return None  # stays in flight; requeued when the connection loop notices
             rc = info.rc
-        error = aiomqtt.MqttError(f"could not publish on {message.topic}: {rc}")
-        self.outbox.failed(message.seq)
-        self._settle(message.seq, error)
-        log.error("broker refused a message on %s: %s", message.topic, rc)
+        self._refused(message, f"paho refused it: {rc}")
         return None
+
+    def _refused(self, message: OutboxMessage, why: str) -> None:
+        """A message that cannot be published as it is: it fails alone, the rest go on."""
+        self.outbox.failed(message.seq)
+        error = aiomqtt.MqttError(f"could not publish on {message.topic}: {why}")
+        self._settle(message.seq, error)
+        log.error("could not publish a message on %s: %s", message.topic, why)
 
 
 def payload_bytes(message: aiomqtt.Message) -> bytes:

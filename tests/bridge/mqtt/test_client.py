@@ -194,3 +194,15 @@ async def test_batches_group_what_arrives_within_the_interval(broker: Mosquitto)
         await asyncio.gather(*(pub.submit("chargebridge/t/batch", b"%d" % i) for i in range(5)))
         second = await asyncio.wait_for(waiting, 10)
         assert [m.payload for m in second] == [b"0", b"1", b"2", b"3", b"4"]
+
+
+async def test_a_message_the_broker_refuses_fails_and_is_not_taken_as_published(
+    broker: Mosquitto,
+) -> None:
+    """MQTT v5: Mosquitto answers a publish its ACL denies with PUBACK "not authorised"."""
+    monitor = MqttSettings(url=broker.url_for("monitor"), client_id="t-acl-refused")
+    async with MqttClient(monitor) as mqtt:
+        await mqtt.wait_connected()
+        with pytest.raises(aiomqtt.MqttError, match="refused"):
+            await asyncio.wait_for(mqtt.publish("chargebridge/charging/request/start", b"{}"), 10)
+        assert mqtt.queued == 0
