@@ -310,12 +310,13 @@ class ChargingService:
         async for messages in self.client.batches(MAX_BATCH, self.settings.batch_interval_s):
             received = time.perf_counter()
             self._batch = batch = Batch()
-            batch.looked_up = {fingerprint(m) for m in messages}
-            batch.known = self.store.seen_among(batch.looked_up)
+            keys = [fingerprint(m) for m in messages]
+            batch.looked_up = set(keys)
+            batch.known = self.store.seen_among(keys)
             try:
-                for message in messages:
+                for message, key in zip(messages, keys, strict=True):
                     try:
-                        self.handle(message)
+                        self.handle(message, key)
                     except Exception:
                         log.exception("processing a message on %s failed", message.topic)
                         self._count(processing_errors=1)
@@ -329,7 +330,8 @@ class ChargingService:
             for message in messages:
                 self.client.ack(message)
 
-    def handle(self, message: aiomqtt.Message) -> None:
+    def handle(self, message: aiomqtt.Message, key: str) -> None:
+        """One message; `key` is its fingerprint."""
         topic = str(message.topic)
         payload = payload_bytes(message)
         action = self.topics.parse_charging_request(topic)
@@ -341,7 +343,7 @@ class ChargingService:
             return
         device_id, rest = parts
         if rest in ("event/port", "event/order"):
-            self.handle_event(message, device_id, payload)
+            self.handle_event(topic, key, device_id, payload)
         elif rest.startswith("response/"):
             self.handle_reply(payload)
 
@@ -355,10 +357,9 @@ class ChargingService:
         if future is not None and not future.done():
             future.set_result(data)
 
-    def handle_event(self, message: aiomqtt.Message, device_id: str, payload: bytes) -> None:
-        """One gateway event message, applied at most once however often it is delivered."""
-        topic = str(message.topic)
-        key = fingerprint(message)
+    def handle_event(self, topic: str, key: str, device_id: str, payload: bytes) -> None:
+        """One gateway event message, applied at most once however often it is delivered
+        (`key`, its fingerprint, names it)."""
         if self._has_seen(key):
             self._commit_counts(duplicate_events=1)
             return

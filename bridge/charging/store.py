@@ -1,11 +1,10 @@
 """The service's durable state: SQLite (WAL) under `--state-dir`.
 
 Sessions, statistics and the fingerprints of processed messages are written in ONE
-transaction per processed message, before the message is acknowledged to the broker, so a
-crash either loses the message (the broker redelivers it) or keeps all of its effects (the
-redelivery is recognised by its fingerprint and skipped). `synchronous=FULL`: a commit
-survives a power cut too; at the rates of charging events (a 0x06 per port every 5 min) its
-fsync costs nothing that matters (docs/charging.md gives the measured figure).
+transaction per batch of processed messages, before those messages are acknowledged to the
+broker, so a crash either loses them (the broker redelivers them) or keeps all of their
+effects (a redelivery is recognised by its fingerprint and skipped). `synchronous=FULL`: a
+commit survives a power cut too (docs/charging.md and docs/performance.md give the cost).
 """
 
 from __future__ import annotations
