@@ -22,6 +22,7 @@ import contextlib
 import logging
 import math
 import ssl
+import weakref
 from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any, Literal
 from urllib.parse import unquote, urlsplit
@@ -160,6 +161,12 @@ class MqttClient:
             self._empty.set()
         self._wakeup = asyncio.Event()
         self._incoming: asyncio.Queue[aiomqtt.Message] = asyncio.Queue(max_incoming)
+        # The connection each message to acknowledge came on: an acknowledgement belongs
+        # to it (message ids are per connection), so one from an earlier connection is
+        # not sent; the broker redelivers that message on the new one.
+        self._came_on: weakref.WeakKeyDictionary[aiomqtt.Message, aiomqtt.Client] = (
+            weakref.WeakKeyDictionary()
+        )
         self._client: aiomqtt.Client | None = None
         self._task: asyncio.Task[None] | None = None
 
@@ -299,10 +306,13 @@ class MqttClient:
             yield batch
 
     def ack(self, message: aiomqtt.Message) -> None:
-        """With `manual_ack`: tell the broker this QoS>0 message has been processed."""
-        if self.settings.manual_ack and message.qos > 0 and self._client is not None:
-            # If the connection dropped since, the broker redelivers the message anyway.
-            self._client._client.ack(message.mid, message.qos)
+        """With `manual_ack`: tell the broker this QoS>0 message has been processed.
+
+        Not sent if the message came on an earlier connection: the broker redelivers it on
+        this one (and the consumer recognises the redelivery)."""
+        client = self._came_on.pop(message, None)
+        if client is not None and client is self._client:
+            client._client.ack(message.mid, message.qos)
 
     # --- internals ------------------------------------------------------------------
     def _make_client(self) -> aiomqtt.Client:
@@ -398,15 +408,20 @@ class MqttClient:
             self.connected.set()
             messages = client.messages
             async for message in messages:
-                await self._incoming.put(message)
+                await self._deliver(client, message)
                 # aiomqtt's iterator costs a task and a loop turn per message; take what
                 # else has arrived directly, so a consumer sees it as one batch.
                 for _ in range(len(messages)):
-                    await self._incoming.put(client._queue.get_nowait())
+                    await self._deliver(client, client._queue.get_nowait())
         finally:
             sender.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await sender
+
+    async def _deliver(self, client: aiomqtt.Client, message: aiomqtt.Message) -> None:
+        if self.settings.manual_ack and message.qos > 0:
+            self._came_on[message] = client
+        await self._incoming.put(message)
 
     def _requeue_inflight(self) -> None:
         """Unacknowledged messages go back to the front, in their original order."""

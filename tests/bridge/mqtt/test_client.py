@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
+from typing import Any
 
 import aiomqtt
 import pytest
@@ -206,3 +207,45 @@ async def test_a_message_the_broker_refuses_fails_and_is_not_taken_as_published(
         with pytest.raises(aiomqtt.MqttError, match="refused"):
             await asyncio.wait_for(mqtt.publish("chargebridge/charging/request/start", b"{}"), 10)
         assert mqtt.queued == 0
+
+
+async def test_a_message_from_an_earlier_connection_is_not_acked_on_the_new_one(
+    broker: Mosquitto,
+) -> None:
+    """Message ids belong to a connection: acknowledging an old message on a new connection
+    could acknowledge a different one. It is left to the broker, which redelivers it."""
+    s = settings(broker, client_id="svc-gen", clean_start=False, session_expiry_s=3600)
+    s = s.model_copy(update={"manual_ack": True})
+    async with MqttClient(s, subscriptions=[("chargebridge/jobs/#", 1)]) as mqtt:
+        await asyncio.wait_for(mqtt.wait_connected(), 10)
+        async with broker.client() as pub:
+            await pub.publish("chargebridge/jobs/1", b"job", qos=1)
+        batches = mqtt.batches(limit=10)
+        [old] = await asyncio.wait_for(anext(batches), 10)
+        broker.stop()
+        async with asyncio.timeout(10):
+            await mqtt.disconnected.wait()
+        broker.start()
+        await asyncio.wait_for(mqtt.wait_connected(), 20)
+        sent = acks_sent(mqtt)
+        mqtt.ack(old)  # from the first connection
+        assert sent == []
+        [again] = await asyncio.wait_for(anext(batches), 20)
+        assert (again.payload, again.mid) == (b"job", old.mid)
+        mqtt.ack(again)
+        assert sent == [again.mid]
+
+
+def acks_sent(mqtt: MqttClient) -> list[int]:
+    """The message ids the current connection acknowledges from now on."""
+    assert mqtt._client is not None
+    inner = mqtt._client._client
+    sent: list[int] = []
+    real_ack = inner.ack
+
+    def ack(mid: int, qos: int) -> Any:
+        sent.append(mid)
+        return real_ack(mid, qos)
+
+    inner.ack = ack  # type: ignore[method-assign]
+    return sent
