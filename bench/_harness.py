@@ -9,6 +9,7 @@ paho-mqtt reference runs through the same broker in the same run.
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import json
 import os
@@ -57,10 +58,24 @@ def rss_kib(pid: int) -> int:
     return int(match.group(1)) if match else 0
 
 
+def cpu_times(pid: int) -> tuple[float, float]:
+    """(user, system) CPU seconds a process has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    tick = os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / tick, int(fields[12]) / tick
+
+
 def cpu_seconds(pid: int) -> float:
     """User + system CPU time a process has used so far."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return sum(cpu_times(pid))
+
+
+def written_bytes(pid: int) -> int:
+    """Bytes a process has caused to be written to storage so far (/proc/PID/io)."""
+    for line in Path(f"/proc/{pid}/io").read_text().splitlines():
+        if line.startswith("write_bytes:"):
+            return int(line.split()[1])
+    return 0
 
 
 def percentile(samples: list[float], q: float) -> float | None:
@@ -385,3 +400,56 @@ class FleetProcs:
             "latencies_s": [x for line in lines for x in line.get("latencies_s", [])],
             "failures": [x for line in lines for x in line.get("failures", [])],
         }
+
+
+DURATION = re.compile(rb'"duration_s":(\d+)')
+
+
+class SessionStates:
+    """When the state of each (session_id, duration_s) was first seen on the sessions topics
+    (or, with `id_key="order_no"`, on the gateway's port events).
+
+    The service publishes a session's newest state once per batch it handles, so a frame
+    whose update was superseded in the same batch has no message of its own: it counts as
+    delivered when a state at least as new (same session, duration_s >= its own) arrives,
+    which is what a subscriber to the retained state sees. The fields are found with a
+    regular expression, not a JSON parse of the 8 KB session (the first `duration_s` is the
+    session's own, before its `events`), so that the watcher costs little CPU next to the
+    system it measures.
+    """
+
+    def __init__(self, id_key: str = "session_id") -> None:
+        self.pattern = re.compile(rb'"%s":"([0-9A-F]+)"' % id_key.encode())
+        self.durations: dict[str, list[int]] = {}  # per id: running maximum, arrival order
+        self.times: dict[str, list[float]] = {}
+        self.cond = threading.Condition()
+
+    def __call__(self, topic: str, payload: bytes, now: float) -> None:
+        found = self.pattern.search(payload)
+        duration = DURATION.search(payload)
+        if found is None or duration is None:
+            return  # a cleared session or a port status event
+        key, d = found.group(1).decode(), int(duration.group(1))
+        with self.cond:
+            ds = self.durations.setdefault(key, [])
+            if not ds or d > ds[-1]:
+                ds.append(d)
+                self.times.setdefault(key, []).append(now)
+                self.cond.notify_all()
+
+    def arrival(self, key: tuple[str, int]) -> float | None:
+        """First time a state with this session's duration or a later one was seen."""
+        ds = self.durations.get(key[0])
+        if not ds:
+            return None
+        i = bisect.bisect_left(ds, key[1])
+        return self.times[key[0]][i] if i < len(ds) else None
+
+    def wait_for(self, keys: list[tuple[str, int]], timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        with self.cond:
+            for key in keys:
+                while self.arrival(key) is None:
+                    left = deadline - time.monotonic()
+                    if left <= 0 or not self.cond.wait(left):
+                        return

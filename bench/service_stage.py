@@ -17,20 +17,25 @@ QoS 1 subscriber.
 from __future__ import annotations
 
 import argparse
-import bisect
 import json
-import os
-import re
 import threading
 import time
-from pathlib import Path
 from typing import Any
 
-from _harness import Counter, Procs, Watch, emit, machine, paho_reference, percentile
+from _harness import (
+    Counter,
+    Procs,
+    SessionStates,
+    Watch,
+    cpu_times,
+    emit,
+    machine,
+    paho_reference,
+    percentile,
+    written_bytes,
+)
 
 SESSIONS = 1000
-SESSION = re.compile(rb'"session_id":"([0-9A-F]+)"')
-DURATION = re.compile(rb'"duration_s":(\d+)')  # the first one is the session's own
 
 
 def order_no(index: int) -> str:
@@ -71,53 +76,8 @@ def power_event(index: int, duration: int) -> bytes:
     ).encode()
 
 
-class States:
-    """Per session: the durations seen (rising) and when each arrived."""
-
-    def __init__(self) -> None:
-        self.durations: dict[str, list[int]] = {}
-        self.times: dict[str, list[float]] = {}
-        self.cond = threading.Condition()
-
-    def __call__(self, topic: str, payload: bytes, now: float) -> None:
-        sid, duration = SESSION.search(payload), DURATION.search(payload)
-        if sid is None or duration is None:
-            return
-        key, d = sid.group(1).decode(), int(duration.group(1))
-        with self.cond:
-            ds = self.durations.setdefault(key, [])
-            if not ds or d > ds[-1]:
-                ds.append(d)
-                self.times.setdefault(key, []).append(now)
-                self.cond.notify_all()
-
-    def arrival(self, sid: str, duration: int) -> float | None:
-        ds = self.durations.get(sid)
-        if not ds:
-            return None
-        i = bisect.bisect_left(ds, duration)
-        return self.times[sid][i] if i < len(ds) else None
-
-    def wait_for(self, last: dict[str, int], timeout: float) -> None:
-        with self.cond:
-            self.cond.wait_for(
-                lambda: all(self.arrival(sid, d) is not None for sid, d in last.items()), timeout
-            )
-
-
-def proc_figures(pid: int) -> tuple[float, float, int]:
-    """(user s, system s, bytes written to storage) of a process so far."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    tick = os.sysconf("SC_CLK_TCK")
-    written = 0
-    for line in Path(f"/proc/{pid}/io").read_text().splitlines():
-        if line.startswith("write_bytes:"):
-            written = int(line.split()[1])
-    return int(fields[11]) / tick, int(fields[12]) / tick, written
-
-
 def run_phase(
-    mqtt_port: int, service_pid: int, states: States, rate: int, count: int, first: int
+    mqtt_port: int, service_pid: int, states: SessionStates, rate: int, count: int, first: int
 ) -> dict[str, Any]:
     import paho.mqtt.client as paho
 
@@ -132,7 +92,7 @@ def run_phase(
         (f"chargebridge/devices/{device_id(i)}/event/port", power_event(i, d)) for i, d in frames
     ]
     sent: list[float] = []
-    before = proc_figures(service_pid)
+    before = (*cpu_times(service_pid), written_bytes(service_pid))
     start = time.monotonic()
     for k, (topic, payload) in enumerate(payloads):
         if rate:
@@ -142,15 +102,14 @@ def run_phase(
         window.acquire()
         sent.append(time.monotonic())
         pub.publish(topic, payload, qos=1)
-    last = {order_no(i): d for i, d in frames[-SESSIONS:]}
-    states.wait_for(last, 120)
-    after = proc_figures(service_pid)
+    states.wait_for([(order_no(i), d) for i, d in frames[-SESSIONS:]], 120)
+    after = (*cpu_times(service_pid), written_bytes(service_pid))
     pub.loop_stop()
     pub.disconnect()
     latencies = []
     end = start
     for (i, d), t in zip(frames, sent, strict=True):
-        arrived = states.arrival(order_no(i), d)
+        arrived = states.arrival((order_no(i), d))
         if arrived is not None:
             latencies.append(arrived - t)
             end = max(end, arrived)
@@ -180,7 +139,7 @@ def main() -> None:
     with Procs() as procs:
         mqtt_port = procs.mosquitto()
         service = procs.service(mqtt_port)
-        states = States()
+        states = SessionStates()
         watch = Watch(mqtt_port, "chargebridge/sessions/+", states, qos=1)
         # The service publishes its statistics once subscribed: its queue exists from then on.
         stats = Counter()

@@ -21,10 +21,7 @@ QoS 1 messages at the same rate to a QoS 1 subscriber (one hop, no processing);
 from __future__ import annotations
 
 import argparse
-import bisect
-import re
 import subprocess
-import threading
 import time
 from typing import Any
 
@@ -32,6 +29,7 @@ from _harness import (
     PYTHON,
     LineReader,
     Procs,
+    SessionStates,
     Watch,
     emit,
     free_port,
@@ -39,59 +37,6 @@ from _harness import (
     paho_reference,
     percentile,
 )
-
-
-class Sessions:
-    """When the state of each (session_id, duration_s) was first seen on the sessions topics
-    (or, with `id_key="order_no"`, on the gateway's port events).
-
-    The service publishes a session's newest state once per batch it handles, so a frame
-    whose update was superseded in the same batch has no message of its own: it counts as
-    delivered when a state at least as new (same session, duration_s >= its own) arrives,
-    which is what a subscriber to the retained state sees. The fields are found with a
-    regular expression, not a JSON parse of the 8 KB session (the first `duration_s` is the
-    session's own, before its `events`), so that the watcher costs little CPU next to the
-    system it measures.
-    """
-
-    def __init__(self, id_key: str = "session_id") -> None:
-        self.pattern = re.compile(rb'"%s":"([0-9A-F]+)"' % id_key.encode())
-        self.durations: dict[str, list[int]] = {}  # per id: running maximum, arrival order
-        self.times: dict[str, list[float]] = {}
-        self.cond = threading.Condition()
-
-    def __call__(self, topic: str, payload: bytes, now: float) -> None:
-        found = self.pattern.search(payload)
-        duration = DURATION.search(payload)
-        if found is None or duration is None:
-            return  # a cleared session or a port status event
-        key, d = found.group(1).decode(), int(duration.group(1))
-        with self.cond:
-            ds = self.durations.setdefault(key, [])
-            if not ds or d > ds[-1]:
-                ds.append(d)
-                self.times.setdefault(key, []).append(now)
-                self.cond.notify_all()
-
-    def arrival(self, key: tuple[str, int]) -> float | None:
-        """First time a state with this session's duration or a later one was seen."""
-        ds = self.durations.get(key[0])
-        if not ds:
-            return None
-        i = bisect.bisect_left(ds, key[1])
-        return self.times[key[0]][i] if i < len(ds) else None
-
-    def wait_for(self, keys: list[tuple[str, int]], timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        with self.cond:
-            for key in keys:
-                while self.arrival(key) is None:
-                    left = deadline - time.monotonic()
-                    if left <= 0 or not self.cond.wait(left):
-                        return
-
-
-DURATION = re.compile(rb'"duration_s":(\d+)')
 
 
 def session_id(index: int) -> str:
@@ -105,8 +50,8 @@ def run_phase(
     procs: Procs,
     load: subprocess.Popen[bytes],
     lines: LineReader,
-    sessions: Sessions,
-    events: Sessions,
+    sessions: SessionStates,
+    events: SessionStates,
     rate: int,
     count: int,
 ) -> dict[str, Any]:
@@ -133,7 +78,7 @@ def run_phase(
 
 
 def arrivals(
-    frames: list[list[float]], keys: list[tuple[str, int]], seen: Sessions
+    frames: list[list[float]], keys: list[tuple[str, int]], seen: SessionStates
 ) -> dict[str, Any]:
     """Delivered count and rate (first send to last arrival) and send->arrival latency."""
     latencies = []
@@ -168,8 +113,8 @@ def main() -> None:
         tcp_port = free_port()
         procs.gateway(mqtt_port, tcp_port)
         procs.service(mqtt_port)
-        sessions = Sessions()
-        events = Sessions("order_no")
+        sessions = SessionStates()
+        events = SessionStates("order_no")
         watches = [
             Watch(mqtt_port, "chargebridge/sessions/+", sessions, qos=1),
             Watch(mqtt_port, "chargebridge/devices/+/event/port", events, qos=1),

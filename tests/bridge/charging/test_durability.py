@@ -19,6 +19,7 @@ from tests.bridge.charging.harness import (
     BASE,
     DEV,
     ORDER,
+    TOPICS,
     power_event,
     publish_event,
     request,
@@ -205,7 +206,7 @@ async def test_a_backlog_handled_as_one_batch_counts_each_event_once(
         await w.until(lambda: w.stats, timeout=20)
         service_process.kill()
         raw = await publish_event(gw, "port", power_event(0.05))
-        await gw.publish(f"{BASE}/devices/{DEV}/event/port", raw, qos=1)  # redelivered copy
+        await gw.publish(TOPICS.event(DEV, "port"), raw, qos=1)  # a redelivered copy
         await publish_event(gw, "port", power_event(0.15, duration_s=600))
         await publish_event(gw, "order", settled_event(0.2, 700))
         await publish_event(gw, "order", settled_event(0.2, 700, ts=1_790_001_800.0))
