@@ -6,13 +6,15 @@ re-subscribes, runs `on_connect` (republish retained state) before delivering ne
 and keeps an ordered outbox so publishers never lose a message to an outage:
 
 * `await publish(...)` returns only once the broker acknowledged the message (QoS 1 PUBACK);
-  the gateway acknowledges a settlement to the device only after that.
+  the gateway acknowledges a settlement to the device only after that. A PUBACK with a
+  failure reason (MQTT v5, e.g. an ACL denial) fails it instead.
 * messages go out in submission order; those in flight when the connection drops are sent
   again, first, on the next connection (at-least-once; consumers are idempotent).
 * the queue is an `Outbox` (bridge/mqtt/outbox.py): in memory by default, SQLite for the
   gateway, so its messages survive a crash; bounded, dropping the oldest non-critical ones.
 * with `manual_ack`, incoming QoS 1 messages are acknowledged to the broker only when the
-  consumer calls `ack(message)`, so a crash before processing leaves them with the broker.
+  consumer calls `ack(message)`, so a crash before processing leaves them with the broker;
+  `batches()` hands out what has arrived as lists, for one transaction per list.
 """
 
 from __future__ import annotations
