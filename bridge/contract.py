@@ -1,11 +1,13 @@
-"""Generate the machine-readable contract and the example configuration, so they cannot drift:
+"""The MQTT contract as one table, and everything generated from it, so nothing can drift:
 
-    python -m bridge.contract           # rewrite docs/schema/*.json, docs/asyncapi.yaml,
+    python -m bridge.contract           # rewrite docs/schema/*.json, docs/asyncapi.yaml, the
+                                        # reference in docs/gateway.md, and
                                         # deploy/chargebridge.toml.example
     python -m bridge.contract --check   # exit 1 if any of them is out of date
 
-Sources: the payload models (bridge/mqtt/payloads.py, bridge/charging/payloads.py, the capture
-models), the request models of the gateway and the charging service, and the settings classes.
+`CHANNELS` maps every topic (built through `Topics` with `{parameter}` placeholders) to its
+direction, retain flag, payload models (`bridge.mqtt.payloads`, and the capture models) and a
+summary. The example configuration comes from the settings classes.
 """
 
 from __future__ import annotations
@@ -13,8 +15,9 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel
@@ -22,96 +25,198 @@ from pydantic.json_schema import models_json_schema
 
 from bridge import __version__
 from bridge.capture import CaptureEnd, CaptureFrame, CaptureRequest, CaptureResponse
-from bridge.charging import messages as charging_requests
-from bridge.charging.payloads import (
-    ChargingResponsePayload,
-    ChargingSessionPayload,
-    ChargingStatsPayload,
-)
 from bridge.commands.run import RunSettings
-from bridge.mqtt import payloads as m
-from bridge.mqtt.schema import TOPIC_MODELS
+from bridge.mqtt import payloads as p
+from bridge.mqtt import schema
+from bridge.mqtt.topics import Topics
 
 ROOT = Path(__file__).resolve().parent.parent
 SCHEMA_DIR = Path("docs/schema")
 ASYNCAPI = Path("docs/asyncapi.yaml")
+GATEWAY_DOC = Path("docs/gateway.md")
 TOML_EXAMPLE = Path("deploy/chargebridge.toml.example")
 JSON_SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
 
-# Channel (topic with {parameters}) -> (direction seen from chargebridge, models, summary).
-# "out": chargebridge publishes (clients subscribe); "in": clients publish to chargebridge.
-Channel = tuple[str, list[type[BaseModel]], str]
+
+@dataclass(frozen=True, slots=True)
+class Channel:
+    """One topic pattern. `direction` is seen from chargebridge: "out" = chargebridge
+    publishes (clients subscribe), "in" = clients publish to chargebridge. `role` is the unit
+    that publishes or serves it; the gateway's rows make up the reference in docs/gateway.md."""
+
+    topic: str
+    direction: Literal["in", "out"]
+    retained: bool
+    models: tuple[type[BaseModel], ...]
+    summary: str
+    role: Literal["gateway", "charging", "capture"]
 
 
-def _charging_request(action: str) -> type[BaseModel]:
-    return charging_requests.REQUESTS[action]
-
-
-def channels() -> dict[str, Channel]:
-    out: dict[str, Channel] = {}
-    for title, topic, model in TOPIC_MODELS:
-        key = topic.replace("{b}", "{base}")
-        if key.endswith("/response/{command}"):
-            continue  # listed with its request below
-        _direction, models, summary = out.get(key, ("out", [], title))
-        out[key] = ("out", [*models, model], summary if models else title)
-    for command, model in m.DEVICE_COMMAND_REQUESTS.items():
-        out[f"{{base}}/devices/{{device_id}}/request/{command}"] = (
+def _channels() -> tuple[Channel, ...]:
+    t = Topics("{base}")
+    dev = "{device_id}"
+    out: list[Channel] = [
+        Channel(t.bridge_state, "out", True, (p.BridgeState,), "Bridge state", "gateway"),
+        Channel(t.bridge_stats, "out", True, (p.BridgeStats,), "Bridge statistics", "gateway"),
+        Channel(t.device(dev), "out", True, (p.DeviceState,), "Device state", "gateway"),
+        Channel(t.port(dev, "{port}"), "out", True, (p.PortState,), "Port state", "gateway"),
+        Channel(
+            t.event(dev, "port"),
+            "out",
+            False,
+            (p.PortStatusEvent, p.PortPowerEvent),
+            "Port event",
+            "gateway",
+        ),
+        Channel(
+            t.event(dev, "order"),
+            "out",
+            False,
+            (p.OrderResultEvent, p.OrderConfirmedEvent, p.OrderSettledEvent, p.CardSwipeEvent),
+            "Order event",
+            "gateway",
+        ),
+        Channel(
+            t.event(dev, "device"),
+            "out",
+            False,
+            (
+                p.DeviceOnlineEvent,
+                p.DeviceOfflineEvent,
+                p.RegisterEvent,
+                p.HeartbeatEvent,
+                p.TimeSyncEvent,
+                p.AlarmEvent,
+                p.UnknownEvent,
+            ),
+            "Device event",
+            "gateway",
+        ),
+    ]
+    out += [
+        Channel(
+            t.device_request(dev, command),
             "in",
-            [model],
-            f"device command `{command}` (API.md section 5)",
+            False,
+            (model,),
+            f"Device command `{command}` (API.md section 5)",
+            "gateway",
         )
-    out["{base}/devices/{device_id}/response/{command}"] = (
-        "out",
-        [m.CommandResponse],
-        "response to a device command",
-    )
-    out["{base}/sessions/{session_id}"] = ("out", [ChargingSessionPayload], "charging session")
-    out["{base}/charging/stats"] = ("out", [ChargingStatsPayload], "charging statistics")
-    for action in charging_requests.REQUESTS:
-        out[f"{{base}}/charging/request/{action}"] = (
+        for command, model in p.DEVICE_COMMAND_REQUESTS.items()
+    ]
+    out += [
+        Channel(
+            t.device_response(dev, "{command}"),
+            "out",
+            False,
+            (p.CommandResponse,),
+            "Command response",
+            "gateway",
+        ),
+        Channel(
+            t.session("{session_id}"),
+            "out",
+            True,
+            (p.ChargingSessionPayload,),
+            "Charging session",
+            "charging",
+        ),
+        Channel(
+            t.charging_stats,
+            "out",
+            True,
+            (p.ChargingStatsPayload,),
+            "Charging statistics",
+            "charging",
+        ),
+    ]
+    out += [
+        Channel(
+            t.charging_request(action),
             "in",
-            [_charging_request(action)],
-            f"charging service request `{action}` (API.md section 6)",
+            False,
+            (model,),
+            f"Charging request `{action}` (API.md section 6)",
+            "charging",
         )
-    out["{base}/charging/response/{action}"] = (
-        "out",
-        [ChargingResponsePayload],
-        "charging service response",
-    )
-    out["{base}/bridge/request/capture"] = ("in", [CaptureRequest], "start a frame capture")
-    out["{base}/bridge/response/capture"] = ("out", [CaptureResponse], "capture started or not")
-    out["{base}/bridge/capture/{capture_id}"] = (
-        "out",
-        [CaptureFrame, CaptureEnd],
-        "frames of one capture, then its end",
-    )
-    return out
+        for action, model in p.CHARGING_REQUESTS.items()
+    ]
+    out += [
+        Channel(
+            t.charging_response("{action}"),
+            "out",
+            False,
+            (p.ChargingResponsePayload,),
+            "Charging response",
+            "charging",
+        ),
+        Channel(
+            t.bridge_request("capture"),
+            "in",
+            False,
+            (CaptureRequest,),
+            "Start a frame capture",
+            "capture",
+        ),
+        Channel(
+            t.bridge_response("capture"),
+            "out",
+            False,
+            (CaptureResponse,),
+            "Capture started or not",
+            "capture",
+        ),
+        Channel(
+            t.capture_stream("{capture_id}"),
+            "out",
+            False,
+            (CaptureFrame, CaptureEnd),
+            "Frames of one capture, then its end",
+            "capture",
+        ),
+    ]
+    return tuple(out)
 
 
-def schema_name(model: type[BaseModel]) -> str:
-    """File / component name; the charging service's requests get a `Charging` prefix."""
-    if model in charging_requests.REQUESTS.values():
-        return f"Charging{model.__name__}"
-    return model.__name__
+CHANNELS = _channels()
 
 
 def all_models() -> list[type[BaseModel]]:
+    """Every payload model of the contract, once each, in table order."""
     seen: dict[str, type[BaseModel]] = {}
-    for _direction, models, _summary in channels().values():
-        for model in models:
-            seen.setdefault(schema_name(model), model)
+    for channel in CHANNELS:
+        for model in channel.models:
+            seen.setdefault(model.__name__, model)
     return list(seen.values())
 
 
 def json_schema_files() -> dict[Path, str]:
     files = {}
     for model in all_models():
-        name = schema_name(model)
-        schema = {"$schema": JSON_SCHEMA_DIALECT, **model.model_json_schema()}
-        schema["title"] = name
-        files[SCHEMA_DIR / f"{name}.json"] = json.dumps(schema, indent=2, ensure_ascii=False) + "\n"
+        name = model.__name__
+        schema_doc = {"$schema": JSON_SCHEMA_DIALECT, **model.model_json_schema()}
+        schema_doc["title"] = name
+        files[SCHEMA_DIR / f"{name}.json"] = (
+            json.dumps(schema_doc, indent=2, ensure_ascii=False) + "\n"
+        )
     return files
+
+
+def gateway_reference() -> str:
+    """The generated section of docs/gateway.md: the gateway's rows of `CHANNELS`."""
+    rows: list[schema.Row] = [
+        (c.topic.replace("{base}", "{b}"), c.direction, c.retained, c.models, c.summary)
+        for c in CHANNELS
+        if c.role == "gateway"
+    ]
+    return schema.render(rows)
+
+
+def _summary(channel: Channel) -> str:
+    if len(channel.models) == 1:
+        return channel.summary
+    types = [f"`{t}`" for model in channel.models for t in schema.event_types(model)]
+    return f"{channel.summary}: {', '.join(types)}" if types else channel.summary
 
 
 def asyncapi() -> str:
@@ -120,23 +225,12 @@ def asyncapi() -> str:
         [(model, "validation") for model in models], ref_template="#/components/schemas/{model}"
     )
     schemas: dict[str, Any] = dict(definitions.get("$defs", {}))
-    for model in models:  # the charging requests' names differ from their class names
-        if model.__name__ in schemas and schema_name(model) != model.__name__:
-            schemas[schema_name(model)] = schemas.pop(model.__name__)
-    text = json.dumps(schemas)
-    for model in models:
-        old, new = (
-            f'#/components/schemas/{model.__name__}"',
-            f'#/components/schemas/{schema_name(model)}"',
-        )
-        text = text.replace(old, new)
-    schemas = json.loads(text)
     messages: dict[str, Any] = {}
     doc_channels: dict[str, Any] = {}
-    for topic, (direction, chan_models, summary) in channels().items():
+    for channel in CHANNELS:
         refs = []
-        for model in chan_models:
-            name = schema_name(model)
+        for model in channel.models:
+            name = model.__name__
             messages[name] = {
                 "name": name,
                 "contentType": "application/json",
@@ -145,15 +239,19 @@ def asyncapi() -> str:
             refs.append({"$ref": f"#/components/messages/{name}"})
         message = refs[0] if len(refs) == 1 else {"oneOf": refs}
         # AsyncAPI 2.x operations are from the client's view: `subscribe` = chargebridge sends.
-        operation = "subscribe" if direction == "out" else "publish"
+        operation = "subscribe" if channel.direction == "out" else "publish"
         params = {
             part[1:-1]: {"schema": {"type": "string"}}
-            for part in topic.split("/")
+            for part in channel.topic.split("/")
             if part.startswith("{")
         }
-        doc_channels[topic] = {
+        doc_channels[channel.topic] = {
             "parameters": params,
-            operation: {"summary": summary, "message": message},
+            operation: {
+                "summary": _summary(channel),
+                "bindings": {"mqtt": {"qos": 1, "retain": channel.retained}},
+                "message": message,
+            },
         }
     doc = {
         "asyncapi": "2.6.0",
@@ -211,16 +309,18 @@ def toml_example() -> str:
     return "\n".join(lines)
 
 
-def generated() -> dict[Path, str]:
+def generated(root: Path = ROOT) -> dict[Path, str]:
+    """Every generated file's full text; docs/gateway.md keeps its prose around the section."""
     files = json_schema_files()
     files[ASYNCAPI] = asyncapi()
+    files[GATEWAY_DOC] = schema.splice(_read(root / GATEWAY_DOC) or "", gateway_reference())
     files[TOML_EXAMPLE] = toml_example()
     return files
 
 
 def stale(root: Path = ROOT) -> list[Path]:
     """Generated files that differ from what is on disk, plus stray schema files."""
-    files = generated()
+    files = generated(root)
     out = [path for path, text in files.items() if _read(root / path) != text]
     out += [
         p.relative_to(root)
@@ -235,7 +335,7 @@ def _read(path: Path) -> str | None:
 
 
 def write(root: Path = ROOT) -> None:
-    files = generated()
+    files = generated(root)
     schema_dir = root / SCHEMA_DIR
     schema_dir.mkdir(parents=True, exist_ok=True)
     for old in schema_dir.glob("*.json"):

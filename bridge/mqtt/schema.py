@@ -1,53 +1,26 @@
-"""Render the payload models and the gateway settings into docs/gateway.md, so docs cannot drift.
+"""Markdown for the generated reference in docs/gateway.md: one section per topic and model.
 
-    python -m bridge.mqtt.schema docs/gateway.md           # rewrite the generated section
-    python -m bridge.mqtt.schema --check docs/gateway.md   # exit 1 if it is out of date
-    python -m bridge.mqtt.schema --json                    # JSON Schema of every model
-
-The generated section lies between the BEGIN/END markers; the prose around it is kept.
+`bridge.contract` owns the table of topics and models and decides which rows go into which
+document; this module only renders rows (and the gateway's settings) as Markdown, and splices
+the result between the BEGIN/END markers so the prose around it is kept.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
-import sys
-from pathlib import Path
-from typing import Any
+from collections.abc import Iterable
+from typing import Any, Literal, get_args
 
 from pydantic import BaseModel
 
 from bridge.config import GatewaySettings, describe_options
-from bridge.mqtt import payloads as m
 
-BEGIN = "<!-- BEGIN GENERATED: python -m bridge.mqtt.schema docs/gateway.md -->"
+BEGIN = "<!-- BEGIN GENERATED: python -m bridge.contract -->"
 END = "<!-- END GENERATED -->"
 
-# (section title, topic, model)
-TOPIC_MODELS: list[tuple[str, str, type[BaseModel]]] = [
-    ("Bridge state", "{b}/bridge/state", m.BridgeState),
-    ("Bridge statistics", "{b}/bridge/stats", m.BridgeStats),
-    ("Device state", "{b}/devices/{device_id}", m.DeviceState),
-    ("Port state", "{b}/devices/{device_id}/ports/{port}", m.PortState),
-    ("Port event `status`", "{b}/devices/{device_id}/event/port", m.PortStatusEvent),
-    ("Port event `power`", "{b}/devices/{device_id}/event/port", m.PortPowerEvent),
-    (
-        "Order events `started`, `stopped`, `start_failed`, `stop_failed`",
-        "{b}/devices/{device_id}/event/order",
-        m.OrderResultEvent,
-    ),
-    ("Order event `confirmed`", "{b}/devices/{device_id}/event/order", m.OrderConfirmedEvent),
-    ("Order event `settled`", "{b}/devices/{device_id}/event/order", m.OrderSettledEvent),
-    ("Order event `card_swipe`", "{b}/devices/{device_id}/event/order", m.CardSwipeEvent),
-    ("Device event `online`", "{b}/devices/{device_id}/event/device", m.DeviceOnlineEvent),
-    ("Device event `offline`", "{b}/devices/{device_id}/event/device", m.DeviceOfflineEvent),
-    ("Device event `register`", "{b}/devices/{device_id}/event/device", m.RegisterEvent),
-    ("Device event `heartbeat`", "{b}/devices/{device_id}/event/device", m.HeartbeatEvent),
-    ("Device event `time_sync`", "{b}/devices/{device_id}/event/device", m.TimeSyncEvent),
-    ("Device event `alarm`", "{b}/devices/{device_id}/event/device", m.AlarmEvent),
-    ("Device event `unknown`", "{b}/devices/{device_id}/event/device", m.UnknownEvent),
-    ("Command response", "{b}/devices/{device_id}/response/{command}", m.CommandResponse),
-]
+Direction = Literal["in", "out"]
+# (topic with {b} and {parameter} placeholders, direction, retained, models, title)
+Row = tuple[str, Direction, bool, tuple[type[BaseModel], ...], str]
 
 
 def _type(prop: dict[str, Any]) -> str:
@@ -65,6 +38,7 @@ def _type(prop: dict[str, Any]) -> str:
 
 
 def model_table(model: type[BaseModel]) -> str:
+    """The model's docstring, then one row per key: type, and default or description."""
     schema = model.model_json_schema()
     required = set(schema.get("required", []))
     rows = ["| key | type | notes |", "|---|---|---|"]
@@ -79,6 +53,18 @@ def model_table(model: type[BaseModel]) -> str:
     return (doc + "\n\n" if doc else "") + "\n".join(rows)
 
 
+def event_types(model: type[BaseModel]) -> list[str]:
+    """The values an event model's `type` key may take (empty for models without one)."""
+    field = model.model_fields.get("type")
+    return [str(v) for v in get_args(field.annotation)] if field is not None else []
+
+
+def heading(title: str, model: type[BaseModel], shared: bool) -> str:
+    """`Order event `settled`` for a model sharing its topic with others, else the title."""
+    types = event_types(model) if shared else []
+    return f"{title} " + ", ".join(f"`{t}`" for t in types) if types else title
+
+
 def config_table() -> str:
     rows = [
         "| option | environment | default | description |",
@@ -90,58 +76,31 @@ def config_table() -> str:
     return "\n".join(rows)
 
 
-def render() -> str:
+def _section(topic: str, retained: bool, title: str, model: type[BaseModel]) -> list[str]:
+    where = f"Topic `{topic}`" + (", retained." if retained else ".")
+    return [f"#### {title}", "", where, "", model_table(model), ""]
+
+
+def render(rows: Iterable[Row]) -> str:
+    """The generated reference: published topics, then requests, then the settings."""
+    rows = list(rows)
     out = [BEGIN, "", "### Topics and payloads", ""]
-    for title, topic, model in TOPIC_MODELS:
-        out += [f"#### {title}", "", f"Topic `{topic}`.", "", model_table(model), ""]
+    for topic, direction, retained, models, title in rows:
+        if direction == "out":
+            for model in models:
+                out += _section(topic, retained, heading(title, model, len(models) > 1), model)
     out += ["### Command requests", ""]
-    for command, model in m.DEVICE_COMMAND_REQUESTS.items():
-        out += [
-            f"#### `{command}`",
-            "",
-            f"Topic `{{b}}/devices/{{device_id}}/request/{command}`.",
-            "",
-            model_table(model),
-            "",
-        ]
+    for topic, direction, retained, models, title in rows:
+        if direction == "in":
+            for model in models:
+                out += _section(topic, retained, title, model)
     out += ["### Configuration", "", config_table(), "", END]
     return "\n".join(out)
 
 
-def json_schemas() -> dict[str, Any]:
-    models = [model for _, _, model in TOPIC_MODELS] + list(m.DEVICE_COMMAND_REQUESTS.values())
-    return {model.__name__: model.model_json_schema() for model in models}
-
-
 def splice(text: str, generated: str) -> str:
+    """`text` with its generated section replaced (or appended when it has none)."""
     start, end = text.find(BEGIN), text.find(END)
     if start < 0 or end < 0:
         return text.rstrip("\n") + "\n\n" + generated + "\n"
     return text[:start] + generated + text[end + len(END) :]
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("doc", nargs="?", type=Path)
-    parser.add_argument("--check", action="store_true")
-    parser.add_argument("--json", action="store_true")
-    args = parser.parse_args(argv)
-    if args.json:
-        print(json.dumps(json_schemas(), indent=2))
-        return 0
-    if args.doc is None:
-        print(render())
-        return 0
-    text = args.doc.read_text() if args.doc.exists() else ""
-    updated = splice(text, render())
-    if args.check:
-        if updated != text:
-            print(f"{args.doc} is out of date: run python -m bridge.mqtt.schema {args.doc}")
-            return 1
-        return 0
-    args.doc.write_text(updated)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,27 +1,14 @@
-"""The only place where topic strings exist (API.md section 3).
+"""The only place where topic strings are built (API.md section 3).
 
-Every publisher and subscriber builds or parses topics through `Topics`, so a rename is
-one edit and a typo is impossible.
+Every publisher and subscriber builds or parses topics through `Topics`, and so do the
+generated documents (`bridge.contract` uses `Topics("{base}")` with `{parameter}` placeholders),
+so a rename is one edit and a typo is impossible.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-DEVICE_REQUEST_COMMANDS = (
-    "start_charging",
-    "stop_charging",
-    "adjust_charging",
-    "query_status",
-    "reboot",
-    "set_limits",
-    "set_params",
-    "locate",
-    "read_params",
-    "raw",
-    "card_reply",
-)
-CHARGING_ACTIONS = ("start", "stop", "query")
 EVENT_KINDS = ("port", "order", "device")
 
 
@@ -48,8 +35,8 @@ class Topics:
     def device(self, device_id: str) -> str:
         return f"{self.base}/devices/{device_id}"
 
-    def port(self, device_id: str, port: int) -> str:
-        """`port` is 1-based, as on MQTT everywhere."""
+    def port(self, device_id: str, port: int | str) -> str:
+        """`port` is 1-based, as on MQTT everywhere (a str only as a `{port}` placeholder)."""
         return f"{self.base}/devices/{device_id}/ports/{port}"
 
     def event(self, device_id: str, kind: str) -> str:
@@ -81,10 +68,6 @@ class Topics:
     @property
     def all_order_events(self) -> str:
         return f"{self.base}/devices/+/event/order"
-
-    @property
-    def all_device_events(self) -> str:
-        return f"{self.base}/devices/+/event/device"
 
     @property
     def all_device_responses(self) -> str:

@@ -1,0 +1,52 @@
+"""What the gateway publishes about itself (API.md section 3): `{b}/bridge/state` and
+`{b}/bridge/stats`, both retained."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from bridge.mqtt.payloads.common import MqttPayload
+
+
+class BridgeState(MqttPayload):
+    """`{b}/bridge/state`, retained; the MQTT will publishes `offline`."""
+
+    state: Literal["online", "offline"]
+
+
+class BridgeStats(MqttPayload):
+    """`{b}/bridge/stats`, retained: gateway counters since start."""
+
+    connections: int = Field(description="open device connections (TCP and serial)")
+    devices_online: int
+    frames_in: int = Field(description="valid frames received, resends included")
+    frames_out: int
+    bytes_in: int
+    bytes_out: int
+    decode_errors: int = Field(description="bad frames and payloads too short for their command")
+    checksum_errors: int
+    commands_sent: int = Field(description="device commands sent (a resend counts again)")
+    command_timeouts: int
+    duplicates: int = Field(description="upstream resends answered but not published again")
+    garbage_bytes: int = Field(description="bytes between frames that were neither ICCID nor link")
+    connections_dropped: int = Field(
+        description="connections closed because their write buffer overflowed or per-IP limit"
+    )
+    connections_refused_per_ip: int = Field(
+        description="connections refused at once because `max_connections_per_ip` were open"
+    )
+    device_limit_frames: int = Field(
+        description="frames ignored because they came from a new physical id while "
+        "`max_devices` devices were online"
+    )
+    commands_rate_limited: int = Field(
+        description="device command requests answered `rate_limited` (`max_commands_per_minute`)"
+    )
+    events_dropped: int = Field(
+        description="outgoing messages dropped unpublished because the outbox held "
+        "`max_queued_messages` (settlements are never dropped)"
+    )
+    uptime_s: int
+    updated_at: str
