@@ -4,6 +4,8 @@ the named models whole, one byte at a time and with trailing bytes left untouche
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -37,7 +39,7 @@ from protocol.commands.field import (
     answer_host_upgrade_request,
 )
 from protocol.commands.host import ExtensionVersion
-from protocol.commands.registry import command_name
+from protocol.commands.registry import command_name, models_for
 from protocol.enums import device_type_name, host_type_name
 
 from .strategies import payloads
@@ -181,3 +183,15 @@ def test_answers_round_trip(data: st.DataObject) -> None:
     ):
         payload = data.draw(payloads(cls))
         assert decode_payload(command, encode_payload(payload), sender) == payload
+
+
+def test_upstream_table_lists_every_frame_a_device_sends_on_its_own() -> None:
+    doc = Path(__file__).resolve().parents[2] / "docs" / "protocol.md"
+    text = doc.read_text(encoding="utf-8").split("## Upstream commands", 1)[1]
+    upstream = [0x01, 0x02, 0x03, 0x04, 0x05, 0x06, 0x11, 0x12, 0x15, 0x17, 0x20, 0x21, 0x22]
+    upstream += [0x35, 0x3B, 0x41, 0x42, 0x43, 0x44, 0xFA]
+    for command in upstream:
+        models = models_for(command, DEVICE)
+        assert models, hex(command)
+        row = f"| 0x{command:02X} | `{command_name(command)}` | `{models[0].__name__}`"
+        assert row in text, row
