@@ -3,6 +3,11 @@ confirmations until answered, never 0x06, short settlements."""
 
 from __future__ import annotations
 
+import argparse
+
+import pytest
+
+from bridge.commands import simulate
 from bridge.simulator.device import SimulatedDevice
 from bridge.simulator.fleet import FleetConfig
 from protocol import (
@@ -124,3 +129,13 @@ def test_fleet_kinds_with_legacy_devices() -> None:
     assert [mix.ports_of(i) for i in range(5)] == [2, 2, 2, 10, 16]
     assert [mix.legacy_of(i) for i in range(10)] == [False, False, True, False, False] * 2
     assert not any(FleetConfig(kind="mixed").legacy_of(i) for i in range(5))
+
+
+def test_simulate_command_accepts_the_legacy_kinds() -> None:
+    parser = argparse.ArgumentParser()
+    simulate.add_arguments(parser)
+    for kind in ("legacy", "mixed-legacy"):
+        args = parser.parse_args(["--connect", "127.0.0.1:7054", "--kind", kind])
+        assert args.kind == kind
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--connect", "127.0.0.1:7054", "--kind", "ancient"])
