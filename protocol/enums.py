@@ -265,6 +265,8 @@ HOST_TYPES: dict[int, str] = {
     0x05: "ap262_lora_host",
     0x50: "ap262_combined_host",
     0x51: "leakage_host",
+    # Not in [H]: reported in 0x11 by hosts in the field (issue 16); model unknown.
+    0x55: "field_host_55",
 }
 host_type_name = _namer(HOST_TYPES)
 
@@ -290,6 +292,8 @@ DEVICE_TYPES: dict[int, str] = {
     0x28: "new_485_dual_mode_f460",
     0x29: "new_multi_port_f460",
     0x30: "new_twelve_port_f460",
+    # Not in [D]: reported by chargers in the field (issue 16); model unknown.
+    0x31: "field_device_31",
     0x70: "oldest_multi_port",
     0x71: "oldest_multi_port_dipeng",
 }

@@ -29,7 +29,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--devices", type=_positive_int, default=1, help="number of devices")
     parser.add_argument(
-        "--kind", choices=KINDS, default="2", help="ports per device, or a 2/10/16 mix"
+        "--kind",
+        choices=KINDS,
+        default="2",
+        help="ports per device; legacy: pre-2019 dual sockets (0x01 heartbeats with power, "
+        "0x04 order confirmations, no 0x06); mixed: a 2/10/16 mix; mixed-legacy: the mix with "
+        "every fifth device a legacy dual socket",
     )
     parser.add_argument(
         "--speed",

@@ -8,6 +8,19 @@ time to device time with the speed factor and calls `tick` at `next_deadline()`.
 The behaviour follows the protocol reference's description of a real device: ICCID on connect,
 0x20 until answered, 0x21 every interval, `link` after 30 s of silence, 0x22 until answered,
 0x06 every 5 min per charging port, durable 0x03 records re-sent every 30 min until acknowledged.
+
+A *legacy* device (built before mid-2019, reference 0x01/0x04) sends 0x01 heartbeats with the
+per-port power instead of 0x21, confirms every session start with 0x04 (repeated each heartbeat
+interval until answered) and never sends 0x06; its settlements stop after the order number.
+
+Power limits: a session never draws more than its 0x82 overload power nor the device's per-port
+overload power (0x85), which bounds every port at once, running sessions included.
+
+Firmware upgrades (device side): a current device takes 0xE0 packets of 200 bytes ending with
+the check packet (marker, byte sum, device type, version), a legacy device 0xF8 packets of 256
+bytes. The transfer survives a disconnect (the server resumes with the next packet, a resent
+packet is acknowledged again, packet 1 restarts); a verified image is installed and the device
+reboots with the new firmware version.
 """
 
 from __future__ import annotations
@@ -26,9 +39,14 @@ from protocol import (
     ChargeControl,
     ChargeControlReply,
     ChargeLimits,
+    FirmwarePacket,
     Frame,
     Heartbeat,
+    LegacyHeartbeat,
+    LegacyUpgradeRequest,
     Locate,
+    OrderConfirmation,
+    OrderConfirmationReply,
     Payload,
     PayloadError,
     PortPowerReport,
@@ -39,10 +57,12 @@ from protocol import (
     Sender,
     Settlement,
     TimeReply,
+    UpgradeReply,
     decode_payload,
     encode_frame,
     encode_payload,
 )
+from protocol.commands.firmware import PACKET_SIZES, CheckPacket
 from protocol.ids import device_number
 
 from .session import (
@@ -103,6 +123,21 @@ DEFAULT_CARD_PARAMS = CardParams(
     sector=0, user_key=bytes.fromhex("159185191880"), new_card_key=b"\xff" * 6
 )
 
+# Firmware upgrade results (A.15).
+UPGRADE_OK, UPGRADE_PACKET_ERROR, UPGRADE_SUM_ERROR, UPGRADE_WRONG_TYPE, UPGRADE_NO_CHECK = (
+    0,
+    1,
+    2,
+    3,
+    4,
+)
+UPGRADE_BY_E0, UPGRADE_BY_F8 = 0xE0, 0xF8
+
+# (device type A.2, firmware x100): a legacy old-485 dual socket, new dual and multi-port piles.
+LEGACY_MODEL = (0x06, 226)
+DUAL_MODEL = (0x21, 215)
+MULTI_PORT_MODEL = (0x20, 130)
+
 MAX_OVERLOAD = 20000
 """0x85 overload power limit of dual and multi-port piles: 2000 W, in 0.1 W."""
 
@@ -154,6 +189,9 @@ class Port:
     report_at: float = math.inf
     user_at: float = math.inf
     user_action: str = ""
+    confirm_id: int | None = None
+    """Legacy devices: message ID of the unanswered 0x04 of the running session."""
+    confirm_at: float = math.inf
 
     @property
     def status(self) -> int:
@@ -172,6 +210,17 @@ class _Record:
     message_id: int
 
 
+@dataclass(slots=True)
+class _Upgrade:
+    """A firmware transfer in progress (kept across disconnects, lost on reboot)."""
+
+    command: int
+    total: int
+    received: int = 0
+    byte_sum: int = 0
+    size: int = 0
+
+
 @dataclass(slots=True, eq=False)
 class SimulatedDevice:
     """A charging pile with `port_count` sockets talking DNY over one connection."""
@@ -183,6 +232,11 @@ class SimulatedDevice:
     timing: DeviceTiming = field(default_factory=DeviceTiming, repr=False)
     users: UserBehaviour | None = field(default=None, repr=False)
     iccid: str | None = None
+    legacy: bool = False
+    device_type: int = 0
+    firmware: int = 0
+    upgrade: _Upgrade | None = field(default=None, repr=False)
+    upgrade_interrupted: bool = False
     ports: list[Port] = field(default_factory=list, repr=False)
     connected: bool = False
     registered: bool = False
@@ -209,6 +263,11 @@ class SimulatedDevice:
     def __post_init__(self) -> None:
         if not self.ports:
             self.ports = [Port(i) for i in range(self.port_count)]
+        if not self.device_type:
+            model = LEGACY_MODEL if self.legacy else DUAL_MODEL
+            if not self.legacy and self.physical_id >> 24 != 0x04:
+                model = MULTI_PORT_MODEL
+            self.device_type, self.firmware = model
         self._message_id = self.rng.randrange(1, 0xFFFF)
         self._cards = tuple(self.rng.randbytes(4) for _ in range(3))
         self.params = {
@@ -229,10 +288,12 @@ class SimulatedDevice:
         timing: DeviceTiming | None = None,
         users: UserBehaviour | None = None,
         iccid: bool = True,
+        legacy: bool = False,
     ) -> SimulatedDevice:
         """Device number `index` of a fleet: physical ID = kind code << 24 | 10 000 000 +
         index (the printed number), RNG seeded from (seed, index) so a run is reproducible.
-        `iccid=False` for devices behind a bus, which have no SIM of their own."""
+        `iccid=False` for devices behind a bus, which have no SIM of their own; `legacy` for a
+        pre-2019 device (0x01 and 0x04, no 0x06, 0xF8 upgrades)."""
         rng = random.Random(f"{seed}/{index}")
         return cls(
             physical_id=(KIND_BY_PORTS[ports] << 24) | (10_000_000 + index),
@@ -242,6 +303,7 @@ class SimulatedDevice:
             timing=timing or DeviceTiming(),
             users=users,
             iccid=f"8986{rng.randrange(10**16):016d}" if iccid else None,
+            legacy=legacy,
         )
 
     # ---------------------------------------------------------------- inputs
@@ -261,6 +323,13 @@ class SimulatedDevice:
         self._send_heartbeat(now)
         if not self.time_synced:
             self._send_time_request(now)
+        if self.upgrade_interrupted:
+            # The 0x05 data of F8-family devices is undocumented: the simulator sends none.
+            self._send_frame(0x05, encode_payload(LegacyUpgradeRequest()))
+            self.upgrade_interrupted = False
+        for p in self.ports:
+            if p.confirm_id is not None:
+                self._send_confirmation(p, now, resend=True)
         if self.settlements:
             self._settlement_at = now + self.timing.settlement_first_s
         self._schedule_users(now)
@@ -306,6 +375,9 @@ class SimulatedDevice:
             self._send_time_request(now, resend=not self.time_synced)
         if now >= self._settlement_at:
             self._send_settlement(now)
+        for p in self.ports:
+            if now >= p.confirm_at:
+                self._send_confirmation(p, now, resend=True)
         if now >= self._last_traffic + self.timing.link_idle_s:
             self._write(LINK)
             self._last_traffic = now
@@ -321,6 +393,7 @@ class SimulatedDevice:
             self._heartbeat_at,
             self._time_at,
             self._settlement_at,
+            min(p.confirm_at for p in self.ports),
             self._last_traffic + self.timing.link_idle_s,
         )
 
@@ -387,9 +460,18 @@ class SimulatedDevice:
 
     def _power_on(self, now: float) -> None:
         self.reboot_at = None
+        if self.upgrade is not None:
+            # The transfer lived in RAM; an F8-family device asks again with 0x05 (reference).
+            self.upgrade, self.upgrade_interrupted = None, self.legacy
         self.time_synced = False
         self.clock_offset = -now
         self._time_at = math.inf
+
+    def _device_limit_w(self) -> float | None:
+        """The per-port overload power of 0x85 in watts (None if 0)."""
+        limits = self.params[0x85]
+        assert isinstance(limits, ChargeLimits)
+        return limits.overload_power / 10.0 if limits.overload_power else None
 
     def _max_charge_time(self) -> int:
         """The device setting (0x85, default 10 h) for sessions without their own limit."""
@@ -418,9 +500,11 @@ class SimulatedDevice:
         self._send_frame(frame.command, data, frame.message_id)
 
     def _send_registration(self, now: float, *, resend: bool = False) -> None:
-        kind = self.physical_id >> 24
-        device_type, firmware = (0x21, 215) if kind == 0x04 else (0x20, 130)
-        registration = Registration(firmware, self.port_count, 0, device_type, 0, 0)
+        registration = (
+            Registration(self.firmware, self.port_count, 0, self.device_type)  # 5-byte form
+            if self.legacy
+            else Registration(self.firmware, self.port_count, 0, self.device_type, 0, 0)
+        )
         self._registration_id = self._send_frame(
             0x20, encode_payload(registration), self._registration_id if resend else None
         )
@@ -433,13 +517,30 @@ class SimulatedDevice:
             self.online = self._missed < 2
             if len(self._heartbeats) > 4:
                 self._heartbeats.pop(next(iter(self._heartbeats)))
-        heartbeat = Heartbeat(
-            voltage=round(self.rng.gauss(2200, 15)),
-            port_statuses=tuple(p.status for p in self.ports),
-            signal=self.rng.randrange(15, 32),
-            temperature=65 + round(self.rng.gauss(28, 2)),
-        )
-        mid = self._send_frame(0x21, encode_payload(heartbeat))
+        heartbeat: Heartbeat | LegacyHeartbeat
+        if self.legacy:
+            heartbeat = LegacyHeartbeat(
+                firmware=self.firmware,
+                voltage=round(self.rng.gauss(2200, 15)),
+                port_statuses=tuple(p.status for p in self.ports),
+                powers=tuple(_deci(p.session.power_w) if p.session else 0 for p in self.ports),
+                peak_powers=tuple(
+                    _deci(p.session.max_power_w) if p.session else 0 for p in self.ports
+                ),
+                virtual_id=0,
+                signal=self.rng.randrange(15, 32),
+                device_type=self.device_type,
+                temperature=65 + round(self.rng.gauss(28, 2)),
+                work_mode=0,
+            )
+        else:
+            heartbeat = Heartbeat(
+                voltage=round(self.rng.gauss(2200, 15)),
+                port_statuses=tuple(p.status for p in self.ports),
+                signal=self.rng.randrange(15, 32),
+                temperature=65 + round(self.rng.gauss(28, 2)),
+            )
+        mid = self._send_frame(0x01 if self.legacy else 0x21, encode_payload(heartbeat))
         self._heartbeats[mid] = now
         self.stats.heartbeats_sent += 1
         self._heartbeat_at = now + self.timing.heartbeat_s
@@ -449,6 +550,20 @@ class SimulatedDevice:
         self._time_at = now + (
             self.timing.heartbeat_s if not self.time_synced else self.timing.time_refresh_s
         )
+
+    def _send_confirmation(self, p: Port, now: float, *, resend: bool = False) -> None:
+        """0x04 for the running session of `p` (legacy devices), until answered."""
+        s = p.session
+        if s is None:
+            p.confirm_id, p.confirm_at = None, math.inf
+            return
+        confirmation = OrderConfirmation(
+            p.index, s.start_mode, s.card_id, min(0xFFFF, int(s.elapsed_s)), s.order_no
+        )
+        p.confirm_id = self._send_frame(
+            0x04, encode_payload(confirmation), p.confirm_id if resend else None
+        )
+        p.confirm_at = now + self.timing.heartbeat_s
 
     def _send_settlement(self, now: float) -> None:
         record = self.settlements[0]
@@ -532,10 +647,16 @@ class SimulatedDevice:
             energy_limit_wh=terms.energy_limit_wh,
             max_time_s=terms.max_time_s,
             unplug_after_s=unplug_after,
+            order_limit_w=terms.power_limit_w,
+            device_limit_w=self._device_limit_w(),
         )
-        p.report_at = now + self.timing.power_report_s
+        # Legacy devices have no 0x06: they confirm the order with 0x04 (possibly before the
+        # 0x82 reply, as the reference warns) and report power in the 0x01 heartbeat.
+        p.report_at = math.inf if self.legacy else now + self.timing.power_report_s
         p.user_at, p.user_action = math.inf, ""
         self.stats.sessions_started += 1
+        if self.legacy:
+            self._send_confirmation(p, now)
 
     def _end_session(self, p: Port, now: float) -> None:
         """Power is cut: store the settlement (sent ~2 s later) and let the user react."""
@@ -543,6 +664,7 @@ class SimulatedDevice:
         assert s is not None and s.stop_reason is not None
         ended_at = s.started_at + s.elapsed_s
         p.session, p.report_at = None, math.inf
+        p.confirm_id, p.confirm_at = None, math.inf
         settlement = Settlement(
             duration=int(s.elapsed_s),
             max_power=_deci(s.max_power_w),
@@ -552,8 +674,8 @@ class SimulatedDevice:
             card_id=s.card_id,
             stop_reason=s.stop_reason,
             order_no=s.order_no,
-            second_max_power=_deci(s.second_max_power_w),
-            timestamp=self.unix_time(ended_at),
+            second_max_power=None if self.legacy else _deci(s.second_max_power_w),
+            timestamp=None if self.legacy else self.unix_time(ended_at),
         )
         if not self.settlements:
             self._settlement_at = ended_at + self.timing.settlement_first_s
@@ -711,6 +833,12 @@ class SimulatedDevice:
             self._reply(frame, encode_payload(ResultReply(1)))  # beyond the device limit
             return
         self.params[frame.command] = payload
+        if isinstance(payload, ChargeLimits):
+            # The new per-port limit bounds running sessions at once (ports were metered up to
+            # `now` before this handler ran, so earlier energy keeps the earlier limit).
+            for p in self.ports:
+                if p.session is not None:
+                    p.session.set_device_limit(self._device_limit_w())
         if isinstance(payload, RunningParams1) and payload.heartbeat_interval > 0:
             self.timing = replace(self.timing, heartbeat_s=float(payload.heartbeat_interval))
         self._reply(frame, encode_payload(ResultReply(0)))
@@ -722,6 +850,63 @@ class SimulatedDevice:
     def _on_clear_memory(self, frame: Frame, payload: Payload, now: float) -> None:
         self._reply(frame, encode_payload(ResultReply(0)))
 
+    def _on_order_confirmation_reply(self, frame: Frame, payload: Payload, now: float) -> None:
+        if not isinstance(payload, OrderConfirmationReply) or payload.port >= self.port_count:
+            return
+        p = self.ports[payload.port]
+        if p.confirm_id == frame.message_id:
+            p.confirm_id, p.confirm_at = None, math.inf
+
+    def _on_firmware_packet(self, frame: Frame, payload: Payload, now: float) -> None:
+        """One upgrade packet: 0xE0 for current devices, 0xF8 for legacy ones (others are not
+        this device's upgrade command and get no answer)."""
+        if not isinstance(payload, FirmwarePacket):
+            return
+        if frame.command != (UPGRADE_BY_F8 if self.legacy else UPGRADE_BY_E0):
+            return
+        result, number = self._firmware_packet(frame.command, payload)
+        self._reply(frame, encode_payload(UpgradeReply(result, number)))
+        if result == UPGRADE_OK and number == payload.total_packets:
+            self.stats.upgrades_completed += 1
+            self.reboot_at = now + self.timing.reboot_s  # boot into the new firmware
+        elif result not in (UPGRADE_OK, UPGRADE_PACKET_ERROR):
+            self.stats.upgrades_failed += 1
+
+    def _firmware_packet(self, command: int, packet: FirmwarePacket) -> tuple[int, int]:
+        """Take one packet; return (result A.15, number of the last packet received well)."""
+        number, total, data = packet.packet_number, packet.total_packets, packet.firmware
+        checked = command == UPGRADE_BY_E0
+        up = self.upgrade
+        if number == 1 and (up is None or up.received != 1 or up.total != total):
+            up = self.upgrade = _Upgrade(command, total)  # (re)start
+        if up is None or up.total != total:
+            return UPGRADE_PACKET_ERROR, 0
+        if number == up.received:
+            return UPGRADE_OK, number  # a resend: our answer was lost
+        if number != up.received + 1 or number > total or (checked and total < 2):
+            return UPGRADE_PACKET_ERROR, up.received
+        if checked and number == total:
+            self.upgrade = None
+            if not CheckPacket.is_check_packet(data):
+                return UPGRADE_NO_CHECK, up.received
+            check = CheckPacket.decode(data)
+            if check.firmware_sum != up.byte_sum & 0xFFFFFFFF:
+                return UPGRADE_SUM_ERROR, up.received
+            if check.device_type != self.device_type:
+                return UPGRADE_WRONG_TYPE, up.received
+            self.firmware = check.firmware
+            return UPGRADE_OK, number
+        last_slice = number == (total - 1 if checked else total)
+        size = PACKET_SIZES[command]
+        if not (0 < len(data) <= size) or (len(data) < size and not last_slice):
+            return UPGRADE_PACKET_ERROR, up.received
+        up.received, up.byte_sum, up.size = number, up.byte_sum + sum(data), up.size + len(data)
+        if not checked and number == total:
+            # 0xF8 images carry no version: the simulator counts the upgrade as one step.
+            self.upgrade = None
+            self.firmware += 1
+        return UPGRADE_OK, number
+
 
 @dataclass(frozen=True, slots=True)
 class ChargeTerms:
@@ -731,6 +916,7 @@ class ChargeTerms:
     time_limit_s: float | None = None
     energy_limit_wh: float | None = None
     max_time_s: float | None = 36000.0
+    power_limit_w: float | None = None
 
     @classmethod
     def from_command(cls, cmd: ChargeControl, device_max_s: int) -> ChargeTerms:
@@ -738,11 +924,12 @@ class ChargeTerms:
         forced, not limited by the max charge time; energy mode = 0.01 kWh, no auto-stop,
         limited by the max charge time; monthly/count modes always stop when full."""
         max_s = float(cmd.max_charge_time or device_max_s)
+        limit = cmd.overload_power / 10.0 if cmd.overload_power else None  # 0.1 W; 0 = device's
         if cmd.duration == 0 or cmd.rate_mode in (1, 3):
-            return cls(True, None, None, max_s)
+            return cls(True, None, None, max_s, limit)
         if cmd.rate_mode == 0:
-            return cls(bool(cmd.force_auto_stop), float(cmd.duration), None, None)
-        return cls(False, None, cmd.duration * 10.0, max_s)
+            return cls(bool(cmd.force_auto_stop), float(cmd.duration), None, None, limit)
+        return cls(False, None, cmd.duration * 10.0, max_s, limit)
 
 
 def offline_order_no(unix_time: int, card_id: bytes, physical_id: int, port: int) -> bytes:
@@ -762,6 +949,10 @@ def _deci(watts: float) -> int:
 _HANDLERS = {
     0x20: SimulatedDevice._on_registration_reply,
     0x21: SimulatedDevice._on_heartbeat_reply,
+    0x01: SimulatedDevice._on_heartbeat_reply,
+    0x04: SimulatedDevice._on_order_confirmation_reply,
+    0xE0: SimulatedDevice._on_firmware_packet,
+    0xF8: SimulatedDevice._on_firmware_packet,
     0x22: SimulatedDevice._on_time_reply,
     0x03: SimulatedDevice._on_settlement_reply,
     0x02: SimulatedDevice._on_card_reply,

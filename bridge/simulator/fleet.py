@@ -29,7 +29,13 @@ from .stats import FleetStats
 
 log = logging.getLogger(__name__)
 
-KINDS = ("2", "10", "16", "mixed")
+KINDS = ("2", "10", "16", "legacy", "mixed", "mixed-legacy")
+"""Ports per device (2, 10, 16), legacy dual sockets (0x01/0x04, no 0x06), the 2/10/16 mix,
+and the same mix with every fifth device a legacy dual socket."""
+
+_MIX = (2, 2, 2, 10, 16)
+_LEGACY_IN_MIX = 2
+"""Index (mod 5) of the legacy device in the `mixed-legacy` mix: one dual socket of three."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,9 +90,17 @@ class FleetConfig:
 
     def ports_of(self, index: int) -> int:
         """Port count of device `index`: fixed, or a 2/10/16 mix (mostly dual sockets)."""
-        if self.kind != "mixed":
+        if self.kind == "legacy":
+            return 2
+        if self.kind not in ("mixed", "mixed-legacy"):
             return int(self.kind)
-        return (2, 2, 2, 10, 16)[index % 5]
+        return _MIX[index % 5]
+
+    def legacy_of(self, index: int) -> bool:
+        """Whether device `index` is a legacy (pre-2019) dual socket."""
+        if self.kind == "mixed-legacy":
+            return index % 5 == _LEGACY_IN_MIX
+        return self.kind == "legacy"
 
 
 class DeviceClock:
@@ -244,6 +258,7 @@ class Fleet:
                 timing=timing,
                 users=config.users if config.auto_plug else None,
                 iccid=not isinstance(target, SerialTarget),
+                legacy=config.legacy_of(config.first_index + i),
             )
             for i in range(config.devices)
         ]

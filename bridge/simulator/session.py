@@ -103,6 +103,8 @@ class PortSession:
 
     `energy_wh` is the exact running integral; the wire reports floor it to 0.01 kWh, so the
     reported values never decrease and the settlement is the last report plus the remainder.
+    Power limits: `order_limit_w` is the 0x82 overload power of this order, `device_limit_w`
+    the device's per-port overload power (0x85); the charger never draws more than either.
     """
 
     order_no: bytes
@@ -115,6 +117,8 @@ class PortSession:
     energy_limit_wh: float | None = None
     max_time_s: float | None = 36000.0
     unplug_after_s: float | None = None
+    order_limit_w: float | None = None
+    device_limit_w: float | None = None
     elapsed_s: float = 0.0
     energy_wh: float = 0.0
     power_w: float = 0.0
@@ -126,6 +130,19 @@ class PortSession:
     @property
     def ended(self) -> bool:
         return self.stop_reason is not None
+
+    @property
+    def power_limit_w(self) -> float | None:
+        """The lower of the order's and the device's limit (None: only the charger limits)."""
+        limits = [w for w in (self.order_limit_w, self.device_limit_w) if w is not None]
+        return min(limits) if limits else None
+
+    def set_device_limit(self, watts: float | None) -> None:
+        """A new device limit takes effect at once: the live power drops to it if above."""
+        self.device_limit_w = watts
+        limit = self.power_limit_w
+        if limit is not None:
+            self.power_w = min(self.power_w, limit)
 
     @property
     def floating(self) -> bool:
@@ -179,6 +196,9 @@ class PortSession:
     def _sample(self, t_end: float, rng: random.Random) -> None:
         dt = t_end - self.elapsed_s
         power = max(0.0, self.curve.power_w((self.elapsed_s + t_end) / 2) * rng.gauss(1.0, NOISE))
+        limit = self.power_limit_w
+        if limit is not None:
+            power = min(power, limit)
         self.energy_wh += power * dt / 3600.0
         self.period.add(power, dt)
         self.power_w = power

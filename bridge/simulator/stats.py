@@ -32,6 +32,9 @@ class FleetStats:
     settlements_acked: int = 0
     energy_reported_wh: float = 0.0
     """Energy of the settlements the server acknowledged."""
+    upgrades_completed: int = 0
+    upgrades_failed: int = 0
+    """Transfers refused at the end (checksum, device type, no check packet)."""
     frames_sent: int = 0
     frames_received: int = 0
     bad_frames: int = 0

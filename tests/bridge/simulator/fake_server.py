@@ -1,5 +1,6 @@
-"""A minimal DNY server for the simulator tests: answers 0x20/0x21/0x22/0x03 with the codec and
-records everything it receives, with an asyncio.Event to await each kind of arrival."""
+"""A minimal DNY server for the simulator tests: answers 0x20/0x21/0x22/0x03 (and the legacy
+0x01/0x04) with the codec and records everything it receives, with an asyncio.Event to await
+each kind of arrival."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ from dataclasses import dataclass, field
 from protocol import (
     Frame,
     Iccid,
+    OrderConfirmation,
+    OrderConfirmationReply,
     ResultReply,
     Sender,
     StreamDecoder,
@@ -20,7 +23,7 @@ from protocol import (
     encode_payload,
 )
 
-ANSWERED = (0x20, 0x21, 0x22, 0x03)
+ANSWERED = (0x20, 0x21, 0x22, 0x03, 0x01, 0x04)
 
 
 @dataclass
@@ -103,10 +106,17 @@ class FakeServer:
         if frame.command not in self.answer:
             return
         # Decoding checks that the simulator's payloads are valid for the codec.
-        decode_payload(frame.command, frame.data, Sender.DEVICE)
+        payload = decode_payload(frame.command, frame.data, Sender.DEVICE)
         if frame.command == 0x20:
             self.registered.add(frame.physical_id)
-        reply = TimeReply(int(time.time())) if frame.command == 0x22 else ResultReply(0)
+        reply: object = TimeReply(int(time.time())) if frame.command == 0x22 else ResultReply(0)
+        if isinstance(payload, OrderConfirmation):
+            reply = OrderConfirmationReply(payload.port, 0)
         writer.write(
-            encode_frame(frame.physical_id, frame.message_id, frame.command, encode_payload(reply))
+            encode_frame(
+                frame.physical_id,
+                frame.message_id,
+                frame.command,
+                encode_payload(reply),  # type: ignore[arg-type]
+            )
         )

@@ -88,3 +88,37 @@ async def test_sessions_started_and_stopped_over_mqtt_end_in_settlements(
             assert settled["order_no"] == second["order_no"] and settled["port"] == 2
             async with asyncio.timeout(10):
                 await fleet.wait_until(lambda s: s.settlements_acked == 2)
+
+
+async def test_legacy_chargers_confirm_orders_and_settle_through_the_gateway(
+    broker: Mosquitto, tmp_path: Path
+) -> None:
+    settings = gateway_settings(broker, tmp_path)
+    async with (
+        mqtt_collector(broker, T.all_order_events, T.all_device_responses) as mqtt,
+        running_gateway(settings) as app,
+    ):
+        target = TcpTarget("127.0.0.1", tcp_port(app))
+        config = FleetConfig(devices=1, kind="legacy", speed=3000)
+        async with Fleet(config, target) as fleet:
+            async with asyncio.timeout(10):
+                await fleet.wait_until(lambda s: s.registered == 1 and s.heartbeats_acked >= 1)
+            dev_id = device_id(fleet.devices[0].physical_id)
+            fleet.plug(0, 0)
+            await request(
+                broker,
+                T.device_request(dev_id, "start_charging"),
+                {"port": 1, "mode": "time", "duration_s": 1800, "request_id": "a"},
+            )
+            started = await mqtt.wait(T.device_response(dev_id, "start_charging"))
+            assert started["ok"], started
+            confirmed = await mqtt.wait(
+                T.event(dev_id, "order"), lambda e: e["type"] == "confirmed"
+            )
+            assert confirmed["order_no"] == started["order_no"] and confirmed["port"] == 1
+            settled = await mqtt.wait(T.event(dev_id, "order"), lambda e: e["type"] == "settled")
+            assert settled["order_no"] == started["order_no"] and settled["duration_s"] == 1800
+            async with asyncio.timeout(10):
+                await fleet.wait_until(lambda s: s.settlements_acked == 1)
+            # The gateway answered the 0x04, so the device stopped repeating it.
+            assert fleet.devices[0].ports[0].confirm_id is None
