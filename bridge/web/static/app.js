@@ -89,7 +89,7 @@ function onMessage(topic, bytes) {
   } else if (head === "charging" && id === "stats") {
     state.stats = data;
   } else if (head === "bridge" && id === "state" && data) {
-    state.gateways.set(data.gateway_id || "gateway", data);
+    state.gateways.set(data.gateway_id || "", data); // v1 payloads name no gateway
   } else if (head === "gateways" && sub === "state" && data) {
     state.gateways.set(id, data);
   } else if ((head === "devices" && sub === "response") || (head === "charging" && id === "response")) {
@@ -121,8 +121,9 @@ function onResponse(data) {
   if (!req) return;
   state.pending.delete(data.request_id);
   clearTimeout(req.timer);
-  const detail = data.message || data.result || (data.ok ? "done" : "failed");
-  setResult(req.deviceId, `${req.label}: ${data.ok ? "ok" : "failed"} — ${detail}`, data.ok ? "ok" : "error");
+  const verdict = data.ok ? "ok" : "failed";
+  const detail = [data.result, data.message].filter((x) => x && x !== verdict).join(": ");
+  setResult(req.deviceId, `${req.label}: ${verdict}${detail ? " — " + detail : ""}`, data.ok ? "ok" : "error");
 }
 
 function setResult(deviceId, text, kind) {
@@ -292,7 +293,8 @@ function render() {
 }
 
 function renderGateways() {
-  const parts = [...state.gateways.entries()].map(([id, g]) => `gateway ${esc(id)}: ${esc(g.state)}`);
+  const parts = [...state.gateways.entries()].map(([id, g]) =>
+    `${id ? "gateway " + esc(id) : "bridge"}: ${esc(g.state)}`);
   $("gateways").innerHTML = parts.join(" · ");
 }
 

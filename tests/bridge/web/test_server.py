@@ -47,17 +47,15 @@ def get(url: str) -> tuple[int, dict[str, str], bytes]:
 
 
 async def test_serves_the_page_its_assets_and_the_base_topic() -> None:
-    server = DashboardServer(
-        "127.0.0.1", 0, BrokerAddress("127.0.0.1", 1), base_topic="site-7/cb"
-    )
+    server = DashboardServer("127.0.0.1", 0, BrokerAddress("127.0.0.1", 1), base_topic="site-7/cb")
     await server.start()
     try:
         url = server.url
         status, headers, body = await asyncio.to_thread(get, url)
         assert status == 200 and headers["Content-Type"].startswith("text/html")
-        assert b'src="mqtt.js"' in body and "default-src 'self'" in headers[
-            "Content-Security-Policy"
-        ]
+        assert (
+            b'src="mqtt.js"' in body and "default-src 'self'" in headers["Content-Security-Policy"]
+        )
         for path, ctype in (("app.js", "text/javascript"), ("style.css", "text/css")):
             status, headers, body = await asyncio.to_thread(get, url + path)
             assert status == 200 and headers["Content-Type"].startswith(ctype) and body
@@ -137,9 +135,6 @@ async def test_unreachable_broker_closes_the_websocket_with_a_reason() -> None:
             await ws.recv()
         assert closed.value.rcvd is not None
         assert (closed.value.rcvd.code, closed.value.rcvd.reason) == (1011, "broker unreachable")
-        async with asyncio.timeout(10):  # the handler's cleanup runs just after the close
-            while server.active:
-                await asyncio.sleep(0.01)
         assert server.relayed == 1
 
 
