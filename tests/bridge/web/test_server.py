@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 import struct
 import urllib.request
 from collections.abc import AsyncIterator
@@ -13,7 +14,7 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from bridge.config import CommonSettings, ConfigError, load_settings
-from bridge.web import DashboardServer, WebUnit, parse_web_address
+from bridge.web import DashboardServer, WebUnit, dashboard, parse_web_address
 from bridge.web.server import BrokerAddress
 from tests.broker import USERS, Mosquitto, free_port
 
@@ -152,3 +153,20 @@ def test_web_address_and_option() -> None:
     assert (unit.server.broker.host, unit.server.broker.port) == ("b", 8884)
     assert unit.server.broker.tls is not None
     assert load_settings(CommonSettings, {}).web == ""  # off unless asked for
+
+
+async def test_dashboard_unit_follows_the_option_and_the_demo_may_move_port() -> None:
+    async with dashboard(load_settings(CommonSettings, {})) as off:
+        assert off is None
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        busy = load_settings(CommonSettings, {"web": f"127.0.0.1:{taken.getsockname()[1]}"})
+        with pytest.raises(OSError):
+            async with dashboard(busy):
+                pass
+        async with dashboard(busy, fallback_port=True) as unit:  # the demo's default port
+            assert unit is not None
+            assert unit.server.addresses[0][1] not in (0, taken.getsockname()[1])
+            status, _, _ = await asyncio.to_thread(get, unit.server.url)
+            assert status == 200
