@@ -180,6 +180,9 @@ async def test_monitor_sees_chargers_and_a_live_session_but_cannot_start(
         await start_as_operator(s.broker, first, 2)
         await s.received(lambda r: (first, 1, 1) in r)
         assert [r for r in s.starts if r[0] == second] == []
+        if SCREENSHOTS:
+            await asyncio.to_thread(Path(SCREENSHOTS).mkdir, parents=True, exist_ok=True)
+            await page.screenshot(path=str(Path(SCREENSHOTS) / "dashboard-monitor.png"))
 
 
 async def test_operator_starts_a_port_and_the_charger_receives_0x82(
