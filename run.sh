@@ -46,6 +46,14 @@ ensure_mosquitto() {
     fi
 }
 
+ensure_chromium() {
+    # The dashboard's tests drive Debian's chromium through Playwright (no browser download).
+    if ! command -v chromium >/dev/null; then
+        echo "run.sh: installing chromium (browser used by the dashboard tests)" >&2
+        apt_install chromium
+    fi
+}
+
 cmd=${1:-help}
 shift || true
 case "$cmd" in
@@ -56,6 +64,7 @@ case "$cmd" in
     test)
         ensure_venv
         ensure_mosquitto
+        ensure_chromium
         export PATH="$PWD/$VENV/bin:$PATH:/usr/sbin"
         echo "== ruff" && ruff check . && ruff format --check . >/dev/null
         echo "== mypy" && mypy

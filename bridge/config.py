@@ -90,6 +90,11 @@ class CommonSettings(BaseSettings):
         description="minimum seconds between two statistics messages (bridge/stats, "
         "charging/stats); they are sent only when something changed",
     )
+    web: str = Field(
+        default="",
+        description="serve the browser dashboard on HOST:PORT (empty: off; docs/dashboard.md)",
+        pattern=r"^$|^.+:\d{1,5}$",
+    )
     log_format: Literal["text", "json"] = Field(default="text", description="log line format")
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         default="info", description="minimum level logged"

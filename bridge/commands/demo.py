@@ -24,6 +24,7 @@ from bridge.mqtt.client import MqttClient, payload_bytes
 from bridge.mqtt.topics import Topics
 from bridge.simulator.device import UserBehaviour
 from bridge.simulator.fleet import KINDS, Fleet, FleetConfig, TcpTarget
+from bridge.web import dashboard
 
 HELP = "everything in one process with simulated chargers and a live view of the sessions"
 
@@ -46,6 +47,11 @@ class DemoSettings(RunSettings):
     )
     stats_interval: float = Field(default=1.0, gt=0, description="seconds between stats")
     log_level: str = Field(default="warning", description="minimum level logged")  # type: ignore[assignment]
+    web: str = Field(
+        default="127.0.0.1:8080",
+        description="browser dashboard HOST:PORT (empty: off; any free port if 8080 is taken)",
+        pattern=r"^$|^.+:\d{1,5}$",
+    )
 
 
 def _check_kind(kind: str) -> None:
@@ -98,7 +104,11 @@ async def serve(settings: DemoSettings) -> None:
     _check_kind(settings.kind)
     console = Console(stderr=False)
     topics = Topics(settings.base_topic)
-    async with broker_for(settings) as effective:
+    fallback = "web" not in settings.model_fields_set  # only the default port may move
+    async with (
+        broker_for(settings) as effective,
+        dashboard(effective, announce=True, fallback_port=fallback),
+    ):
         gateway = GatewayApp(effective)
         gateway_ready, service_ready = asyncio.Event(), asyncio.Event()
         async with asyncio.TaskGroup() as roles:

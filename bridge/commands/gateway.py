@@ -7,6 +7,7 @@ import argparse
 from bridge.app import run_gateway
 from bridge.commands.common import run_role
 from bridge.config import GatewaySettings, add_settings_arguments
+from bridge.web import with_dashboard
 
 HELP = "run the gateway: device links (TCP, serial) <-> MQTT"
 
@@ -16,4 +17,4 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    return run_role("gateway", GatewaySettings, args, run_gateway)
+    return run_role("gateway", GatewaySettings, args, with_dashboard(run_gateway))

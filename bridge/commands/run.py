@@ -21,6 +21,7 @@ from bridge.charging.service import run_service
 from bridge.charging.settings import ChargingSettings
 from bridge.commands.common import run_role
 from bridge.config import GatewaySettings, add_settings_arguments
+from bridge.web import dashboard
 
 HELP = "run gateway + charging service in one process (embedded broker unless --mqtt is given)"
 
@@ -77,7 +78,7 @@ async def run_both(
 
 async def serve(settings: RunSettings) -> None:
     try:
-        async with broker_for(settings) as effective:
+        async with broker_for(settings) as effective, dashboard(effective, announce=True):
             await run_both(effective, one_after_the_other=settings.embedded_broker)
     except BrokerPortInUse as exc:
         raise OSError(str(exc)) from None

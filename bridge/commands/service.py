@@ -8,6 +8,7 @@ from bridge.charging.service import run_service
 from bridge.charging.settings import ChargingSettings
 from bridge.commands.common import run_role
 from bridge.config import add_settings_arguments
+from bridge.web import with_dashboard
 
 HELP = "run the charging service: sessions and statistics from the gateway's MQTT events"
 
@@ -17,4 +18,4 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    return run_role("service", ChargingSettings, args, run_service)
+    return run_role("service", ChargingSettings, args, with_dashboard(run_service))
