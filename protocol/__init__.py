@@ -69,7 +69,13 @@ from protocol.commands.params import (
     TemporaryQrCode,
     WorkModeSet,
 )
-from protocol.commands.registry import command_name, commands_for, decode_payload, encode_payload
+from protocol.commands.registry import (
+    command_code,
+    command_name,
+    commands_for,
+    decode_payload,
+    encode_payload,
+)
 from protocol.commands.reserved import ReservedFd, ReservedFdReply, ReservedFe
 from protocol.commands.upgrade import (
     FirmwarePacket,
@@ -168,6 +174,7 @@ __all__ = [
     "UpgradeReply",
     "UpgradeRequest",
     "WorkModeSet",
+    "command_code",
     "command_name",
     "commands_for",
     "decode_frame",

@@ -256,6 +256,15 @@ def commands_for(model: type[Payload], sender: Sender) -> tuple[int, ...]:
     )
 
 
+_CODES = {name: command for command, name in COMMAND_NAMES.items()}
+
+
+def command_code(name: str) -> int:
+    """The code of a command name (`reboot` -> 0x87), for commands sent without a model;
+    KeyError for a name the reference does not have."""
+    return _CODES[name]
+
+
 def command_name(command: int) -> str:
     """Snake-case name of a command code (`heartbeat` for 0x21), `unknown_XX` otherwise."""
     name = COMMAND_NAMES.get(command)
