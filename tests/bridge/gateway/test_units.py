@@ -259,3 +259,22 @@ async def test_stats_are_published_only_when_they_changed(tmp_path: Path) -> Non
     assert gw.loops.publish_stats() is True
     stats = mqtt.on("/bridge/stats")[-1]
     assert stats.retain and stats.payload["frames_in"] == 1
+
+
+async def test_resent_time_request_gets_the_current_time(tmp_path: Path) -> None:
+    gw, mqtt, clock = gateway(tmp_path)
+    link = FakeLink(gw)
+    link.send(0x22, message_id=9)
+    clock.advance(5)
+    link.send(0x22, message_id=9)  # e.g. after a reboot message ids restart
+    first, second = (decoded(f) for f in link.new_frames())
+    assert isinstance(first, p.TimeReply) and isinstance(second, p.TimeReply)
+    assert second.unix_time == first.unix_time + 5
+    assert len(mqtt.events("device", "time_sync")) == 1  # the resend publishes nothing
+
+
+async def test_offline_device_answers_without_waiting(tmp_path: Path) -> None:
+    gw, _, _ = gateway(tmp_path)
+    task = asyncio.create_task(gw._request("05000001", "reboot", b'{"request_id": "x"}'))
+    await asyncio.sleep(0)  # one loop turn, no time
+    assert task.done() and task.result().result == "offline"
