@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
+import protocol as p
 from bridge.gateway import events
 from bridge.gateway.clock import Clock
 from bridge.gateway.publishing import Publishing
@@ -26,13 +27,15 @@ log = logging.getLogger(__name__)
 FrameTap = Callable[[Sender, Device, Frame], None]
 FrameHandler = Callable[[Device, Frame], None]
 
-# 0xFA from a device is its own request (upgrade progress), not a reply to one of ours.
-_DEVICE_INITIATED_ABOVE_0x80 = frozenset({0xFA})
+# Codes from 0x80 up are server commands, so a device frame with one answers us; except the
+# host firmware upgrade (0xFA), which a device starts itself.
+_FIRST_SERVER_COMMAND = 0x80  # the reference numbers server commands from 0x80
+_DEVICE_INITIATED = frozenset({p.command_code("host_firmware_upgrade")})
 
 
 def is_reply(command: int) -> bool:
-    """Codes from 0x80 up are our commands, so a device frame with one answers us."""
-    return command >= 0x80 and command not in _DEVICE_INITIATED_ABOVE_0x80
+    """Whether a device frame answers one of our commands (rather than starting something)."""
+    return command >= _FIRST_SERVER_COMMAND and command not in _DEVICE_INITIATED
 
 
 def _ignore(_: Device, __: Frame) -> None:

@@ -171,3 +171,4 @@ def test_every_model_code_is_the_one_the_decoder_table_says() -> None:
             assert m.SENDER is not None
             assert m in registry.models_for(m.COMMAND, m.SENDER), m.__name__
     assert registry.commands_for(registry.heartbeats.TimeRequest, registry.DEVICE) == (0x12, 0x22)
+    assert registry.command_code("reboot") == 0x87
