@@ -13,7 +13,7 @@ Fields keep wire values; SI values are `*_v`, `*_w`, `*_kwh`, `*_a`, `*_c`, `*_s
 (see `protocol.units`). Everything raised on bad input is a `DnyError`. See docs/protocol.md.
 """
 
-from protocol.commands._model import Payload
+from protocol.commands._model import Payload, Sender
 from protocol.commands.cabinet import (
     Alarm,
     CabinetHeartbeat,
@@ -69,7 +69,13 @@ from protocol.commands.params import (
     TemporaryQrCode,
     WorkModeSet,
 )
-from protocol.commands.registry import Sender, command_name, decode_payload, encode_payload
+from protocol.commands.registry import (
+    command_code,
+    command_name,
+    commands_for,
+    decode_payload,
+    encode_payload,
+)
 from protocol.commands.reserved import ReservedFd, ReservedFdReply, ReservedFe
 from protocol.commands.upgrade import (
     FirmwarePacket,
@@ -168,7 +174,9 @@ __all__ = [
     "UpgradeReply",
     "UpgradeRequest",
     "WorkModeSet",
+    "command_code",
     "command_name",
+    "commands_for",
     "decode_frame",
     "decode_payload",
     "encode_frame",

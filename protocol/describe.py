@@ -12,7 +12,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from protocol.commands.registry import Sender, command_name, decode_payload
+from protocol.commands._model import Sender
+from protocol.commands.registry import command_name, decode_payload
 from protocol.errors import FrameError, PayloadError
 from protocol.frame import (
     MIN_LENGTH,

@@ -10,8 +10,10 @@ from __future__ import annotations
 import re
 import struct
 from dataclasses import dataclass
+from typing import overload
 
 from protocol._fast import slot_constructor
+from protocol.commands._model import Payload
 from protocol.errors import ChecksumError, FrameError, LengthError, TruncatedError
 
 HEADER = b"DNY"
@@ -89,8 +91,28 @@ def checksum(data: bytes | bytearray | memoryview) -> int:
     return sum(data) & 0xFFFF
 
 
-def encode_frame(physical_id: int, message_id: int, command: int, data: bytes = b"") -> bytes:
-    """Build a complete frame (header, length, address, data, checksum)."""
+@overload
+def encode_frame(physical_id: int, message_id: int, command: int, data: bytes = b"") -> bytes: ...
+
+
+@overload
+def encode_frame(physical_id: int, message_id: int, command: Payload) -> bytes: ...
+
+
+def encode_frame(
+    physical_id: int, message_id: int, command: int | Payload, data: bytes = b""
+) -> bytes:
+    """Build a complete frame (header, length, address, data, checksum).
+
+    `command` is a code with its `data` block, or a payload model carrying its own code
+    (`encode_frame(pid, mid, ChargeControl(...))`); a model shared by several codes has none
+    and raises FrameError: give the code and `model.encode()`."""
+    if not isinstance(command, int):
+        model = command
+        code = model.COMMAND
+        if code is None:
+            raise FrameError(f"{type(model).__name__} has no command code of its own; give one")
+        command, data = code, model.encode()
     length = len(data) + MIN_LENGTH
     if length > 0xFFFF:
         raise LengthError(f"data block of {len(data)} bytes does not fit a frame")

@@ -2,7 +2,8 @@
 
 One command in flight per physical id, at least `spacing_s` between two commands to the same
 id, a reply matched by (physical id, command, message id), and one resend with the same message
-id after `timeout_s` before giving up.
+id after `timeout_s` before giving up. A reply's payload is decoded once, by whoever routes it
+here (`on_reply`), and that one `Reply` serves the waiting request and any event.
 """
 
 from __future__ import annotations
@@ -10,11 +11,12 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from bridge.gateway.dedup import BoundedTtlMap
 from bridge.gateway.registry import Device
 from bridge.gateway.stats import GatewayStats
-from protocol import Frame, encode_frame
+from protocol import Frame, Payload
 
 
 class DeviceOffline(Exception):
@@ -28,10 +30,19 @@ class CommandTimeout(Exception):
 ReplyKey = tuple[int, int, int]  # physical id, command, message id
 
 
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """A device's reply frame and its payload, decoded once (`error` when it would not)."""
+
+    frame: Frame
+    payload: Payload | None
+    error: str | None = None
+
+
 class Dispatcher:
     def __init__(
         self,
-        send: Callable[[Device, bytes], bool],
+        send: Callable[[Device, Frame, bytes], bool],
         stats: GatewayStats,
         *,
         timeout_s: float = 15.0,
@@ -41,7 +52,7 @@ class Dispatcher:
         self._stats = stats
         self.timeout_s = timeout_s
         self.spacing_s = spacing_s
-        self._pending: dict[ReplyKey, asyncio.Future[Frame]] = {}
+        self._pending: dict[ReplyKey, asyncio.Future[Reply]] = {}
         # what was asked, to make sense of replies that arrive after we gave up
         self._sent: BoundedTtlMap[ReplyKey, object] = BoundedTtlMap(10_000, 600.0)
 
@@ -53,8 +64,8 @@ class Dispatcher:
         *,
         expect_reply: bool = True,
         context: object = None,
-    ) -> Frame | None:
-        """Send one command and return the device's reply frame (None if none is expected).
+    ) -> Reply | None:
+        """Send one command and return the device's reply (None if none is expected).
 
         Raises DeviceOffline or CommandTimeout."""
         async with dev.lock:
@@ -64,14 +75,15 @@ class Dispatcher:
             if not dev.online:
                 raise DeviceOffline
             message_id = dev.next_message_id()
-            raw = encode_frame(dev.physical_id, message_id, command, data)
+            frame = Frame(dev.physical_id, message_id, command, data)
+            raw = frame.encode()
             key = (dev.physical_id, command, message_id)
-            reply: asyncio.Future[Frame] = asyncio.get_running_loop().create_future()
+            reply: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
             self._pending[key] = reply
             self._sent.put(key, context)
             try:
                 for _attempt in range(2):
-                    if not self._send(dev, raw):
+                    if not self._send(dev, frame, raw):
                         raise DeviceOffline
                     self._stats.commands_sent += 1
                     dev.next_send_at = time.monotonic() + self.spacing_s
@@ -89,14 +101,15 @@ class Dispatcher:
                 if not reply.done():
                     reply.cancel()
 
-    def on_reply(self, frame: Frame) -> tuple[bool, object]:
-        """Resolve the command this frame answers. Returns (whether a caller was waiting,
+    def on_reply(self, got: Reply) -> tuple[bool, object]:
+        """Resolve the command this reply answers. Returns (whether a caller was waiting,
         the context the command was sent with, if it was sent recently)."""
+        frame = got.frame
         key = (frame.physical_id, frame.command, frame.message_id)
         reply = self._pending.get(key)
         if reply is None or reply.done():
             return False, self._sent.get(key)
-        reply.set_result(frame)
+        reply.set_result(got)
         return True, None
 
     def device_gone(self, physical_id: int) -> None:

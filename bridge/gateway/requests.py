@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import protocol as p
+from bridge.gateway.dispatcher import Reply
 from bridge.mqtt.payloads import (
     PARAMS_1_FIELDS,
     PARAMS_2_FIELDS,
@@ -33,8 +34,18 @@ from protocol.ids import order_no_hex
 
 RATE_MODES = {"time": 0, "monthly": 1, "energy": 2, "count": 3}
 ADJUST_MODES = {"time": 0, "time_full_stop": 1, "energy": 2}
-READ_COMMANDS = {"params_1": 0x90, "params_2": 0x91, "limits": 0x92, "card": 0x93}
-NO_REPLY_COMMANDS = frozenset({0x81, 0xE4, 0xFE})
+# Commands without data have no model: named by the reference's names, not by hex.
+READ_COMMANDS = {
+    "params_1": p.command_code("query_running_params_1"),
+    "params_2": p.command_code("query_running_params_2"),
+    "limits": p.command_code("query_charge_limits"),
+    "card": p.command_code("query_card_params"),
+}
+QUERY_STATUS = p.command_code("query_status")
+REBOOT = p.command_code("reboot")
+NO_REPLY_COMMANDS = frozenset(
+    {QUERY_STATUS, p.command_code("trigger_self_upgrade"), p.command_code("reserved_fe")}
+)
 RESPONSE_KEYS = ("request_id", "ok", "code", "result", "message")
 
 
@@ -45,6 +56,12 @@ class Step:
     expect_reply: bool = True
     extra: dict[str, Any] = field(default_factory=dict)  # fields for the response
     sent: Any = None  # the protocol payload, to interpret the reply (0x82)
+
+    @classmethod
+    def of(cls, model: p.Payload, **kw: Any) -> Step:
+        """The step that sends `model` under its own command code."""
+        assert model.COMMAND is not None, f"{type(model).__name__} has no command code"
+        return cls(model.COMMAND, p.encode_payload(model), **kw)
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,14 +95,7 @@ def plan(req: CommandRequest) -> list[Step]:
                 duration=0,
                 order_no=order_no,
             )
-            return [
-                Step(
-                    0x82,
-                    p.encode_payload(control),
-                    extra={"order_no": req.order_no.upper()},
-                    sent=control,
-                )
-            ]
+            return [Step.of(control, extra={"order_no": req.order_no.upper()}, sent=control)]
         case AdjustChargingRequest():
             if req.mode == "energy":
                 if req.energy_kwh is None:
@@ -96,17 +106,17 @@ def plan(req: CommandRequest) -> list[Step]:
                     raise ValueError(f"duration_s: required when mode is {req.mode}")
                 limit = req.duration_s
             adjust = p.AdjustCharging(mode=ADJUST_MODES[req.mode], port=req.port - 1, limit=limit)
-            return [Step(0x8A, p.encode_payload(adjust))]
+            return [Step.of(adjust)]
         case QueryStatusRequest():
-            return [Step(0x81, b"", expect_reply=False)]
+            return [Step(QUERY_STATUS, b"", expect_reply=False)]
         case RebootRequest():
-            return [Step(0x87, b"")]
+            return [Step(REBOOT, b"")]
         case SetLimitsRequest():
             return [_limits(req)]
         case SetParamsRequest():
             return _params(req)
         case LocateRequest():
-            return [Step(0x96, p.encode_payload(p.Locate(seconds=req.seconds)))]
+            return [Step.of(p.Locate(seconds=req.seconds))]
         case ReadParamsRequest():
             return [Step(READ_COMMANDS[req.which], b"")]
         case RawRequest():
@@ -150,9 +160,7 @@ def _start(req: StartChargingRequest) -> Step:
         order_no=order_no,
         **tail,
     )
-    return Step(
-        0x82, p.encode_payload(control), extra={"order_no": order_no_hex(order_no)}, sent=control
-    )
+    return Step.of(control, extra={"order_no": order_no_hex(order_no)}, sent=control)
 
 
 def _limits(req: SetLimitsRequest) -> Step:
@@ -168,7 +176,7 @@ def _limits(req: SetLimitsRequest) -> Step:
     limits = p.ChargeLimits(
         max_charge_time=req.max_duration_s, overload_power=_tenths(req.max_power_w), **voltages
     )
-    return Step(0x85, p.encode_payload(limits))
+    return Step.of(limits)
 
 
 # request field -> field of the protocol payload, in frame order
@@ -217,19 +225,20 @@ def _wire_param(value: Any) -> Any:
 
 def _params(req: SetParamsRequest) -> list[Step]:
     steps = []
-    groups: tuple[tuple[dict[str, str], int, type[Any]], ...] = (
-        (_PARAMS_1, 0x83, p.RunningParams1),
-        (_PARAMS_2, 0x84, p.RunningParams2),
+    groups: tuple[tuple[dict[str, str], type[Any]], ...] = (
+        (_PARAMS_1, p.RunningParams1),
+        (_PARAMS_2, p.RunningParams2),
     )
-    for names, command, payload_cls in groups:
+    for names, payload_cls in groups:
         given = [n for n in names if getattr(req, n) is not None]
         if not given:
             continue
         missing = [n for n in names if getattr(req, n) is None]
         if missing:
-            raise ValueError(f"{missing[0]}: required with {given[0]} (frame 0x{command:02X})")
+            code = payload_cls.COMMAND
+            raise ValueError(f"{missing[0]}: required with {given[0]} (frame 0x{code:02X})")
         payload = payload_cls(**{wire: _wire_param(getattr(req, n)) for n, wire in names.items()})
-        steps.append(Step(command, p.encode_payload(payload)))
+        steps.append(Step.of(payload))
     if not steps:
         raise ValueError("request: give every field of 0x83 or of 0x84")
     return steps
@@ -255,15 +264,15 @@ def reply_fields(payload: Any) -> dict[str, Any]:
     return out
 
 
-def outcome(step: Step, frame: p.Frame) -> Outcome:
-    try:
-        reply = p.decode_payload(frame.command, frame.data, p.Sender.DEVICE)
-    except p.PayloadError as exc:
+def outcome(step: Step, got: Reply) -> Outcome:
+    """The response fields of a reply, from its payload decoded once by the caller."""
+    frame, reply = got.frame, got.payload
+    if reply is None:
         return Outcome(
             False,
             None,
             "bad_reply",
-            f"reply not decodable: {exc}",
+            f"reply not decodable: {got.error}",
             {"data_hex": frame.data.hex().upper()},
         )
     if isinstance(reply, p.ChargeControlReply):
@@ -287,5 +296,9 @@ def outcome(step: Step, frame: p.Frame) -> Outcome:
     if not isinstance(code, int):
         return Outcome(True, None, "ok", "reply received", fields)
     # Parameter commands answer 0 for success; 0x8A has its own codes (reference A.14, A.21).
-    name = adjust_result_name(code) if frame.command == 0x8A else ("ok" if code == 0 else "failed")
+    name = (
+        adjust_result_name(code)
+        if frame.command == p.AdjustCharging.COMMAND
+        else ("ok" if code == 0 else "failed")
+    )
     return Outcome(code == 0, code, name, name.replace("_", " "), fields)

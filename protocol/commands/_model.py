@@ -18,6 +18,7 @@ declare their fields with `Wire` specs, which drive `to_json` and the property-b
 
 from __future__ import annotations
 
+import enum
 import struct
 import typing
 from collections.abc import Callable
@@ -44,6 +45,17 @@ TAIL = "tail"  # every remaining byte
 VARBYTES = "varbytes"  # variable-size raw bytes handled by custom code
 LIST = "list"  # tuple of integers of `code`, handled by custom code
 RECORDS = "records"  # tuple of nested models, handled by custom code
+
+
+class Sender(enum.Enum):
+    """Who sent the bytes: some frames are byte-identical in both directions (reference 8)."""
+
+    DEVICE = "device"
+    SERVER = "server"
+
+
+DEVICE = Sender.DEVICE
+SERVER = Sender.SERVER
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,6 +129,14 @@ class Payload:
     """Base of every payload model (frozen slotted dataclasses)."""
 
     __slots__ = ()
+
+    # The command code this model travels under and who sends it, so that callers build frames
+    # from the model alone (`encode_frame(pid, mid, model)`). A model some other code reuses
+    # (RunningParams1 is also the 0x90 reply) names the one it is sent with; a model shared by
+    # several codes alike (ResultReply, Empty, TimeReply, FirmwarePacket) has None: the caller
+    # names the code, usually that of the frame it answers.
+    COMMAND: ClassVar[int | None] = None
+    SENDER: ClassVar[Sender | None] = None
 
     SPEC: ClassVar[tuple[FieldSpec, ...]] = ()
     _fixed: ClassVar[tuple[FieldSpec, ...]] = ()

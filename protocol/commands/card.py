@@ -7,6 +7,8 @@ from dataclasses import dataclass
 from typing import Annotated, Self
 
 from protocol.commands._model import (
+    DEVICE,
+    SERVER,
     U16,
     U32,
     VARBYTES,
@@ -37,6 +39,9 @@ class CardSwipe(Payload):
     present, card number 2 only when its length byte and all N bytes are present; otherwise the
     leftover bytes stay in `extra`. An empty card number 2 (length byte 0) decodes as b"".
     """
+
+    COMMAND = 0x02
+    SENDER = DEVICE
 
     card_id: CardId
     card_type: Annotated[int, u8(card_type_name)]
@@ -85,6 +90,9 @@ class CardSwipe(Payload):
 @dataclass(frozen=True, slots=True)
 class CardSwipeReply(Payload):
     """0x02 server reply: account data for the swiped card. The reply alone starts nothing."""
+
+    COMMAND = 0x02
+    SENDER = SERVER
 
     card_id: CardId  # echo of the request
     account_status: Annotated[int, u8(account_status_name)]

@@ -8,6 +8,8 @@ from typing import Annotated
 
 from protocol import units
 from protocol.commands._model import (
+    DEVICE,
+    SERVER,
     U8,
     U16,
     U32,
@@ -52,6 +54,9 @@ class ChargeControl(Payload):
     `extra_float_time` s, `full_power` WHOLE watts, `full_power_check_time` minutes.
     """
 
+    COMMAND = 0x82
+    SENDER = SERVER
+
     rate_mode: RateMode
     balance: U32  # fen, or expiry Unix time for monthly passes; for the voice prompt only
     port: Port  # 0xFF = device chooses
@@ -81,6 +86,9 @@ class ChargeControlReply(Payload):
     """0x82 device reply. Old devices (before v6.2) send the result byte only; order number,
     port and the waiting-ports bitmap (bit i = wire port i, valid for result 5) follow."""
 
+    COMMAND = 0x82
+    SENDER = DEVICE
+
     result: Annotated[int, u8(charge_result_name)]
     order_no: OrderNo | None = None
     port: Port | None = None
@@ -99,6 +107,9 @@ class AdjustCharging(Payload):
     """0x8A modify the limit of a running session; `limit` is s (modes 0/1) or 0.01 kWh (2).
     The device replies ResultReply with A.14 codes (enums.adjust_result_name)."""
 
+    COMMAND = 0x8A
+    SENDER = SERVER
+
     mode: Annotated[int, u8(adjust_mode_name)]
     port: Port
     limit: U16
@@ -114,6 +125,9 @@ class PortPowerReport(Payload):
     so each is decoded when the data holds it completely. `period_energy` is a raw counter
     (divide by 4800; debugging only), `occupied_time` is in minutes (cabinets).
     """
+
+    COMMAND = 0x06
+    SENDER = DEVICE
 
     port: Port
     status: Annotated[int, u8(charging_status_name)]
@@ -216,6 +230,9 @@ class Settlement(SessionEnd):
     (debugging only) and `occupied_time` (minutes, cabinets) follow by length.
     """
 
+    COMMAND = 0x03
+    SENDER = DEVICE
+
     second_max_power: Power | None = None
     timestamp: U32 | None = None
     occupied_time: U16 | None = None
@@ -231,6 +248,9 @@ class Settlement(SessionEnd):
 class ChargeFinished(SessionEnd):
     """0x43 cabinet: charging finished, not settled (the same 29 bytes as the 0x03 prefix)."""
 
+    COMMAND = 0x43
+    SENDER = DEVICE
+
     extra: Tail = b""
 
 
@@ -238,6 +258,9 @@ class ChargeFinished(SessionEnd):
 @dataclass(frozen=True, slots=True)
 class OrderConfirmation(Payload):
     """0x04 legacy order confirmation (old devices; answer OrderConfirmationReply)."""
+
+    COMMAND = 0x04
+    SENDER = DEVICE
 
     port: Port
     start_mode: StartMode
@@ -255,6 +278,9 @@ class OrderConfirmation(Payload):
 @dataclass(frozen=True, slots=True)
 class OrderConfirmationReply(Payload):
     """0x04 server reply: the port echoed and an answer byte (values undocumented; send 0)."""
+
+    COMMAND = 0x04
+    SENDER = SERVER
 
     port: Port
     answer: U8

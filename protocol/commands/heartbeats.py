@@ -10,6 +10,7 @@ from typing import Annotated, Self
 
 from protocol import units
 from protocol.commands._model import (
+    DEVICE,
     LIST,
     U8,
     U16,
@@ -54,6 +55,9 @@ class Heartbeat(Payload):
     Tolerant decoding (reference 0x21): requires 3 + n bytes (voltage, n, statuses); signal
     and temperature are taken only when present; later bytes are kept in `extra`.
     """
+
+    COMMAND = 0x21
+    SENDER = DEVICE
 
     voltage: Voltage
     port_statuses: PortStatuses
@@ -103,6 +107,9 @@ class LegacyHeartbeat(Payload):
     array (5 + 5n bytes), then takes virtual ID, signal, device type, temperature and work mode
     one by one while bytes remain.
     """
+
+    COMMAND = 0x01
+    SENDER = DEVICE
 
     firmware: U16
     voltage: Voltage
@@ -190,6 +197,9 @@ class Registration(Payload):
     Tolerant decoding: the vendor example carries 10 bytes against 8 documented; bytes after
     the power-board version are kept in `extra` (reference 0x20, ambiguity 5).
     """
+
+    COMMAND = 0x20
+    SENDER = DEVICE
 
     firmware: U16  # x100: 126 = V1.26
     port_count: U8

@@ -9,8 +9,10 @@ from typing import Annotated, Self
 
 from protocol import units
 from protocol.commands._model import (
+    DEVICE,
     LIST,
     RECORDS,
+    SERVER,
     U8,
     U16,
     U32,
@@ -43,6 +45,9 @@ class HostHeartbeat(Payload):
     """0x11 host heartbeat (every 30 min, not answered). 32 bytes on older hosts, 71 with the
     IMEI and module version. Signal 0-31 (99 error; values > 100: subtract 100)."""
 
+    COMMAND = 0x11
+    SENDER = DEVICE
+
     firmware: U16
     rtc_module: Annotated[int, u8(rtc_module_name)]
     host_time: U32  # Unix time, 0 without RTC
@@ -62,6 +67,9 @@ class HostStatus(Payload):
     """0x17 host status report (23 bytes, not answered). Currents in 0.01 A, energies in
     0.01 kWh (u32), leakage current in mA. Temperature encoding is not stated: decoded with the
     +65 rule as advised, raw kept."""
+
+    COMMAND = 0x17
+    SENDER = DEVICE
 
     breaker_state: U8
     temperature: Temperature
@@ -98,6 +106,9 @@ class ServerAddress(Payload):
     """0x34 change server address (also 0x0A between extension and host): the address is at
     most 45 characters, NUL-terminated and NUL-padded to 46 bytes."""
 
+    COMMAND = 0x34
+    SENDER = SERVER
+
     server_port: U16
     module_type: Annotated[int, u8(server_module_type_name)]
     socket_b: U8
@@ -123,6 +134,9 @@ _COUNT = struct.Struct("<B")
 @dataclass(frozen=True, slots=True)
 class ExtensionVersions(Payload):
     """0x35 host reports extension versions: u8 count N, then N 8-byte records."""
+
+    COMMAND = 0x35
+    SENDER = DEVICE
 
     records: Annotated[tuple[ExtensionVersion, ...], Wire("", RECORDS, record=ExtensionVersion)]
     extra: Tail = b""
@@ -151,6 +165,9 @@ _FSK_HEAD = struct.Struct("<H3sB")
 class FskParams(Payload):
     """0x3A set FSK host parameters (also the server's answer to 0x3B; the vendor table's
     command byte 0x98 is a typo). Frequency in MHz; the physical IDs of all extensions."""
+
+    COMMAND = 0x3A
+    SENDER = SERVER
 
     frequency: U16
     reserved: Annotated[bytes, raw(3)]
@@ -182,6 +199,9 @@ class FskParams(Payload):
 class FskParamsRequest(Payload):
     """0x3B host requests FSK parameters; the server answers with a 0x3A FskParams command."""
 
+    COMMAND = 0x3B
+    SENDER = DEVICE
+
     frequency: U16
     extra: Tail = b""
 
@@ -191,6 +211,9 @@ class FskParamsRequest(Payload):
 class BusPoll(Payload):
     """0x00 host -> extension RS-485 poll (never reaches a server; decoded for bus captures)."""
 
+    COMMAND = 0x00
+    SENDER = DEVICE
+
     virtual_id: U8
     extra: Tail = b""
 
@@ -199,6 +222,9 @@ class BusPoll(Payload):
 @dataclass(frozen=True, slots=True)
 class TestModeReport(Payload):
     """0x09 extension test mode (never reaches a server). Power unit not stated: raw."""
+
+    COMMAND = 0x09
+    SENDER = DEVICE
 
     port_status: U16
     voltage: Voltage

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import enum
 from collections.abc import Callable
 
 from protocol.commands import (
@@ -17,21 +16,10 @@ from protocol.commands import (
     reserved,
     upgrade,
 )
-from protocol.commands._model import Payload
+from protocol.commands._model import DEVICE, SERVER, Payload, Sender
 from protocol.errors import PayloadError
 
-
-class Sender(enum.Enum):
-    """Who sent the bytes: some frames are byte-identical in both directions (reference 8)."""
-
-    DEVICE = "device"
-    SERVER = "server"
-
-
 Decoder = Callable[[bytes], Payload]
-
-DEVICE = Sender.DEVICE
-SERVER = Sender.SERVER
 
 
 def _upgrade_request(data: bytes) -> Payload:
@@ -254,6 +242,28 @@ def models_for(command: int, sender: Sender) -> tuple[type[Payload], ...]:
     decoder = DECODERS.get((command, sender))
     owner = getattr(decoder, "__self__", None)
     return (owner,) if isinstance(owner, type) and issubclass(owner, Payload) else ()
+
+
+def commands_for(model: type[Payload], sender: Sender) -> tuple[int, ...]:
+    """Every code a model travels under from `sender` (TimeRequest: 0x12 and 0x22), sorted."""
+    return tuple(
+        sorted(
+            {
+                command
+                for (command, who) in DECODERS
+                if who is sender and model in models_for(command, who)
+            }
+        )
+    )
+
+
+_CODES = {name: command for command, name in COMMAND_NAMES.items()}
+
+
+def command_code(name: str) -> int:
+    """The code of a command name (`reboot` -> 0x87), for commands sent without a model;
+    KeyError for a name the reference does not have."""
+    return _CODES[name]
 
 
 def command_name(command: int) -> str:

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from protocol.commands._model import U8, U32, Payload, Tail, model
+from protocol.commands._model import DEVICE, SERVER, U8, U32, Payload, Tail, model
 
 
 @model
 @dataclass(frozen=True, slots=True)
 class ReservedFd(Payload):
     """0xFD request: function (1 or 2) and four u32 values R1-R4."""
+
+    COMMAND = 0xFD
+    SENDER = SERVER
 
     function: U8
     r1: U32
@@ -25,6 +28,9 @@ class ReservedFd(Payload):
 class ReservedFdReply(Payload):
     """0xFD device reply: function and result."""
 
+    COMMAND = 0xFD
+    SENDER = DEVICE
+
     function: U8
     result: U8
     extra: Tail = b""
@@ -34,6 +40,9 @@ class ReservedFdReply(Payload):
 @dataclass(frozen=True, slots=True)
 class ReservedFe(Payload):
     """0xFE request: three u32 values R1-R3 (default 0); no reply documented."""
+
+    COMMAND = 0xFE
+    SENDER = SERVER
 
     r1: U32
     r2: U32

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Annotated
 
-from protocol.commands._model import U16, U32, Payload, Tail, model, u8
+from protocol.commands._model import DEVICE, U16, U32, Payload, Tail, model, u8
 from protocol.enums import device_type_name, upgrade_result_name
 
 
@@ -14,6 +14,9 @@ from protocol.enums import device_type_name, upgrade_result_name
 class UpgradeRequest(Payload):
     """0x05 device requests an upgrade, 2024 layout. Tolerant decoding (reference 0x05): only an
     exactly 7-byte 0x05 uses this layout; any other length is a LegacyUpgradeRequest."""
+
+    COMMAND = 0x05
+    SENDER = DEVICE
 
     device_type: Annotated[int, u8(device_type_name)]
     firmware: U16
@@ -24,6 +27,9 @@ class UpgradeRequest(Payload):
 @dataclass(frozen=True, slots=True)
 class LegacyUpgradeRequest(Payload):
     """0x05 from an F8-family device (undocumented data): restart the F8 transfer at packet 1."""
+
+    COMMAND = 0x05
+    SENDER = DEVICE
 
     data: Tail = b""
 

@@ -144,3 +144,31 @@ def test_feed_accepts_bytearray_and_memoryview() -> None:
     decoder = StreamDecoder()
     assert decoder.feed(bytearray(HEARTBEAT[:7])) == []
     assert decoder.feed(memoryview(HEARTBEAT)[7:]) == [FRAME]
+
+
+def test_encode_frame_takes_the_code_from_the_model() -> None:
+    import protocol as p
+
+    locate = p.Locate(seconds=5)
+    assert encode_frame(1, 2, locate) == encode_frame(1, 2, 0x96, bytes.fromhex("05"))
+    with pytest.raises(FrameError, match="ResultReply has no command code"):
+        encode_frame(1, 2, p.ResultReply(0))
+
+
+def test_every_model_code_is_the_one_the_decoder_table_says() -> None:
+    """`COMMAND`/`SENDER` and the decoder table cannot disagree: each model decodes under the
+    code it is sent with, and every model of the table has a code or is one of the shared."""
+    from protocol.commands import registry
+    from protocol.commands._model import Payload
+
+    shared = {"ResultReply", "Empty", "TimeRequest", "TimeReply", "FirmwarePacket", "UpgradeReply"}
+    models: set[type[Payload]] = set()
+    for command, sender in registry.DECODERS:
+        models.update(registry.models_for(command, sender))
+    assert {m.__name__ for m in models if m.COMMAND is None} == shared
+    for m in models:
+        if m.COMMAND is not None:
+            assert m.SENDER is not None
+            assert m in registry.models_for(m.COMMAND, m.SENDER), m.__name__
+    assert registry.commands_for(registry.heartbeats.TimeRequest, registry.DEVICE) == (0x12, 0x22)
+    assert registry.command_code("reboot") == 0x87

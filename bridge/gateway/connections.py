@@ -1,0 +1,207 @@
+"""Links and devices: the `LinkHandler` half of the gateway.
+
+Binds each received frame to its device (online/offline, reconnects, the per-connection and
+registry limits), writes frames out, counts bytes and frames, and shows every frame exchanged
+to the taps. What a frame means is not decided here: upstream frames go to `on_upstream`
+(protocol duties), replies to our commands to `on_reply` (device commands).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+import protocol as p
+from bridge.gateway import events
+from bridge.gateway.clock import Clock
+from bridge.gateway.publishing import Publishing
+from bridge.gateway.registry import MAX_DEVICES_PER_CONNECTION, ConnState, Device, Registry
+from bridge.gateway.stats import GatewayStats
+from bridge.links.base import Connection
+from protocol import BadFrame, ChecksumError, Frame, Garbage, Iccid, Sender, StreamItem
+
+log = logging.getLogger(__name__)
+
+# Observer of every frame exchanged with a device (capture, metrics): who sent it, the device,
+# the frame. Called synchronously on the event loop; it must be cheap and must not raise.
+FrameTap = Callable[[Sender, Device, Frame], None]
+FrameHandler = Callable[[Device, Frame], None]
+
+# Codes from 0x80 up are server commands, so a device frame with one answers us; except the
+# host firmware upgrade (0xFA), which a device starts itself.
+_FIRST_SERVER_COMMAND = 0x80  # the reference numbers server commands from 0x80
+_DEVICE_INITIATED = frozenset({p.command_code("host_firmware_upgrade")})
+
+
+def is_reply(command: int) -> bool:
+    """Whether a device frame answers one of our commands (rather than starting something)."""
+    return command >= _FIRST_SERVER_COMMAND and command not in _DEVICE_INITIATED
+
+
+def _ignore(_: Device, __: Frame) -> None:
+    return None
+
+
+class Connections:
+    """Implements `LinkHandler`; `on_upstream`, `on_reply` and `on_offline` are wired by the
+    `Gateway` once the units that handle them exist."""
+
+    def __init__(
+        self,
+        registry: Registry,
+        stats: GatewayStats,
+        publishing: Publishing,
+        clock: Clock,
+        debug_devices: list[str] | tuple[str, ...] = (),
+    ) -> None:
+        self.registry = registry
+        self.stats = stats
+        self.publishing = publishing
+        self.clock = clock
+        self.taps: list[FrameTap] = []
+        self.on_upstream: FrameHandler = _ignore
+        self.on_reply: FrameHandler = _ignore
+        self.on_offline: Callable[[int], None] = lambda _pid: None
+        self._debug_ids = set(debug_devices)
+
+    # ------------------------------------------------------------------ LinkHandler
+
+    def connection_made(self, conn: Connection) -> None:
+        self.registry.conns[conn.id] = ConnState(conn, last_rx=self.clock.monotonic())
+        log.debug("connection open", extra={"peer": conn.peer})
+
+    def connection_dropped(self, conn: Connection, reason: str) -> None:
+        self.stats.connections_dropped += 1
+        if reason == "per_ip_limit":
+            self.stats.connections_refused_per_ip += 1
+
+    def connection_lost(self, conn: Connection) -> None:
+        cs = self.registry.conns.pop(conn.id, None)
+        if cs is None:
+            return
+        for pid in cs.devices:
+            dev = self.registry.devices.get(pid)
+            if dev is not None and dev.conn is conn:
+                self.offline(dev, cs.close_reason)
+        log.debug("connection closed", extra={"peer": conn.peer})
+
+    def items_received(self, conn: Connection, items: list[StreamItem], nbytes: int) -> None:
+        cs = self.registry.conns.get(conn.id)
+        if cs is None:
+            return
+        self.stats.bytes_in += nbytes
+        cs.last_rx = self.clock.monotonic()
+        for item in items:
+            if isinstance(item, Frame):
+                try:
+                    self._on_frame(cs, item)
+                except Exception:
+                    # One bad frame must never take the link (or the process) down.
+                    log.exception("frame handling failed", extra={"frame": item.encode().hex()})
+            elif isinstance(item, Iccid):
+                cs.iccid = item.value
+            elif isinstance(item, Garbage):
+                self.stats.garbage_bytes += item.count
+            elif isinstance(item, BadFrame):
+                self.stats.decode_errors += 1
+                if isinstance(item.error, ChecksumError):
+                    self.stats.checksum_errors += 1
+
+    # ------------------------------------------------------------------ devices
+
+    def offline(self, dev: Device, reason: str) -> None:
+        dev.conn = None
+        if not dev.online:
+            return
+        dev.online = False
+        self.on_offline(dev.physical_id)
+        gateway_id = self.publishing.gateway_id
+        self.publishing.event(dev, "device", events.offline(dev, gateway_id, reason))
+        self.publishing.device_state(dev)
+        log.info("device offline", extra={"device_id": dev.device_id, "reason": reason})
+
+    def _on_frame(self, cs: ConnState, frame: Frame) -> None:
+        self.stats.frames_in += 1
+        dev = self._bind(cs, frame)
+        if dev is None:
+            return
+        if dev.device_id in self._debug_ids:
+            log.info("frame in", extra={"device_id": dev.device_id, "hex": frame.encode().hex(" ")})
+        if self.taps:
+            for tap in tuple(self.taps):  # a tap may remove itself (a capture that ends)
+                tap(Sender.DEVICE, dev, frame)
+        if is_reply(frame.command):
+            self.on_reply(dev, frame)
+        else:
+            self.on_upstream(dev, frame)
+
+    def _bind(self, cs: ConnState, frame: Frame) -> Device | None:
+        conn = cs.conn
+        if frame.physical_id not in cs.devices and len(cs.devices) >= MAX_DEVICES_PER_CONNECTION:
+            self.stats.decode_errors += 1
+            if not cs.warned:
+                cs.warned = True  # once per connection: a flood must not flood the log too
+                log.warning(
+                    "too many physical ids on one connection, ignoring new ones",
+                    extra={"peer": conn.peer, "physical_id": f"{frame.physical_id:08X}"},
+                )
+            return None
+        dev = self.registry.device(frame.physical_id)
+        if dev is None:
+            self.stats.device_limit_frames += 1
+            if not cs.warned:
+                cs.warned = True
+                log.warning(
+                    "max_devices reached, ignoring a new physical id",
+                    extra={"peer": conn.peer, "physical_id": f"{frame.physical_id:08X}"},
+                )
+            return None
+        if dev.conn is not conn:
+            old = dev.conn
+            dev.conn = conn
+            cs.devices.add(dev.physical_id)
+            if old is not None:
+                old_cs = self.registry.conns.get(old.id)
+                if old_cs is not None:
+                    old_cs.devices.discard(dev.physical_id)
+                    if old.replaceable and not old_cs.devices:
+                        log.info(
+                            "device reconnected, closing its old connection",
+                            extra={"device_id": dev.device_id, "old": old.peer},
+                        )
+                        old.close()
+        if cs.iccid is not None:
+            dev.iccid = cs.iccid
+        dev.last_seen = self.clock.time()
+        dev.last_rx = self.clock.monotonic()
+        if not dev.online:
+            dev.online = True
+            online = events.online(dev, self.publishing.gateway_id, frame, conn.peer)
+            self.publishing.event(dev, "device", online)
+            self.publishing.device_state(dev)
+            log.info("device online", extra={"device_id": dev.device_id, "peer": conn.peer})
+        return dev
+
+    # ------------------------------------------------------------------ writing
+
+    def write(self, dev: Device, frame: Frame, raw: bytes | None = None) -> bool:
+        """Write one frame (`raw`: its bytes when already encoded); the taps see `frame`
+        itself, never a decode of the bytes."""
+        conn = dev.conn
+        if conn is None:
+            return False
+        if raw is None:
+            raw = frame.encode()
+        if not conn.write(raw):
+            return False
+        self.stats.frames_out += 1
+        self.stats.bytes_out += len(raw)
+        if dev.device_id in self._debug_ids:
+            log.info("frame out", extra={"device_id": dev.device_id, "hex": raw.hex(" ")})
+        if self.taps:
+            for tap in tuple(self.taps):
+                tap(Sender.SERVER, dev, frame)
+        return True
+
+    def send_command(self, dev: Device, frame: Frame, raw: bytes) -> bool:
+        return dev.online and self.write(dev, frame, raw)

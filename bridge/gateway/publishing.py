@@ -1,0 +1,122 @@
+"""Publishing: events, retained device/port/bridge states, all through one `Publisher`.
+
+Everything the gateway tells MQTT goes through here, so what is retained and what is an event
+is decided in one place. A publish is fire-and-forget except the settlement (see `flows`),
+whose future decides the device's acknowledgement.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any, Literal, Protocol
+
+from bridge.gateway.registry import Device, Registry
+from bridge.mqtt.client import MessageDropped
+from bridge.mqtt.payloads import BridgeState, EventBase, Payload, PortState
+from bridge.mqtt.topics import Topics
+
+log = logging.getLogger(__name__)
+
+CHARGING_CODES = (1, 5)  # charging, float charging: same codes in 0x01/0x21 and 0x06
+
+
+class Publisher(Protocol):
+    """What the gateway needs from `bridge.mqtt.client.MqttClient`."""
+
+    def submit(
+        self,
+        topic: str,
+        payload: bytes | str,
+        *,
+        qos: int = 1,
+        retain: bool = False,
+        properties: Any = None,
+        critical: bool = False,
+        key: str | None = None,
+    ) -> asyncio.Future[None]: ...
+
+    @property
+    def dropped(self) -> int: ...
+
+
+class Publishing:
+    """Turns gateway facts into MQTT messages; remembers the last submit to flush at exit."""
+
+    def __init__(self, mqtt: Publisher, topics: Topics, gateway_id: str) -> None:
+        self.mqtt = mqtt
+        self.topics = topics
+        self.gateway_id = gateway_id
+        self._last: asyncio.Future[None] | None = None
+
+    def submit(self, topic: str, payload: Payload, *, retain: bool = False) -> None:
+        fut = self.mqtt.submit(topic, payload.to_json(), qos=1, retain=retain)
+        fut.add_done_callback(log_failure)
+        self._last = fut
+
+    def event(self, dev: Device, kind: str, event: EventBase) -> None:
+        self.submit(self.topics.event(dev.device_id, kind), event)
+
+    def critical_event(
+        self, dev: Device, kind: str, event: EventBase, key: str
+    ) -> asyncio.Future[None]:
+        """An event never dropped from the outbox and published once per `key`; the caller
+        acts on the returned future (the broker's acknowledgement)."""
+        return self.mqtt.submit(
+            self.topics.event(dev.device_id, kind), event.to_json(), qos=1, critical=True, key=key
+        )
+
+    def device_state(self, dev: Device) -> None:
+        self.submit(self.topics.device(dev.device_id), dev.state(self.gateway_id), retain=True)
+
+    def port_state(self, dev: Device, state: PortState) -> None:
+        """Publish a port state when it changed. Heartbeats carry no order number (0x21 no
+        power either): while the port keeps charging, the values from 0x06 stay."""
+        old = dev.ports.get(state.port)
+        if old is not None and state.status_code in CHARGING_CODES:
+            keep: dict[str, Any] = {}
+            if state.power_w is None:
+                keep["power_w"] = old.power_w
+            if state.order_no is None:
+                keep["order_no"] = old.order_no
+            state = state.model_copy(update=keep)
+        if old is not None and (old.status_code, old.power_w, old.order_no) == (
+            state.status_code,
+            state.power_w,
+            state.order_no,
+        ):
+            return
+        dev.ports[state.port] = state
+        self.submit(self.topics.port(dev.device_id, state.port), state, retain=True)
+
+    def bridge_state(self, state: Literal["online", "offline"]) -> None:
+        self.submit(self.topics.bridge_state, BridgeState(state=state), retain=True)
+
+    def republish(self, registry: Registry) -> None:
+        """After every (re)connection: the will may have replaced our `online`, and a broker
+        that lost its store lost our retained states too, so they are published again."""
+        self.bridge_state("online")
+        for dev in registry.devices.values():
+            self.device_state(dev)
+            for state in dev.ports.values():
+                self.submit(self.topics.port(dev.device_id, state.port), state, retain=True)
+
+    async def flush(self, timeout_s: float) -> None:
+        """Wait until the broker has the last message submitted (or give up and say so)."""
+        last = self._last
+        if last is None:
+            return
+        try:
+            async with asyncio.timeout(timeout_s):
+                await asyncio.shield(last)
+        except (TimeoutError, Exception):
+            log.warning("could not flush all messages to the broker before exit")
+
+
+def log_failure(fut: asyncio.Future[None]) -> None:
+    """Dropped messages are counted (`events_dropped`), not logged one by one."""
+    if fut.cancelled():
+        return
+    exc = fut.exception()
+    if exc is not None and not isinstance(exc, MessageDropped):
+        log.warning("publish failed", extra={"error": repr(exc)})
