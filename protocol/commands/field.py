@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from protocol.commands._model import U8, Payload, Tail, model
+from protocol.commands._model import DEVICE, SERVER, U8, Payload, Tail, model
 from protocol.commands.host import FskParams, FskParamsRequest
 
 HOST_UPGRADE_REQUEST = 0x15
@@ -23,6 +23,9 @@ class HostUpgradeRequest(Payload):
     """0x15 from an old 485 host (host type 0x01) after a failed upgrade and a reboot: no data.
     The server must answer (HostUpgradeAnswer) and then restart the 0xF9 transfer at packet 1."""
 
+    COMMAND = HOST_UPGRADE_REQUEST
+    SENDER = DEVICE
+
     extra: Tail = b""
 
 
@@ -30,6 +33,9 @@ class HostUpgradeRequest(Payload):
 @dataclass(frozen=True, slots=True)
 class HostUpgradeAnswer(Payload):
     """0x15 server answer: one byte whose values the vendor does not document; send 0."""
+
+    COMMAND = HOST_UPGRADE_REQUEST
+    SENDER = SERVER
 
     answer: U8
     extra: Tail = b""
