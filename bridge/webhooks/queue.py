@@ -91,7 +91,8 @@ class WebhookQueue:
         with self._tx():
             # Deliveries to a URL no longer configured would wait forever.
             marks = ",".join("?" * len(self.urls))
-            self._bury(f"url NOT IN ({marks})", self.urls, now, "url_removed")
+            gone = self._bury(f"url NOT IN ({marks})", self.urls, now, "url_removed")
+            self._count("dead_lettered", gone)
             self._db.execute("DELETE FROM session_marks WHERE at < ?", (now - MARK_RETENTION_S,))
 
     def close(self) -> None:
