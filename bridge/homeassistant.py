@@ -4,12 +4,22 @@ It reads only what any MQTT client can read, the retained device and port states
 section 3, and publishes retained discovery configs under `--homeassistant-prefix`:
 
 - each charger is a Home Assistant device (identifier `chargebridge_{device_id}`) with a
-  connectivity binary sensor, voltage / temperature / signal sensors and reboot and locate
-  buttons; each port is a device of its own linked to the charger with `via_device`, with
-  status (enum), power, session energy, voltage, current and temperature sensors and a
-  stop-charging button;
+  connectivity binary sensor, voltage / temperature / signal sensors, reboot and locate
+  buttons, and two diagnostic sensors with the last results: "Last command" (the `result` of
+  any device command response, `{b}/devices/{id}/response/+`, the whole response as
+  attributes) and "Last charging request" (the charging service's responses,
+  `{b}/charging/response/+`, to this charger's buttons, recognised by their request id
+  `homeassistant:{device_id}:{port}:{action}`; other responses keep the state);
+- each port is a device of its own linked to the charger with `via_device`, with status
+  (enum), power, session energy, voltage, current and temperature sensors and Start charging
+  (mode `full`, the service's defaults) and Stop charging buttons. Home Assistant resolves
+  `via_device` only when it creates a device, so a port's configs are sent only after its
+  charger's (a port state arriving first waits), also when everything is announced again;
 - availability is `{b}/bridge/state` AND the device's `online` flag (`availability_mode: all`),
   except for the connectivity sensor, which must stay available to show `off`;
+- every template is guarded with `value_json is defined`: clearing a retained state (how a
+  device is forgotten) makes Home Assistant render it once with no JSON before the entity
+  is removed;
 - `unique_id`s derive from the base topic, the device id and the port, so they are stable
   across restarts and across gateways;
 - a device is *forgotten* when its retained state `{b}/devices/{id}` is cleared (an empty
@@ -18,10 +28,12 @@ section 3, and publishes retained discovery configs under `--homeassistant-prefi
   port's entities. Configs already retained under our node id are learnt at start, so this
   works after a restart too.
 
-Port voltage, current, temperature and energy exist only in the `power` events (0x06, every
-5 min while charging); those sensors read `event/port` and render an empty string for events of
-other types or ports, which Home Assistant's numeric MQTT sensors ignore (the state stays). A
-null value renders `None`, which Home Assistant shows as unknown.
+Port voltage, current, temperature and session energy: when the retained port state carries
+`energy_kwh` (with `voltage_v`, `current_a`, `port_temperature_c`: the latest 0x06 figures),
+those sensors read it, so they are known at once after a Home Assistant restart. Otherwise they
+read `event/port` (0x06 `power` events, every 5 min while charging) and render an empty string
+for events of other types or ports, which Home Assistant's numeric MQTT sensors ignore (the
+state stays). A null value renders `None`, which Home Assistant shows as unknown.
 """
 
 from __future__ import annotations
@@ -53,6 +65,19 @@ def node_id(base_topic: str) -> str:
     return re.sub(r"[^A-Za-z0-9_-]", "_", base_topic)
 
 
+def numeric(field: str) -> str:
+    """A value of the state, guarded: an empty (cleared) state renders '' (ignored by numeric
+    sensors), a null `None` (shown as unknown)."""
+    return f"{{{{ value_json.{field} if value_json is defined else '' }}}}"
+
+
+def request_id(device_id: str, action: str = "", port: int | None = None) -> str:
+    """`homeassistant:{device_id}:...`: the request id of our buttons' requests, by which the
+    charger's "Last charging request" sensor recognises its own responses."""
+    parts = ["homeassistant", device_id, *([str(port)] if port is not None else []), action]
+    return ":".join(parts) if action else f"homeassistant:{device_id}:"
+
+
 class Discovery:
     """Builds the discovery configs of one bridge (pure: no I/O)."""
 
@@ -70,7 +95,7 @@ class Discovery:
     def _availability(self, device_id: str | None) -> Config:
         bridge = {
             "topic": self.topics.bridge_state,
-            "value_template": "{{ value_json.state }}",
+            "value_template": "{{ value_json.state if value_json is defined else 'offline' }}",
             "payload_available": "online",
             "payload_not_available": "offline",
         }
@@ -78,7 +103,10 @@ class Discovery:
             return {"availability": [bridge]}
         device = {
             "topic": self.topics.device(device_id),
-            "value_template": "{{ 'online' if value_json.online else 'offline' }}",
+            "value_template": (
+                "{{ ('online' if value_json.online else 'offline') "
+                "if value_json is defined else 'offline' }}"
+            ),
             "payload_available": "online",
             "payload_not_available": "offline",
         }
@@ -128,6 +156,7 @@ class Discovery:
         dev = self.charger_device(device_id, state)
         state_topic = self.topics.device(device_id)
         avail = self._availability(device_id)
+        own = request_id(device_id)
         out: list[tuple[str, Config]] = [
             (
                 "binary_sensor",
@@ -135,7 +164,10 @@ class Discovery:
                     **self._entity(device_id, None, "connectivity", "Connectivity", dev),
                     **self._availability(None),
                     "state_topic": state_topic,
-                    "value_template": "{{ 'ON' if value_json.online else 'OFF' }}",
+                    "value_template": (
+                        "{{ ('ON' if value_json.online else 'OFF') "
+                        "if value_json is defined else 'OFF' }}"
+                    ),
                     "device_class": "connectivity",
                     "entity_category": "diagnostic",
                 },
@@ -146,7 +178,7 @@ class Discovery:
                     **self._entity(device_id, None, "voltage", "Voltage", dev),
                     **avail,
                     "state_topic": state_topic,
-                    "value_template": "{{ value_json.voltage_v }}",
+                    "value_template": numeric("voltage_v"),
                     "device_class": "voltage",
                     "state_class": "measurement",
                     "unit_of_measurement": "V",
@@ -158,7 +190,7 @@ class Discovery:
                     **self._entity(device_id, None, "temperature", "Temperature", dev),
                     **avail,
                     "state_topic": state_topic,
-                    "value_template": "{{ value_json.temperature_c }}",
+                    "value_template": numeric("temperature_c"),
                     "device_class": "temperature",
                     "state_class": "measurement",
                     "unit_of_measurement": "°C",
@@ -171,10 +203,45 @@ class Discovery:
                     **self._entity(device_id, None, "signal", "Signal", dev),
                     **avail,
                     "state_topic": state_topic,
-                    "value_template": "{{ value_json.signal }}",
+                    "value_template": numeric("signal"),
                     "state_class": "measurement",
                     "entity_category": "diagnostic",
                     "icon": "mdi:signal",
+                },
+            ),
+            (
+                "sensor",
+                {
+                    # The device commands' responses (API.md section 5): `success`,
+                    # `offline`, `timeout`, ...; the whole response as attributes.
+                    **self._entity(device_id, None, "last_command", "Last command", dev),
+                    **self._availability(None),
+                    "state_topic": self.topics.device_response(device_id, "+"),
+                    "value_template": "{{ value_json.result if value_json is defined and "
+                    "value_json.result is defined else this.state }}",
+                    "json_attributes_topic": self.topics.device_response(device_id, "+"),
+                    "json_attributes_template": "{{ value_json | tojson "
+                    "if value_json is defined else '{}' }}",
+                    "entity_category": "diagnostic",
+                    "icon": "mdi:console",
+                },
+            ),
+            (
+                "sensor",
+                {
+                    # The charging service answers every requester on one topic per action;
+                    # our buttons' request ids name the charger, so each charger keeps its own.
+                    **self._entity(device_id, None, "last_charging", "Last charging request", dev),
+                    **self._availability(None),
+                    "state_topic": self.topics.charging_response("+"),
+                    "value_template": (
+                        "{% set mine = value_json is defined and value_json.request_id is "
+                        f"string and value_json.request_id.startswith('{own}') %}}"
+                        "{{ (('ok' if value_json.ok else 'failed') ~ ': ' ~ value_json.message)"
+                        "[:255] if mine else this.state }}"
+                    ),
+                    "entity_category": "diagnostic",
+                    "icon": "mdi:ev-plug-type2",
                 },
             ),
             (
@@ -183,7 +250,7 @@ class Discovery:
                     **self._entity(device_id, None, "reboot", "Reboot", dev),
                     **avail,
                     "command_topic": self.topics.device_request(device_id, "reboot"),
-                    "payload_press": json.dumps({"request_id": "homeassistant"}),
+                    "payload_press": json.dumps({"request_id": request_id(device_id, "reboot")}),
                     "device_class": "restart",
                     "entity_category": "config",
                 },
@@ -195,7 +262,7 @@ class Discovery:
                     **avail,
                     "command_topic": self.topics.device_request(device_id, "locate"),
                     "payload_press": json.dumps(
-                        {"request_id": "homeassistant", "seconds": LOCATE_SECONDS}
+                        {"request_id": request_id(device_id, "locate"), "seconds": LOCATE_SECONDS}
                     ),
                     "device_class": "identify",
                 },
@@ -203,25 +270,42 @@ class Discovery:
         ]
         return self._by_topic(out)
 
-    def port_configs(self, device_id: str, port: int) -> dict[str, Config]:
-        """Topic -> config of one port's entities."""
+    def port_configs(
+        self, device_id: str, port: int, state: Config | None = None
+    ) -> dict[str, Config]:
+        """Topic -> config of one port's entities. Voltage, current, temperature and session
+        energy read the retained port state when it carries them (`energy_kwh` present:
+        see the module docstring), else the 0x06 `power` events."""
         dev = self.port_device(device_id, port)
         port_topic = self.topics.port(device_id, port)
         events = self.topics.event(device_id, "port")
         avail = self._availability(device_id)
+        from_state = state is not None and "energy_kwh" in state
 
-        def from_power_event(key: str, name: str, field: str, **extra: Any) -> Config:
-            return {
-                **self._entity(device_id, port, key, name, dev),
-                **avail,
-                "state_topic": events,
-                # An empty result is ignored by numeric MQTT sensors: other events keep the state.
-                "value_template": (
-                    f"{{{{ value_json.{field} if value_json.type == 'power' and "
-                    f"value_json.port == {port} else '' }}}}"
-                ),
-                **extra,
-            }
+        def measured(key: str, name: str, field: str, **extra: Any) -> Config:
+            if from_state:
+                source = {"state_topic": port_topic, "value_template": numeric(field)}
+            else:
+                # An empty result is ignored by numeric MQTT sensors: other events keep the
+                # state.
+                source = {
+                    "state_topic": events,
+                    "value_template": (
+                        f"{{{{ (value_json.{field} if value_json.type == 'power' and "
+                        f"value_json.port == {port} else '') if value_json is defined "
+                        "else '' }}"
+                    ),
+                }
+            return {**self._entity(device_id, port, key, name, dev), **avail, **source, **extra}
+
+        def request(action: str) -> str:
+            return json.dumps(
+                {
+                    "request_id": request_id(device_id, action, port),
+                    "device_id": device_id,
+                    "port": port,
+                }
+            )
 
         out: list[tuple[str, Config]] = [
             (
@@ -230,9 +314,10 @@ class Discovery:
                     **self._entity(device_id, port, "status", "Status", dev),
                     **avail,
                     "state_topic": port_topic,
+                    # `unknown` is one of the options; '' would not be
                     "value_template": (
-                        "{{ 'unknown' if value_json.status.startswith('unknown_') "
-                        "else value_json.status }}"
+                        "{{ ('unknown' if value_json.status.startswith('unknown_') "
+                        "else value_json.status) if value_json is defined else 'unknown' }}"
                     ),
                     "device_class": "enum",
                     "options": PORT_STATUS_OPTIONS,
@@ -246,8 +331,9 @@ class Discovery:
                     "state_topic": port_topic,
                     # idle: 0 W; null (no power report yet) renders '' which Home Assistant's
                     # numeric sensors ignore, where `None` would be logged as a bad value
-                    "value_template": "{{ 0 if value_json.status == 'idle' else "
-                    "(value_json.power_w if value_json.power_w is not none else '') }}",
+                    "value_template": "{{ (0 if value_json.status == 'idle' else "
+                    "(value_json.power_w if value_json.power_w is not none else '')) "
+                    "if value_json is defined else '' }}",
                     "device_class": "power",
                     "state_class": "measurement",
                     "unit_of_measurement": "W",
@@ -255,7 +341,7 @@ class Discovery:
             ),
             (
                 "sensor",
-                from_power_event(
+                measured(
                     "energy",
                     "Session energy",
                     "energy_kwh",
@@ -266,7 +352,7 @@ class Discovery:
             ),
             (
                 "sensor",
-                from_power_event(
+                measured(
                     "voltage",
                     "Voltage",
                     "voltage_v",
@@ -277,7 +363,7 @@ class Discovery:
             ),
             (
                 "sensor",
-                from_power_event(
+                measured(
                     "current",
                     "Current",
                     "current_a",
@@ -288,7 +374,7 @@ class Discovery:
             ),
             (
                 "sensor",
-                from_power_event(
+                measured(
                     "temperature",
                     "Temperature",
                     "port_temperature_c",
@@ -300,15 +386,25 @@ class Discovery:
             (
                 "button",
                 {
+                    # Through the charging service (API.md section 6): it makes the order
+                    # number and applies the port's defaults (mode `full`: until full).
+                    **self._entity(device_id, port, "start", "Start charging", dev),
+                    **avail,
+                    "command_topic": self.topics.charging_request("start"),
+                    "payload_press": request("start"),
+                    "icon": "mdi:ev-station",
+                },
+            ),
+            (
+                "button",
+                {
                     # API.md section 5's stop_charging needs the running order number, which a
                     # static press payload cannot carry; the charging service's stop request
                     # finds the port's session itself.
                     **self._entity(device_id, port, "stop", "Stop charging", dev),
                     **avail,
                     "command_topic": self.topics.charging_request("stop"),
-                    "payload_press": json.dumps(
-                        {"request_id": "homeassistant", "device_id": device_id, "port": port}
-                    ),
+                    "payload_press": request("stop"),
                     "icon": "mdi:power-plug-off",
                 },
             ),
@@ -339,6 +435,10 @@ class HomeAssistantUnit:
         self.disc = DiscoveryTopics(settings.homeassistant_prefix, node_id(settings.base_topic))
         self.discovery = Discovery(self.topics, self.disc)
         self.published: dict[str, bytes] = {}  # config topic -> retained payload
+        # Home Assistant links a port to its charger (`via_device`) only if the charger's
+        # device exists when the port's is created: a port's configs wait for its charger's.
+        self.announced: set[str] = set()  # devices whose charger configs are out
+        self.pending: dict[str, dict[int, Config]] = {}  # device -> port -> port state
         self.mqtt = MqttClient(
             settings.mqtt_settings(
                 client_id=f"chargebridge-homeassistant-{settings.gateway_id}", clean_start=True
@@ -367,13 +467,16 @@ class HomeAssistantUnit:
             # Ours from an earlier run (or an echo): remember it so that it can be removed.
             if payload:
                 self.published[topic] = payload
+                owner = self.discovery.owner(config[1])
+                if owner is not None and owner[1] is None:
+                    self.announced.add(owner[0])
             else:
                 self.published.pop(topic, None)
             return
         if topic == self.disc.status:
             if payload == b"online":  # Home Assistant restarted: announce everything again
-                for config_topic, body in list(self.published.items()):
-                    self._send(config_topic, body)
+                for config_topic in sorted(self.published, key=self._chargers_first):
+                    self._send(config_topic, self.published[config_topic])
             return
         parsed = self.topics.parse_device_topic(topic)
         if parsed is None or not DEVICE_ID_RE.match(parsed[0]):
@@ -386,12 +489,25 @@ class HomeAssistantUnit:
             state = _json_object(payload)
             if state is not None:
                 self._publish(self.discovery.device_configs(device_id, state))
+                self.announced.add(device_id)
+                for port, waiting in sorted(self.pending.pop(device_id, {}).items()):
+                    self._publish(self.discovery.port_configs(device_id, port, waiting))
         elif rest.startswith("ports/") and rest[6:].isdigit():
             port = int(rest[6:])
+            port_state = _json_object(payload) if payload else None
             if not payload:
                 self._remove(device_id, port)
-            elif _json_object(payload) is not None:
-                self._publish(self.discovery.port_configs(device_id, port))
+            elif port_state is None:
+                return
+            elif device_id in self.announced:
+                self._publish(self.discovery.port_configs(device_id, port, port_state))
+            else:
+                self.pending.setdefault(device_id, {})[port] = port_state
+
+    def _chargers_first(self, config_topic: str) -> bool:
+        parsed = self.disc.parse_config(config_topic)
+        owner = self.discovery.owner(parsed[1]) if parsed else None
+        return owner is not None and owner[1] is not None
 
     def _publish(self, configs: dict[str, Config]) -> None:
         for topic, config in configs.items():
@@ -405,6 +521,11 @@ class HomeAssistantUnit:
 
     def _remove(self, device_id: str, port: int | None) -> None:
         """Empty retained configs for the device (port None: with all its ports) or one port."""
+        if port is None:
+            self.announced.discard(device_id)
+            self.pending.pop(device_id, None)
+        else:
+            self.pending.get(device_id, {}).pop(port, None)
         for topic in list(self.published):
             parsed = self.disc.parse_config(topic)
             owner = self.discovery.owner(parsed[1]) if parsed else None

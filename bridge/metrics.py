@@ -9,7 +9,9 @@ a scrape reads the gateway's counters without locks. What is exported:
   to the device's reply with the same message id (a resend keeps the first send time);
 - `chargebridge_mqtt_outbox_messages`: messages not yet acknowledged by the broker;
 - `chargebridge_charging_*`: the charging service's statistics as it publishes them on
-  `{b}/charging/stats`, so they are exported even when the service runs on another machine.
+  `{b}/charging/stats`, so they are exported even when the service runs on another machine;
+- `chargebridge_webhooks_*`: the webhook unit's counters from `{b}/charging/webhooks/stats`
+  (`queued` is a gauge; delivered, failures, dead_lettered, dropped are counters).
 """
 
 from __future__ import annotations
@@ -89,6 +91,12 @@ class _GatewayCollector(Collector):
             doc = f"charging service {name.replace('_', ' ')} (see {{b}}/charging/stats)"
             family = GaugeMetricFamily if name in CHARGING_GAUGES else CounterMetricFamily
             yield family(f"chargebridge_charging_{name}", doc, value=value)
+        for name, value in self.unit.webhooks.items():
+            if not isinstance(value, int | float) or isinstance(value, bool):
+                continue
+            doc = f"webhooks {name.replace('_', ' ')} (see {{b}}/charging/webhooks/stats)"
+            family = GaugeMetricFamily if name == "queued" else CounterMetricFamily
+            yield family(f"chargebridge_webhooks_{name}", doc, value=value)
 
 
 class MetricsUnit:
@@ -104,6 +112,7 @@ class MetricsUnit:
         self.mqtt = mqtt
         self.topics = Topics(settings.base_topic)
         self.charging: dict[str, Any] = {}
+        self.webhooks: dict[str, Any] = {}
         self.charging_updated = asyncio.Event()
         self.registry = CollectorRegistry()
         self.frames = Counter(
@@ -126,7 +135,7 @@ class MetricsUnit:
             settings.mqtt_settings(
                 client_id=f"chargebridge-metrics-{settings.gateway_id}", clean_start=True
             ),
-            subscriptions=[(self.topics.charging_stats, 1)],
+            subscriptions=[(self.topics.charging_stats, 1), (self.topics.webhook_stats, 1)],
         )
         gateway.taps.append(self.tap)
 
@@ -164,7 +173,10 @@ class MetricsUnit:
         try:
             async with server, self._stats_client:
                 async for message in self._stats_client.messages:
-                    self._charging_stats(message.payload)
+                    if str(message.topic) == self.topics.webhook_stats:
+                        self.webhooks = _json_dict(message.payload) or {}
+                    else:
+                        self._charging_stats(message.payload)
         finally:
             self.gateway.taps.remove(self.tap)
 
@@ -204,3 +216,11 @@ class MetricsUnit:
             writer.close()
             with contextlib.suppress(ConnectionError):
                 await writer.wait_closed()
+
+
+def _json_dict(payload: Any) -> dict[str, Any] | None:
+    try:
+        data = json.loads(payload) if payload else {}
+    except (ValueError, TypeError):
+        return None
+    return data if isinstance(data, dict) else None

@@ -42,6 +42,7 @@ from bridge.charging.store import ChargingStore
 from bridge.mqtt.client import MqttClient, MqttSettings, payload_bytes
 from bridge.mqtt.payloads import oversized
 from bridge.mqtt.topics import Topics
+from bridge.webhooks.unit import webhook_units
 
 log = logging.getLogger("chargebridge.charging")
 
@@ -634,6 +635,8 @@ async def run_service(settings: ChargingSettings, *, ready: asyncio.Event | None
             tg.create_task(service.consume(), name="charging-consume")
             tg.create_task(service.stats_loop(), name="charging-stats")
             tg.create_task(service.cleanup_loop(), name="charging-cleanup")
+            for name, unit in webhook_units(settings):  # --webhook: docs/integrations.md
+                tg.create_task(unit, name=name)
             await mqtt.connected.wait()
             log.info("charging service ready on %s", mqtt.settings.redacted_url())
             if ready is not None:

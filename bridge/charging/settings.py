@@ -12,10 +12,11 @@ from __future__ import annotations
 from pydantic import Field
 
 from bridge.config import CommonSettings
+from bridge.webhooks.settings import WebhookSettings
 
 
-class ChargingSettings(CommonSettings):
-    """Options of the charging service."""
+class ChargingSettings(WebhookSettings, CommonSettings):
+    """Options of the charging service (and of its webhook unit, bridge/webhooks)."""
 
     service_client_id: str = Field(
         default="",

@@ -103,6 +103,11 @@ class Topics:
     def charging_stats(self) -> str:
         return f"{self.base}/charging/stats"
 
+    @property
+    def webhook_stats(self) -> str:
+        """The webhook unit's counters (retained), beside the service's statistics."""
+        return f"{self.base}/charging/webhooks/stats"
+
     def charging_request(self, action: str) -> str:
         return f"{self.base}/charging/request/{action}"
 

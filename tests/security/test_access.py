@@ -188,15 +188,17 @@ async def test_operator_cannot_use_the_bridge_to_write_state(
 
 
 async def test_homeassistant_user_presses_only_its_buttons(broker: Mosquitto) -> None:
-    """The optional `homeassistant` user: its discovery prefix, and the three requests its
-    buttons send; a start request is dropped (fenced by its later, permitted requests)."""
+    """The optional `homeassistant` user: its discovery prefix, and the four requests its
+    buttons send; a device start_charging request is dropped (fenced by its later, permitted
+    requests)."""
     allowed = [
         f"{B}/devices/{DEV}/request/reboot",
         f"{B}/devices/{DEV}/request/locate",
+        f"{B}/charging/request/start",
         f"{B}/charging/request/stop",
         "homeassistant/status",
     ]
-    denied = [f"{B}/devices/{DEV}/request/start_charging", f"{B}/charging/request/start"]
+    denied = [f"{B}/devices/{DEV}/request/start_charging", f"{B}/devices/{DEV}/request/raw"]
     async with (
         mqtt_collector(broker, f"{B}/#", "homeassistant/#") as seen,
         broker.client("homeassistant") as ha,

@@ -18,8 +18,9 @@ import jinja2
 import pytest
 
 import protocol as p
-from bridge.charging.messages import StopRequest
-from bridge.homeassistant import PORT_STATUS_OPTIONS
+from bridge.charging.messages import StartRequest, StopRequest
+from bridge.homeassistant import PORT_STATUS_OPTIONS, Discovery
+from bridge.mqtt.topics import DiscoveryTopics, Topics
 from tests.bridge.ecosystem.support import register, report_power, wait_prefix
 from tests.bridge.gateway.conftest import B
 from tests.bridge.helpers import (
@@ -36,7 +37,8 @@ from tests.broker import Mosquitto
 DEVICE_ID = "04AB373B"
 DEV = f"{B}/devices/{DEVICE_ID}"
 HA = "homeassistant"
-CONFIGS = 6 + 2 * 7  # charger entities + 7 per port
+CHARGER_CONFIGS, PORT_CONFIGS = 8, 8
+CONFIGS = CHARGER_CONFIGS + 2 * PORT_CONFIGS
 
 # From the Home Assistant documentation (sensor, binary_sensor, button device classes; units
 # accepted per sensor device class; state classes; entity categories).
@@ -97,12 +99,26 @@ async def retained_configs(broker: Mosquitto) -> dict[str, Any]:
     return {m.topic: m.json() for m in late.messages if m.payload and m.topic != f"{HA}/probe"}
 
 
+ENV = jinja2.Environment(undefined=jinja2.StrictUndefined)
+ENV.filters["tojson"] = json.dumps  # Home Assistant's own filter
+
+
 def render(template: str, value_json: Any) -> str:
     """As Home Assistant renders MQTT value templates (`value`, `value_json`, `this`)."""
-    env = jinja2.Environment(undefined=jinja2.StrictUndefined)
-    return env.from_string(template).render(
+    return ENV.from_string(template).render(
         value_json=value_json, value=json.dumps(value_json), this=SimpleNamespace(state="x")
     )
+
+
+def render_empty(template: str) -> str:
+    """As Home Assistant renders a template for an empty payload (a cleared retained state):
+    no `value_json` at all; StrictUndefined raises where Home Assistant logs an ERROR."""
+    return ENV.from_string(template).render(value="", this=SimpleNamespace(state="x"))
+
+
+def templates(config: dict[str, Any]) -> list[str]:
+    found = [v for k, v in config.items() if k.endswith("_template")]
+    return found + [a["value_template"] for a in config.get("availability", [])]
 
 
 def check_shape(topic: str, config: dict[str, Any], identifiers: set[str]) -> None:
@@ -115,6 +131,9 @@ def check_shape(topic: str, config: dict[str, Any], identifiers: set[str]) -> No
         assert device["via_device"] in identifiers
     for entry in config["availability"]:
         assert entry["topic"].startswith(f"{B}/") and "value_json." in entry["value_template"]
+    for template in templates(config):
+        assert "value_json is defined" in template, template
+        render_empty(template)  # renders; raises on an unguarded `value_json`
     if len(config["availability"]) > 1:
         assert config["availability_mode"] == "all"
     assert config.get("entity_category") in (None, "config", "diagnostic")
@@ -150,6 +169,9 @@ async def test_discovery_of_a_two_port_charger(
     configs = await discovery(ha)
     assert await retained_configs(broker) == configs
     assert len({c["unique_id"] for c in configs.values()}) == CONFIGS
+    # the charger's configs first, so that Home Assistant links the ports (via_device)
+    order = [m.topic for m in ha.messages if m.topic in configs]
+    assert not any(f"{DEVICE_ID}_p" in t for t in order[:CHARGER_CONFIGS])
     identifiers = {i for c in configs.values() for i in c["device"]["identifiers"]}
     assert identifiers == {f"{B}_{DEVICE_ID}", f"{B}_{DEVICE_ID}_port1", f"{B}_{DEVICE_ID}_port2"}
     latest = {
@@ -163,8 +185,8 @@ async def test_discovery_of_a_two_port_charger(
         check_shape(topic, config, identifiers)
         for entry in config["availability"]:
             assert render(entry["value_template"], latest[entry["topic"]]) == "online"
-        if "state_topic" not in config:
-            continue
+        if "state_topic" not in config or "+" in config["state_topic"]:
+            continue  # buttons; the last command sensors (test_buttons_reach_the_charger)
         state_topic = config["state_topic"]
         if state_topic.endswith("/event/port"):
             port = int(config["unique_id"].split("_p")[-1].split("_")[0])
@@ -204,7 +226,7 @@ async def test_buttons_reach_the_charger(
     device: FakeDevice, mqtt: MqttCollector, ha: MqttCollector
 ) -> None:
     await register(device)
-    configs = await discovery(ha, 6 + 2 * 7)
+    configs = await discovery(ha)
     locate = configs[f"{HA}/button/{B}/{DEVICE_ID}_locate/config"]
     await mqtt.client.publish(locate["command_topic"], locate["payload_press"], qos=1)
     frame = await device.recv()
@@ -219,6 +241,31 @@ async def test_buttons_reach_the_charger(
     assert stop["command_topic"] == f"{B}/charging/request/stop"
     request = StopRequest.model_validate_json(stop["payload_press"])
     assert (request.device_id, request.port) == (DEVICE_ID, 2)
+    start = configs[f"{HA}/button/{B}/{DEVICE_ID}_p1_start/config"]
+    assert start["command_topic"] == f"{B}/charging/request/start"
+    started = StartRequest.model_validate_json(start["payload_press"])
+    assert (started.device_id, started.port, started.mode) == (DEVICE_ID, 1, "full")
+    # The last results: the device command sensor reads the real response of locate ...
+    last = configs[f"{HA}/sensor/{B}/{DEVICE_ID}_last_command/config"]
+    assert last["state_topic"] == f"{DEV}/response/+"
+    response = mqtt.all(f"{DEV}/response/locate")[-1]
+    assert render(last["value_template"], response) == response["result"] == "ok"
+    assert json.loads(render(last["json_attributes_template"], response)) == response
+    # ... the charging one the service's responses to this charger's buttons only
+    charging = configs[f"{HA}/sensor/{B}/{DEVICE_ID}_last_charging/config"]
+    assert charging["state_topic"] == f"{B}/charging/response/+"
+    refused = {
+        "request_id": request.request_id,
+        "ok": False,
+        "message": "no active session on port 2",
+        "session": None,
+    }
+    template = charging["value_template"]
+    assert render(template, refused) == "failed: no active session on port 2"
+    accepted = {"request_id": started.request_id, "ok": True, "message": "started"}
+    assert render(template, accepted) == "ok: started"
+    assert render(template, {**refused, "request_id": "homeassistant:0000000A:2:stop"}) == "x"
+    assert render(template, {**refused, "request_id": None}) == "x"  # keeps this.state
 
 
 @pytest.mark.gateway(homeassistant=True)
@@ -227,15 +274,16 @@ async def test_forgotten_device_and_port_lose_their_entities(
 ) -> None:
     await register(device)
     configs = await discovery(ha)
-    # Forget port 2: its 7 entities are removed, nothing else.
+    # Forget port 2: its entities are removed, nothing else.
     await mqtt.client.publish(f"{DEV}/ports/2", b"", qos=1, retain=True)
-    removed = {(await wait_prefix(ha, f"{HA}/", empty=True)).topic for _ in range(7)}
+    removed = {(await wait_prefix(ha, f"{HA}/", empty=True)).topic for _ in range(PORT_CONFIGS)}
     assert removed == {t for t in configs if f"{DEVICE_ID}_p2_" in t}
     # Forget the device (it went offline first, as an operator would): the rest goes.
     await device.close()
     await mqtt.wait(DEV, lambda m: m["online"] is False)
     await mqtt.client.publish(DEV, b"", qos=1, retain=True)
-    removed |= {(await wait_prefix(ha, f"{HA}/", empty=True)).topic for _ in range(CONFIGS - 7)}
+    rest = CONFIGS - PORT_CONFIGS
+    removed |= {(await wait_prefix(ha, f"{HA}/", empty=True)).topic for _ in range(rest)}
     assert removed == set(configs)
     assert await retained_configs(broker) == {}
 
@@ -268,12 +316,36 @@ async def test_unique_ids_are_stable_across_restarts(broker: Mosquitto, tmp_path
 
 def test_port_power_renders_empty_before_any_power_report() -> None:
     """A plugged port has no power yet (`power_w: null`): '' (ignored), not 'None'."""
-    from bridge.homeassistant import Discovery
-    from bridge.mqtt.topics import DiscoveryTopics, Topics
-
     configs = Discovery(Topics(B), DiscoveryTopics()).port_configs(DEVICE_ID, 1)
     [power] = [c for c in configs.values() if c["unique_id"].endswith("_p1_power")]
     template = power["value_template"]
     assert render(template, {"status": "plugged_not_started", "power_w": None}) == ""
     assert render(template, {"status": "idle", "power_w": None}) == "0"
     assert float(render(template, {"status": "charging", "power_w": 12.5})) == 12.5
+
+
+def test_port_measurements_read_the_port_state_when_it_carries_them() -> None:
+    """A gateway whose retained port state carries the latest 0x06 figures (issue 17, 3):
+    the sensors read it, so they are known at once after a Home Assistant restart; without
+    them, the `power` events as before."""
+    discovery = Discovery(Topics(B), DiscoveryTopics())
+    state = {
+        "port": 1,
+        "status": "charging",
+        "power_w": 234.2,
+        "energy_kwh": 0.12,
+        "voltage_v": 220.1,
+        "current_a": 1.065,
+        "temperature_c": 25.0,
+        "port_temperature_c": 30.0,
+    }
+    rich = discovery.port_configs(DEVICE_ID, 1, state)
+    plain = discovery.port_configs(DEVICE_ID, 1, {"port": 1, "status": "idle"})
+    expected = {"energy": 0.12, "voltage": 220.1, "current": 1.065, "temperature": 30.0}
+    for key, value in expected.items():
+        topic = f"{HA}/sensor/{B}/{DEVICE_ID}_p1_{key}/config"
+        assert rich[topic]["state_topic"] == f"{DEV}/ports/1"
+        assert float(render(rich[topic]["value_template"], state)) == value
+        assert plain[topic]["state_topic"] == f"{DEV}/event/port"
+        assert rich[topic]["unique_id"] == plain[topic]["unique_id"]
+    assert set(rich) == set(plain)

@@ -59,20 +59,42 @@ async def test_junk_states_publish_nothing() -> None:
 async def test_a_state_change_republishes_only_changed_configs() -> None:
     u = unit(base="site/a", prefix="ha")
     await u.handle("site/a/devices/04AB373B", json.dumps(STATE).encode())
-    assert len(u.sent) == 6
+    assert len(u.sent) == 8
     assert all(t.startswith("ha/") and "/site_a/04AB373B_" in t for t in u.published)
     await u.handle("site/a/devices/04AB373B", json.dumps({**STATE, "voltage_v": 231}).encode())
-    assert len(u.sent) == 6  # same configs: nothing sent again
+    assert len(u.sent) == 8  # same configs: nothing sent again
     await u.handle("site/a/devices/04AB373B", json.dumps({**STATE, "firmware": "1.27"}).encode())
-    assert len(u.sent) == 12  # the device's sw_version is in every config
-    assert all(b'"sw_version":"1.27"' in body for _, body in u.sent[6:])
+    assert len(u.sent) == 16  # the device's sw_version is in every config
+    assert all(b'"sw_version":"1.27"' in body for _, body in u.sent[8:])
     await u.handle("site/a/devices/04AB373B/ports/1", b'{"port": 1}')
-    assert len(u.published) == 6 + 7
+    assert len(u.published) == 8 + 8
     await u.handle("ha/status", b"online")  # Home Assistant restarted
-    assert len(u.sent) == 12 + 7 + 13
+    assert len(u.sent) == 16 + 8 + 16
+    # announced again charger first, so that the ports' via_device resolves
+    assert all("_p1_" not in t for t, _ in u.sent[24:32])
     await u.handle("site/a/devices/04AB373B", b"")
-    assert u.published == {} and len(u.sent) == 32 + 13
-    assert all(body == b"" for _, body in u.sent[32:])
+    assert u.published == {} and len(u.sent) == 40 + 16
+    assert all(body == b"" for _, body in u.sent[40:])
+
+
+async def test_a_ports_configs_wait_for_its_chargers() -> None:
+    """Retained port states may arrive before the device state (another topic); Home
+    Assistant sets `via_device` only if the charger's device exists when the port's is made."""
+    u = unit()
+    await u.handle("chargebridge/devices/04AB373B/ports/2", b'{"port": 2}')
+    await u.handle("chargebridge/devices/04AB373B/ports/1", b'{"port": 1}')
+    assert u.sent == []
+    await u.handle("chargebridge/devices/04AB373B", json.dumps(STATE).encode())
+    order = [t.split("/")[3] for t, _ in u.sent]
+    assert len(order) == 8 + 2 * 8
+    assert not any("_p" in o for o in order[:8])
+    assert all("_p1_" in o for o in order[8:16]) and all("_p2_" in o for o in order[16:])
+    # a port forgotten while it waited is not announced later
+    await u.handle("chargebridge/devices/0000000A/ports/1", b'{"port": 1}')
+    await u.handle("chargebridge/devices/0000000A/ports/1", b"")
+    sent = len(u.sent)
+    await u.handle("chargebridge/devices/0000000A", json.dumps(STATE).encode())
+    assert len(u.sent) == sent + 8
 
 
 async def test_configs_retained_from_an_earlier_run_are_removed_too() -> None:

@@ -53,6 +53,9 @@ async def test_scrape_during_a_run(
     await mqtt.wait(f"{DEV}/response/locate")
     stats = ChargingStats(sessions_completed=7, total_energy_delivered_kwh=1.5).to_payload(3, 0)
     assert gateway.metrics is not None
+    hooks = {"queued": 2, "delivered": 5, "failures": 1, "dead_lettered": 0, "dropped": 0}
+    # published first on one connection: read by the unit before the charging stats
+    await mqtt.client.publish(f"{B}/charging/webhooks/stats", json.dumps(hooks), qos=1, retain=True)
     await mqtt.client.publish(f"{B}/charging/stats", json.dumps(stats), qos=1, retain=True)
     async with asyncio.timeout(TIMEOUT):
         # the unit reads charging/stats on its own connection
@@ -81,6 +84,9 @@ async def test_scrape_during_a_run(
     assert m[("chargebridge_charging_active_sessions", ())] == 3
     assert m[("chargebridge_charging_sessions_completed_total", ())] == 7
     assert m[("chargebridge_charging_total_energy_delivered_kwh_total", ())] == 1.5
+    assert m[("chargebridge_webhooks_queued", ())] == 2
+    assert m[("chargebridge_webhooks_delivered_total", ())] == 5
+    assert m[("chargebridge_webhooks_failures_total", ())] == 1
     names = {name for name, _ in m}
     used = set(re.findall(r"chargebridge_\w+", DASHBOARD.read_text()))
     assert used and used <= names, used - names  # every dashboard query has data
