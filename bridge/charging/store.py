@@ -5,6 +5,10 @@ transaction per batch of processed messages, before those messages are acknowled
 broker, so a crash either loses them (the broker redelivers them) or keeps all of their
 effects (a redelivery is recognised by its fingerprint and skipped). `synchronous=FULL`: a
 commit survives a power cut too (docs/charging.md and docs/performance.md give the cost).
+
+The store also owns the serialised form of the sessions it writes (`session_json`): each
+history entry is serialised once, when it is new, and spliced into every later state of
+its session, so a 50-entry history does not cost 50 serialisations per update.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import sqlite3
 from collections.abc import Iterable
 from pathlib import Path
 
+from bridge.charging.events import Event
 from bridge.charging.model import ChargingSession, ChargingStats
 
 SCHEMA = """
@@ -36,6 +41,9 @@ class ChargingStore:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.executescript(SCHEMA)
+        # session_id -> (the history last serialised, its entries' JSON texts by id()): the
+        # history tuple keeps its entries alive, so an id() cannot be reused meanwhile.
+        self._texts: dict[str, tuple[tuple[Event, ...], dict[int, str]]] = {}
 
     def close(self) -> None:
         self._db.close()
@@ -54,6 +62,20 @@ class ChargingStore:
         row = self._db.execute("SELECT payload FROM stats WHERE id = 1").fetchone()
         stats = ChargingStats(**json.loads(row[0])) if row else ChargingStats()
         return sessions, stats
+
+    def session_json(self, session: ChargingSession) -> str:
+        """The session's retained payload as compact JSON, reusing the texts of the history
+        entries it shares with the state last serialised."""
+        cached = self._texts.get(session.session_id)
+        known = cached[1] if cached is not None else {}
+        events = session.events
+        texts = [known.get(id(e)) or e.to_json() for e in events]
+        self._texts[session.session_id] = (events, dict(zip(map(id, events), texts, strict=True)))
+        return session.to_json(texts)
+
+    def forget(self, session_id: str) -> None:
+        """Drop the cached texts of a session that is gone."""
+        self._texts.pop(session_id, None)
 
     def has_seen(self, key: str) -> bool:
         return self._db.execute("SELECT 1 FROM seen WHERE key = ?", (key,)).fetchone() is not None
@@ -87,7 +109,8 @@ class ChargingStore:
                 "INSERT OR REPLACE INTO sessions VALUES (?, ?)",
                 list(sessions),
             )
-            db.executemany("DELETE FROM sessions WHERE session_id = ?", [(d,) for d in deleted])
+            gone = list(deleted)
+            db.executemany("DELETE FROM sessions WHERE session_id = ?", [(d,) for d in gone])
             if stats is not None:
                 db.execute(
                     "INSERT OR REPLACE INTO stats VALUES (1, ?)",
@@ -100,6 +123,8 @@ class ChargingStore:
             db.execute("ROLLBACK")
             raise
         db.execute("COMMIT")
+        for session_id in gone:
+            self.forget(session_id)
 
     def prune_seen(self, before: float) -> int:
         """Forget fingerprints older than `before` (Unix s); returns how many."""
