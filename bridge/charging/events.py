@@ -13,7 +13,7 @@ import json
 import math
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, ClassVar, Self
+from typing import Any, ClassVar
 
 from pydantic import TypeAdapter
 
@@ -46,7 +46,9 @@ class _Event:
 
     kind: ClassVar[str] = ""
     ts: float
-    at: float | None = field(default=None, kw_only=True)
+    # Not compared: an event read back from its published record (which has no `at`) equals
+    # the one that was applied, so a session read back equals the one that was written.
+    at: float | None = field(default=None, kw_only=True, compare=False)
 
     def record(self) -> dict[str, Any]:
         """The entry published in the session's `events` list: `{"ts", "type", ...fields}`."""
@@ -60,11 +62,6 @@ class _Event:
     def to_json(self) -> str:
         """`record()` as compact JSON: how the store serialises (and caches) history entries."""
         return json.dumps(self.record(), separators=(",", ":"))
-
-    def recorded(self) -> Self:
-        """The event as the session's history keeps it: only what its record publishes, so
-        that a session read back from its payload equals the one that was written."""
-        return self if self.at is None else dataclasses.replace(self, at=None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,14 +143,12 @@ class Tick(_Event):
     """Time passes: `timeout` and retention are checked against `ts`."""
 
     kind: ClassVar[str] = "timeout"
-    session_timeout: float = math.inf
-    retention: float = math.inf
+    # The limits the tick is checked against; not part of the record, so not compared.
+    session_timeout: float = field(default=math.inf, compare=False)
+    retention: float = field(default=math.inf, compare=False)
 
     def record(self) -> dict[str, Any]:
         return {"ts": iso(self.ts), "type": self.kind}
-
-    def recorded(self) -> Tick:
-        return Tick(ts=self.ts)
 
 
 Event = (

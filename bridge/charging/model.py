@@ -122,10 +122,11 @@ class ChargingSession:
 
     def head(self) -> dict[str, Any]:
         """The payload without `events`, in payload order."""
-        out: dict[str, Any] = {}
-        for name in _HEAD:
-            value: Any = self.session_id if name == "order_no" else getattr(self, name)
-            out[name] = iso(value) if name in _TIMES and value is not None else value
+        out = {name: getattr(self, name) for name in _HEAD}
+        out["start_time"] = iso(self.start_time)
+        out["last_update"] = iso(self.last_update)
+        if self.end_time is not None:
+            out["end_time"] = iso(self.end_time)
         return out
 
     def to_payload(self) -> dict[str, Any]:
@@ -168,7 +169,7 @@ def _stop_confirmed(events: Sequence[Event]) -> bool:
 
 def _noted(session: ChargingSession, event: Event, **changes: Any) -> ChargingSession:
     """`session` with `changes`, the event appended to its history and `last_update` moved."""
-    events = (*session.events, event.recorded())[-MAX_EVENTS:]
+    events = (*session.events, event)[-MAX_EVENTS:]
     now = event.ts if event.at is None else event.at
     return dataclasses.replace(session, events=events, last_update=now, **changes)
 
@@ -251,10 +252,10 @@ def transition(session: ChargingSession | None, event: Event) -> Result:
         # A power report proves the port is charging this order: it revives a timed-out
         # session and corrects a start that failed only because its reply was lost.
         next_status: SessionStatus = "stopping" if status == "stopping" else "charging"
-        new = _noted(session, event, status=next_status, port=event.port, end_time=None)
-        new = dataclasses.replace(new, **_measures(event, session))
+        changes = _measures(event, session)
         if status == "failed":
-            new = dataclasses.replace(new, stop_reason=None)
+            changes["stop_reason"] = None
+        new = _noted(session, event, status=next_status, port=event.port, end_time=None, **changes)
         if status in ("starting", "failed"):
             return new, _fx(Effect.POWER_APPLIED, Effect.CHARGING_STARTED)
         return new, _fx(Effect.POWER_APPLIED)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import operator
 import sqlite3
 from collections.abc import Iterable
 from pathlib import Path
@@ -41,9 +42,8 @@ class ChargingStore:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.executescript(SCHEMA)
-        # session_id -> (the history last serialised, its entries' JSON texts by id()): the
-        # history tuple keeps its entries alive, so an id() cannot be reused meanwhile.
-        self._texts: dict[str, tuple[tuple[Event, ...], dict[int, str]]] = {}
+        # session_id -> (the history last serialised, its entries' JSON texts).
+        self._texts: dict[str, tuple[tuple[Event, ...], list[str]]] = {}
 
     def close(self) -> None:
         self._db.close()
@@ -65,12 +65,23 @@ class ChargingStore:
 
     def session_json(self, session: ChargingSession) -> str:
         """The session's retained payload as compact JSON, reusing the texts of the history
-        entries it shares with the state last serialised."""
-        cached = self._texts.get(session.session_id)
-        known = cached[1] if cached is not None else {}
+        entries it shares with the state last serialised (its history is that state's with
+        entries dropped from the front and new ones appended)."""
         events = session.events
-        texts = [known.get(id(e)) or e.to_json() for e in events]
-        self._texts[session.session_id] = (events, dict(zip(map(id, events), texts, strict=True)))
+        cached = self._texts.get(session.session_id)
+        texts: list[str] | None = None
+        if cached is not None and events:
+            old_events, old_texts = cached
+            try:
+                k = old_events.index(events[0])
+            except ValueError:
+                k = len(old_events)
+            shared = len(old_events) - k
+            if len(events) >= shared and all(map(operator.is_, events, old_events[k:])):
+                texts = [*old_texts[k:], *(e.to_json() for e in events[shared:])]
+        if texts is None:
+            texts = [e.to_json() for e in events]
+        self._texts[session.session_id] = (events, texts)
         return session.to_json(texts)
 
     def forget(self, session_id: str) -> None:
