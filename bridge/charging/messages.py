@@ -1,31 +1,26 @@
-"""What the service reads from MQTT: requests (strict) and gateway events (tolerant).
+"""The charging requests the service serves (`{b}/charging/request/{action}`, API.md section
+6), validated strictly with pydantic and refused with a message naming the bad field.
 
-Requests (`{b}/charging/request/{action}`, API.md section 6) are validated with pydantic and
-refused with a message naming the bad field. Gateway events (API.md section 4) are read
-tolerantly: only the fields the service needs are checked, unknown ones are ignored, so a
-gateway that adds fields does not break the service.
+Gateway events are read in `bridge.charging.gateway_events`, through the gateway's models.
 """
 
 from __future__ import annotations
 
 import json
 import re
-import time
-from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
-    StrictFloat,
     StrictInt,
     StrictStr,
     ValidationError,
     model_validator,
 )
 
-from bridge.charging import model as m
+from bridge.mqtt.payloads import StartChargingRequest
 
 ORDER_NO_RE = re.compile(r"^[0-9A-F]{32}$")
 DEVICE_ID_RE = r"^[0-9A-F]{8}$"
@@ -63,10 +58,11 @@ class StartRequest(_Request):
             raise ValueError("mode 'energy' needs energy_kwh")
         return self
 
-    def device_command(self, order_no: str, request_id: str) -> dict[str, Any]:
-        """The `start_charging` device request (API.md section 5)."""
+    def device_command(self, order_no: str) -> StartChargingRequest:
+        """The `start_charging` device request (API.md section 5), with the fields this
+        request gave (validated to the same bounds here, so not validated again)."""
         fields = self.model_dump(exclude={"request_id", "order_no", "device_id"}, exclude_none=True)
-        return {"request_id": request_id, "order_no": order_no, **fields}
+        return StartChargingRequest.model_construct(order_no=order_no, **fields)
 
 
 class _Target(_Request):
@@ -134,123 +130,3 @@ def parse_request(action: str, data: dict[str, Any]) -> _Request:
         return cls.model_validate(data)
     except ValidationError as exc:
         raise RequestError(describe(exc)) from None
-
-
-# --- gateway events (tolerant) ---------------------------------------------------
-
-Num = StrictInt | StrictFloat
-
-
-class _GatewayEvent(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-
-    type: str
-    ts: str | None = None
-    port: StrictInt | str | None = None
-    order_no: OrderNo | None = None
-
-
-class _PowerEvent(_GatewayEvent):
-    port: PortNo
-    order_no: OrderNo
-    power_w: Num
-    energy_kwh: Num
-    duration_s: StrictInt
-    max_power_w: Num | None = None
-    peak_power_w: Num | None = None
-    voltage_v: Num | None = None
-    current_a: Num | None = None
-    temperature_c: Num | None = None
-
-
-class _SettledEvent(_GatewayEvent):
-    port: PortNo
-    order_no: OrderNo
-    energy_kwh: Num
-    duration_s: StrictInt
-    max_power_w: Num
-    stop_reason: str | None = None
-    card_id: str | None = None
-
-
-class _ReplyEvent(_GatewayEvent):
-    port: PortNo | None = None
-    reason: str | None = None
-    result: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class DeviceEvent:
-    """A gateway event translated for the model; `event` None: nothing for a session."""
-
-    type: str
-    device_id: str
-    order_no: str | None
-    port: int | None
-    event: m.Event | None = None
-
-
-def _ts(raw: str | None, now: float) -> float:
-    if raw:
-        try:
-            return m.parse_iso(raw)
-        except ValueError:
-            pass
-    return now
-
-
-def parse_event(device_id: str, data: dict[str, Any], now: float | None = None) -> DeviceEvent:
-    """API.md section 4 payload -> DeviceEvent; raises RequestError when it is malformed."""
-    now = time.time() if now is None else now
-    try:
-        base = _GatewayEvent.model_validate(data)
-        ts = _ts(base.ts, now)
-        kind = base.type
-        event: m.Event | None = None
-        if kind == "power":
-            p = _PowerEvent.model_validate(data)
-            peaks = [v for v in (p.max_power_w, p.peak_power_w) if v is not None]
-            event = m.PowerReported(
-                ts=ts,
-                at=now,
-                order_no=p.order_no,
-                device_id=device_id,
-                port=p.port,
-                power_w=float(p.power_w),
-                energy_kwh=float(p.energy_kwh),
-                duration_s=p.duration_s,
-                max_power_w=float(max(peaks)) if peaks else None,
-                voltage_v=None if p.voltage_v is None else float(p.voltage_v),
-                current_a=None if p.current_a is None else float(p.current_a),
-                temperature_c=None if p.temperature_c is None else float(p.temperature_c),
-            )
-        elif kind == "settled":
-            s = _SettledEvent.model_validate(data)
-            event = m.Settled(
-                ts=ts,
-                at=now,
-                order_no=s.order_no,
-                device_id=device_id,
-                port=s.port,
-                energy_kwh=float(s.energy_kwh),
-                duration_s=s.duration_s,
-                max_power_w=float(s.max_power_w),
-                stop_reason=s.stop_reason,
-                card_id=s.card_id,
-            )
-        elif kind in ("started", "start_failed", "stopped", "stop_failed"):
-            r = _ReplyEvent.model_validate(data)
-            reason = r.reason or r.result or kind
-            replies: dict[str, m.Event] = {
-                "started": m.StartAccepted(ts=ts, at=now, port=r.port),
-                "start_failed": m.StartRefused(ts=ts, at=now, reason=reason),
-                "stopped": m.StopAccepted(ts=ts, at=now),
-                "stop_failed": m.StopRefused(ts=ts, at=now, reason=reason),
-            }
-            event = replies[kind]
-    except ValidationError as exc:
-        raise RequestError(describe(exc)) from None
-    port = base.port if isinstance(base.port, int) else None
-    return DeviceEvent(
-        type=kind, device_id=device_id, order_no=base.order_no, port=port, event=event
-    )

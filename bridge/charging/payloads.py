@@ -1,9 +1,10 @@
 """Shapes of what the charging service publishes (API.md section 6), for the published JSON
 Schema (docs/schema/) and the AsyncAPI description.
 
-The service builds these payloads from its own dataclasses (`ChargingSession.to_payload`,
-`ChargingStats.to_payload`); tests validate those outputs against these models (unknown keys
-forbidden), so the documents cannot drift from what is sent.
+`ChargingSessionPayload` is also where the session payload's keys and their order come from:
+`ChargingSession` writes its fields in this order and reads a payload back through this model
+(bridge/charging/model.py). Tests validate the service's outputs against these models
+(unknown keys forbidden), so the documents cannot drift from what is sent.
 """
 
 from __future__ import annotations
