@@ -16,15 +16,16 @@ from typing import Annotated
 from pydantic import ConfigDict, Field, TypeAdapter, ValidationError
 
 from bridge.charging import events as e
-from bridge.charging.messages import (
+from bridge.charging.messages import RequestError, parse_json_object
+from bridge.mqtt.payloads import (
     ORDER_NO_RE,
-    OrderNo,
-    PortNo,
-    RequestError,
+    OrderResultEvent,
+    OrderSettledEvent,
+    PortNumber,
+    PortPowerEvent,
+    SessionId,
     describe,
-    parse_json_object,
 )
-from bridge.mqtt.payloads import OrderResultEvent, OrderSettledEvent, PortPowerEvent
 
 _TOLERANT = ConfigDict(extra="ignore", strict=True)
 REPLY_KINDS = ("started", "start_failed", "stopped", "stop_failed")
@@ -32,20 +33,20 @@ REPLY_KINDS = ("started", "start_failed", "stopped", "stop_failed")
 
 class PowerIn(PortPowerEvent):
     model_config = _TOLERANT
-    port: PortNo
-    order_no: OrderNo
+    port: PortNumber
+    order_no: SessionId
 
 
 class SettledIn(OrderSettledEvent):
     model_config = _TOLERANT
-    port: PortNo
-    order_no: OrderNo
+    port: PortNumber
+    order_no: SessionId
 
 
 class ResultIn(OrderResultEvent):
     model_config = _TOLERANT
-    port: PortNo | None
-    order_no: OrderNo | None
+    port: PortNumber | None
+    order_no: SessionId | None
 
 
 _SessionEvent = Annotated[PowerIn | SettledIn | ResultIn, Field(discriminator="type")]

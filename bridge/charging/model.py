@@ -36,8 +36,8 @@ from bridge.charging.events import (
     parse_iso,
     read_record,
 )
-from bridge.charging.payloads import ChargingSessionPayload
 from bridge.charging.stats import ChargingStats
+from bridge.mqtt.payloads import ChargingSessionPayload
 
 __all__ = [
     "ACTIVE",

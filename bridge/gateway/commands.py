@@ -28,6 +28,7 @@ from bridge.mqtt.payloads import (
     DEVICE_ID_RE,
     CardReplyRequest,
     CommandResponse,
+    describe,
     oversized,
     response,
 )
@@ -216,9 +217,5 @@ def _response_properties(request_props: Any) -> Any:
 
 
 def validation_message(exc: ValidationError) -> str:
-    """A pydantic error as one line: `field: message; field: message`."""
-    parts = []
-    for err in exc.errors():
-        loc = ".".join(str(x) for x in err["loc"]) or "request"
-        parts.append(f"{loc}: {err['msg']}")
-    return "; ".join(parts)
+    """A pydantic error as one line a person can read (the contract's `describe`)."""
+    return describe(exc)
