@@ -22,8 +22,6 @@ import time
 from collections.abc import AsyncIterator, Callable
 from typing import Protocol
 
-import aiomqtt
-
 from bridge.charging import model as m
 from bridge.charging.adoption import Adopted, read_retained
 from bridge.charging.batching import Batch, Sessions, settlement_key
@@ -33,7 +31,7 @@ from bridge.charging.messages import RequestError
 from bridge.charging.requests import ChargingRequests
 from bridge.charging.settings import ChargingSettings
 from bridge.charging.store import ChargingStore
-from bridge.mqtt.client import MqttSettings, payload_bytes
+from bridge.mqtt.client import Message, MqttSettings, payload_bytes
 from bridge.mqtt.payloads import oversized
 from bridge.mqtt.topics import Topics
 
@@ -47,9 +45,9 @@ MAX_BATCH = 1000
 class MessageSource(Publisher, Protocol):
     """What the service needs of its MQTT client: publish, receive in batches, acknowledge."""
 
-    def batches(self, limit: int, every: float = 0.0) -> AsyncIterator[list[aiomqtt.Message]]: ...
+    def batches(self, limit: int, every: float = 0.0) -> AsyncIterator[list[Message]]: ...
 
-    def ack(self, message: aiomqtt.Message) -> None: ...
+    def ack(self, message: Message) -> None: ...
 
 
 class ChargingService:
@@ -135,7 +133,7 @@ class ChargingService:
             for message in messages:
                 self.client.ack(message)
 
-    def handle_batch(self, messages: list[aiomqtt.Message]) -> None:
+    def handle_batch(self, messages: list[Message]) -> None:
         """Apply a list of messages as one batch and commit it (raises if the store fails)."""
         batch = Batch()
         keys = [fingerprint(message) for message in messages]
@@ -153,7 +151,7 @@ class ChargingService:
             log.critical("cannot write the state store %s; stopping", self.store.path)
             raise
 
-    def handle(self, batch: Batch, message: aiomqtt.Message, key: str) -> None:
+    def handle(self, batch: Batch, message: Message, key: str) -> None:
         """One message; `key` is its fingerprint."""
         topic = str(message.topic)
         payload = payload_bytes(message)
@@ -277,7 +275,7 @@ def service_subscriptions(t: Topics) -> list[tuple[str, int]]:
     ]
 
 
-def fingerprint(message: aiomqtt.Message) -> str:
+def fingerprint(message: Message) -> str:
     """Names one message, topic and payload: a redelivery has the same fingerprint."""
     digest = hashlib.sha256(str(message.topic).encode() + b"\0" + payload_bytes(message))
     return "msg:" + digest.hexdigest()
