@@ -363,9 +363,16 @@ async def test_the_window_timer_publishes_the_last_update(make: Any, clock: Cloc
     service.handle_batch([port_event(power_event(0.1, 100.0, ts=clock.now))])
     service.handle_batch([port_event(power_event(0.2, 150.0, duration_s=600, ts=clock.now))])
     assert [s["power_w"] for s in client.on(topic)] == [100.0]
+    published = asyncio.Event()
+    submit = client.submit
+
+    def signalling(*args: Any, **kw: Any) -> asyncio.Future[None]:
+        published.set()
+        return submit(*args, **kw)
+
+    client.submit = signalling  # type: ignore[method-assign]
     async with asyncio.timeout(5):
-        while len(client.on(topic)) < 2:
-            await asyncio.sleep(0.01)
+        await published.wait()
     assert [s["power_w"] for s in client.on(topic)] == [100.0, 150.0]
     assert service.state.pending == set()
 
