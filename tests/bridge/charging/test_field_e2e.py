@@ -25,7 +25,7 @@ from tests.bridge.helpers import mqtt_collector
 from tests.broker import Mosquitto, free_port
 
 SPEED = 120  # the 180 s heartbeat every 1.5 s
-SESSION_S = 900  # device seconds: 7.5 s here, past the 3 s session timeout
+SESSION_S = 1200  # device seconds: 10 s here, twice the 5 s session timeout
 WINDOW_S = 2.0  # power_update_window_s
 
 
@@ -41,7 +41,7 @@ async def test_a_legacy_session_stays_alive_shows_power_and_estimates_its_energy
             "state_dir": str(tmp_path),
             "gateway_id": "legacy",
             "log_level": "warning",
-            "session_timeout_s": 3.0,
+            "session_timeout_s": 5.0,
             "cleanup_interval_s": 0.1,
             "energy_calculation_window_s": 0.2,
             "power_update_window_s": WINDOW_S,
