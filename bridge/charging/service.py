@@ -66,7 +66,14 @@ class ChargingService:
         self.client = client
         self.topics = Topics(settings.base_topic)
         self.clock = clock
-        self.state = Sessions(store, self.topics, client, clock=clock)
+        self.state = Sessions(
+            store,
+            self.topics,
+            client,
+            clock=clock,
+            energy_window_s=settings.energy_calculation_window_s,
+            power_window_s=settings.power_update_window_s,
+        )
         self.commands = DeviceCommands(
             settings,
             self.topics,
@@ -163,7 +170,7 @@ class ChargingService:
         if parts is None:
             return
         device_id, rest = parts
-        if rest in ("event/port", "event/order"):
+        if rest in ("event/port", "event/order", "event/device"):
             self.handle_event(batch, topic, key, device_id, payload)
         elif rest.startswith("response/"):
             self.commands.handle_reply(payload)
@@ -193,6 +200,9 @@ class ChargingService:
                 event.port,
                 event.order_no,
             )
+        if event.ports and self.settings.session_tracking:  # a heartbeat's charging ports
+            state.apply_heartbeat(batch, key, device_id, event.ports)
+            return
         if event.event is None or not self.settings.session_tracking:
             state.count(batch, key, measured=True, total_events_processed=1)
             return
@@ -204,7 +214,7 @@ class ChargingService:
 
     def _already_settled(self, batch: Batch, event: IncomingEvent) -> bool:
         """A settlement resent after its session was cleared must not create it again."""
-        if not isinstance(event.event, m.Settled):
+        if not isinstance(event.event, m.Settled | m.Confirmed):  # a late 0x04 neither
             return False
         e = event.event
         return self.state.has_seen(batch, settlement_key(e.device_id, e.port, e.order_no))
@@ -249,6 +259,7 @@ class ChargingService:
             self.state.apply(batch, session, tick)
         if batch.changed or batch.deleted:
             self.state.flush(batch)
+        self.state.publish_due()  # power-window updates whose timer has not run yet
         self.store.prune_seen(now - self.settings.dedup_window_s)
 
     async def stop(self) -> None:
@@ -270,6 +281,7 @@ def service_subscriptions(t: Topics) -> list[tuple[str, int]]:
     return [
         (t.all_port_events, 1),
         (t.all_order_events, 1),
+        (t.all_device_events, 1),  # heartbeats: legacy piles' keep-alive and live power
         *((t.device_response("+", command), 1) for command in DEVICE_COMMANDS),
         (t.all_charging_requests, 1),
     ]

@@ -92,7 +92,14 @@ class ChargingSessionPayload(MqttPayload):
     start_time: str
     end_time: str | None
     duration_s: int
-    energy_kwh: float
+    energy_kwh: float = Field(
+        description="the device's own figure (0x06: so far, 0x03: settled), the billing one"
+    )
+    energy_kwh_estimated: float = Field(
+        default=0.0,
+        description="integrated from the live power reports (0x06, 0x01 heartbeats) every "
+        "energy_calculation_window_s; beside energy_kwh, never instead of it",
+    )
     max_power_w: float
     power_w: float
     voltage_v: float | None
