@@ -229,7 +229,7 @@ async def test_settlements_during_a_30s_uplink_cut_reach_the_central_service_onc
     config = FleetConfig(
         devices=8,
         kind="2",
-        speed=1000,
+        speed=2000,
         seed=13,
         auto_plug=True,
         users=UserBehaviour(plug_mean_s=300.0, patience_s=3600.0, card_share=0.0),
@@ -239,49 +239,56 @@ async def test_settlements_during_a_30s_uplink_cut_reach_the_central_service_onc
     try:
         async with lasting_collector(central, f"{T.base}/#", client_id="edge-watch") as watch:
             await watch.latest(T.charging_stats, lambda s: True, timeout=30)  # service current
-            async with (
-                Fleet(config, TcpTarget("127.0.0.1", tcp_port)) as fleet,
-                driving(central),
-            ):
-                # Every charger's state crossed the bridge.
-                chargers = {device_id(dev.physical_id) for dev in fleet.devices}
-                for dev in fleet.devices:
-                    await watch.wait(
-                        T.device(device_id(dev.physical_id)), lambda d: d["online"], timeout=30
-                    )
-                reply = await v5_reply_round_trip(central, device_id(fleet.devices[0].physical_id))
-                assert json.loads(reply.payload)["request_id"] == "edge-v5"
-                assert reply.properties.CorrelationData == b"edge-42"  # type: ignore[union-attr]
-
-                # Load: sessions started from the central broker, charging at the site.
-                async with asyncio.timeout(40):
-                    await fleet.wait_until(
-                        lambda s: (
-                            s.settlements_acked >= 3
-                            and s.sessions_started - s.sessions_completed >= 4
+            async with Fleet(config, TcpTarget("127.0.0.1", tcp_port)) as fleet:
+                async with driving(central):
+                    # Every charger's state crossed the bridge.
+                    chargers = {device_id(dev.physical_id) for dev in fleet.devices}
+                    for dev in fleet.devices:
+                        await watch.wait(
+                            T.device(device_id(dev.physical_id)), lambda d: d["online"], timeout=30
                         )
+                    reply = await v5_reply_round_trip(
+                        central, device_id(fleet.devices[0].physical_id)
                     )
-                await uplink.cut()
-                cut_at = time.monotonic()
-                acked_at_cut = fleet.stats.settlements_acked
-                # The running sessions settle; the site broker acknowledges (the chargers are
-                # answered) and queues the events for the central broker.
-                async with asyncio.timeout(CUT_S):
-                    await fleet.wait_until(lambda s: s.settlements_acked >= acked_at_cut + 4)
-                await asyncio.sleep(max(0.0, CUT_S - (time.monotonic() - cut_at)))  # the outage
-                settled_during_cut = fleet.stats.settlements_acked - acked_at_cut
-                # Settlements acknowledged before the cut may still have been on their way;
-                # none of those made during it can have arrived.
-                assert len(set(settled_orders(watch))) <= acked_at_cut, "the cut leaked"
-                reconnects = uplink.connections
-                await uplink.start()
+                    assert json.loads(reply.payload)["request_id"] == "edge-v5"
+                    assert reply.properties.CorrelationData == b"edge-42"  # type: ignore[union-attr]
 
-                # Back up: the queue drains and new sessions start from the centre again.
-                acked_at_restore = fleet.stats.settlements_acked
+                    # Load: sessions started from the central broker, charging at the site.
+                    async with asyncio.timeout(40):
+                        await fleet.wait_until(
+                            lambda s: (
+                                s.settlements_acked >= 3
+                                and s.sessions_started - s.sessions_completed >= 4
+                            )
+                        )
+                    await uplink.cut()
+                    cut_at = time.monotonic()
+                    acked_at_cut = fleet.stats.settlements_acked
+                    # The running sessions settle; the site broker acknowledges (the chargers are
+                    # answered) and queues the events for the central broker.
+                    async with asyncio.timeout(CUT_S):
+                        await fleet.wait_until(lambda s: s.settlements_acked >= acked_at_cut + 4)
+                    await asyncio.sleep(max(0.0, CUT_S - (time.monotonic() - cut_at)))  # the outage
+                    settled_during_cut = fleet.stats.settlements_acked - acked_at_cut
+                    # Settlements acknowledged before the cut may still have been on their way;
+                    # none of those made during it can have arrived.
+                    assert len(set(settled_orders(watch))) <= acked_at_cut, "the cut leaked"
+                    reconnects = uplink.connections
+                    await uplink.start()
+
+                    # Back up: the queue drains and sessions start from the centre again (the
+                    # start requests queued for the site meanwhile, then new ones).
+                    started_at_restore = fleet.stats.sessions_started
+                    async with asyncio.timeout(40):
+                        await fleet.wait_until(
+                            lambda s: s.sessions_started >= started_at_restore + 3
+                        )
+                    assert uplink.connections > reconnects
+                # No new starts: wait until every session the chargers started is settled and
+                # acknowledged, then stop them, so that no settlement is on its way meanwhile.
                 async with asyncio.timeout(40):
-                    await fleet.wait_until(lambda s: s.settlements_acked >= acked_at_restore + 3)
-                assert uplink.connections > reconnects
-                await fleet.stop()  # no new sessions: what is settled is final
+                    await fleet.wait_until(lambda s: s.sessions_started == s.settlements_acked)
+                await fleet.stop()
                 reported = fleet.snapshot()
 
             settlements = reported["settlements_acked"]
