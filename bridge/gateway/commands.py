@@ -23,11 +23,13 @@ from bridge.gateway.flows import Flows
 from bridge.gateway.publishing import Publishing, log_failure
 from bridge.gateway.registry import Device, Registry
 from bridge.gateway.stats import GatewayStats
+from bridge.mqtt.client import reply_properties
 from bridge.mqtt.payloads import (
     DEVICE_COMMAND_REQUESTS,
     DEVICE_ID_RE,
     CardReplyRequest,
     CommandResponse,
+    describe,
     oversized,
     response,
 )
@@ -110,7 +112,7 @@ class Commands:
             )
         elif response_topic:
             futures.append(
-                mqtt.submit(response_topic, body, properties=_response_properties(properties))
+                mqtt.submit(response_topic, body, properties=reply_properties(properties))
             )
         for fut in futures:
             fut.add_done_callback(log_failure)
@@ -204,21 +206,6 @@ class Commands:
         return response(request_id, True, "ok", message, code, **fields)
 
 
-def _response_properties(request_props: Any) -> Any:
-    from paho.mqtt.packettypes import PacketTypes
-    from paho.mqtt.properties import Properties
-
-    props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
-    correlation = getattr(request_props, "CorrelationData", None)
-    if correlation is not None:
-        props.CorrelationData = correlation
-    return props
-
-
 def validation_message(exc: ValidationError) -> str:
-    """A pydantic error as one line: `field: message; field: message`."""
-    parts = []
-    for err in exc.errors():
-        loc = ".".join(str(x) for x in err["loc"]) or "request"
-        parts.append(f"{loc}: {err['msg']}")
-    return "; ".join(parts)
+    """A pydantic error as one line a person can read (the contract's `describe`)."""
+    return describe(exc)
