@@ -70,6 +70,10 @@ class Topics:
         return f"{self.base}/devices/+/event/order"
 
     @property
+    def all_device_events(self) -> str:
+        return f"{self.base}/devices/+/event/device"
+
+    @property
     def all_device_responses(self) -> str:
         return f"{self.base}/devices/+/response/+"
 
