@@ -85,7 +85,7 @@ class Gateway:
         self.loops = Loops(
             settings, self.registry, self.stats, self.publishing, self.connections, self.clock
         )
-        self.power = Power(settings, self.registry, self.publishing, self.dispatcher)
+        self.power = Power(settings, self.registry, self.publishing, self.dispatcher, self.clock)
         self.upgrades = Upgrades(settings, self.publishing, self.dispatcher)
         self.commands.power = self.power
         self.commands.upgrades = self.upgrades

@@ -258,7 +258,7 @@ class Duties:
                 self.stats.status_events_suppressed += 1
                 continue
             self.publishing.event(dev, "port", events.port_status(dev, gw, frame, state))
-        if isinstance(hb, p.LegacyHeartbeat):
-            self._observe_power()
+        if not isinstance(hb, p.HostHeartbeat):
+            self._observe_power()  # 0x01 powers, and ports that stopped charging
         self.publishing.event(dev, "device", events.heartbeat(dev, gw, frame, hb))
         self.publishing.device_state(dev)

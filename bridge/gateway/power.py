@@ -19,10 +19,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 from typing import Any, Literal
 
 import protocol as p
 from bridge.config import GatewaySettings
+from bridge.gateway.clock import Clock
 from bridge.gateway.dispatcher import CommandTimeout, DeviceOffline, Dispatcher
 from bridge.gateway.publishing import CHARGING_CODES, Publishing
 from bridge.gateway.registry import Device, Registry
@@ -35,6 +37,7 @@ DEFAULT_MAX_CHARGE_TIME_S = 36000  # 0x85 default (reference)
 DEVICE_MAX_POWER_W = 2000.0  # 0x85 limit of dual and multi-port chargers
 RESTORE_BELOW = 0.9  # hysteresis: raise the limits again below 90 % of the cap
 QUERY_LIMITS = p.command_code("query_charge_limits")
+OBSERVE_EVERY_S = 0.05
 
 
 def deci_watts(watts: float) -> int:
@@ -51,8 +54,11 @@ class Power:
         registry: Registry,
         publishing: Publishing,
         dispatcher: Dispatcher,
+        clock: Clock,
     ) -> None:
         self.settings = settings
+        self.clock = clock
+        self._observed_at = -math.inf
         self.registry = registry
         self.publishing = publishing
         self.dispatcher = dispatcher
@@ -138,10 +144,16 @@ class Power:
         return total, ports
 
     def observe(self) -> None:
-        """After a power report: lower or restore limits when the site power asks for it."""
+        """After a power report or heartbeat: lower or restore limits when the site power
+        asks for it. The sum goes over every device, so it is taken at most every
+        `OBSERVE_EVERY_S` (a big fleet reports many times a second)."""
         cap = self.settings.site_power_limit_w
         if cap <= 0:
             return
+        now = self.clock.monotonic()
+        if now - self._observed_at < OBSERVE_EVERY_S:
+            return
+        self._observed_at = now
         total, ports = self.site_power_w()
         if total > cap and ports:
             share = round(cap / ports, 1)
