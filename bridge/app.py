@@ -1,10 +1,11 @@
-"""Composition root: builds the gateway's parts and runs them in one TaskGroup.
+"""Composition root of every role: builds the parts and runs them in one TaskGroup.
 
-`GatewayApp(settings).serve(ready=...)` serves until cancelled; `run` (gateway + charging
-service in one process) and `demo` compose it with their own parts. Shutdown order: stop
-accepting devices, publish every device and the bridge offline, flush to the broker, close the
-device connections, disconnect, close the durable outbox (what the broker did not take stays
-there for the next start).
+`GatewayApp(settings).serve(ready=...)` serves the gateway until cancelled, `run_service` the
+charging service; `run` (gateway + charging service in one process) and `demo` compose them
+with their own parts. Gateway shutdown order: stop accepting devices, publish every device and
+the bridge offline, flush to the broker, close the device connections, disconnect, close the
+durable outbox (what the broker did not take stays there for the next start). The charging
+service disconnects, cancels the commands still waiting, then closes its store.
 """
 
 from __future__ import annotations
@@ -16,6 +17,9 @@ from contextlib import suppress
 from typing import Any
 
 from bridge.capture import CaptureUnit
+from bridge.charging.service import ChargingService, service_mqtt_settings, service_subscriptions
+from bridge.charging.settings import ChargingSettings
+from bridge.charging.store import ChargingStore
 from bridge.config import GatewaySettings
 from bridge.gateway.core import Gateway
 from bridge.homeassistant import HomeAssistantUnit
@@ -26,6 +30,7 @@ from bridge.mqtt.client import MqttClient, MqttSettings, Will, payload_bytes
 from bridge.mqtt.outbox import SqliteOutbox
 from bridge.mqtt.payloads import BridgeState
 from bridge.mqtt.topics import Topics
+from bridge.webhooks.unit import webhook_units
 
 log = logging.getLogger(__name__)
 
@@ -158,3 +163,28 @@ class GatewayApp:
 async def run_gateway(settings: GatewaySettings, *, ready: asyncio.Event | None = None) -> None:
     """Serve the gateway until cancelled."""
     await GatewayApp(settings).serve(ready=ready)
+
+
+async def run_service(settings: ChargingSettings, *, ready: asyncio.Event | None = None) -> None:
+    """Run the charging service until cancelled; `ready` is set once connected and current."""
+    store = ChargingStore(settings.state_dir)
+    mqtt = MqttClient(
+        service_mqtt_settings(settings),
+        subscriptions=service_subscriptions(Topics(settings.base_topic)),
+    )
+    service = ChargingService(settings, store, mqtt)
+    mqtt.on_connect = service.on_connect
+    try:
+        async with mqtt, asyncio.TaskGroup() as tg:
+            tg.create_task(service.consume(), name="charging-consume")
+            tg.create_task(service.stats_loop(), name="charging-stats")
+            tg.create_task(service.cleanup_loop(), name="charging-cleanup")
+            for name, unit in webhook_units(settings):  # --webhook: docs/integrations.md
+                tg.create_task(unit, name=name)
+            await mqtt.connected.wait()
+            log.info("charging service ready on %s", mqtt.settings.redacted_url())
+            if ready is not None:
+                ready.set()
+    finally:
+        await service.stop()
+        store.close()

@@ -26,7 +26,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
-from bridge.mqtt.client import MqttSettings
+from bridge.mqtt.settings import MqttSettings
 
 ENV_PREFIX = "CHARGEBRIDGE_"
 

@@ -1,4 +1,4 @@
-"""The charging-session state machine, pure: no I/O, no clock, no randomness.
+"""The charging-session model and state machine, pure: no I/O, no clock, no randomness.
 
 `transition(session, event)` returns the next session (or None when it is cleared) and the
 set of `Effect`s the service acts on (persist and publish, clear the retained message) and
@@ -14,12 +14,56 @@ marks it `timeout`, from which a late 0x03 (or a 0x06) still brings it back.
 from __future__ import annotations
 
 import dataclasses
-import enum
 import json
-import math
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from typing import Any, ClassVar, Literal, get_args
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Literal, get_args
+
+from bridge.charging.events import (
+    IGNORED,
+    Effect,
+    Event,
+    PowerReported,
+    Settled,
+    StartAccepted,
+    StartRefused,
+    StartRequested,
+    StopAccepted,
+    StopRefused,
+    StopRequested,
+    Tick,
+    iso,
+    parse_iso,
+    read_record,
+)
+from bridge.charging.stats import ChargingStats
+from bridge.mqtt.payloads import ChargingSessionPayload
+
+__all__ = [
+    "ACTIVE",
+    "EXPIRING",
+    "IGNORED",
+    "MAX_EVENTS",
+    "STATUSES",
+    "ChargingSession",
+    "ChargingStats",
+    "Effect",
+    "Event",
+    "PowerReported",
+    "Result",
+    "SessionStatus",
+    "Settled",
+    "StartAccepted",
+    "StartRefused",
+    "StartRequested",
+    "StopAccepted",
+    "StopRefused",
+    "StopRequested",
+    "Tick",
+    "iso",
+    "parse_iso",
+    "transition",
+]
 
 SessionStatus = Literal["starting", "charging", "stopping", "completed", "failed", "timeout"]
 STATUSES: tuple[str, ...] = get_args(SessionStatus)
@@ -29,173 +73,27 @@ EXPIRING: frozenset[str] = frozenset({"completed", "failed", "timeout"})
 MAX_EVENTS = 50
 
 
-def iso(ts: float) -> str:
-    """Unix seconds -> `2026-11-26T08:19:00.123Z` (API.md section 2)."""
-    text = datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds")
-    return text.replace("+00:00", "Z")
-
-
-def parse_iso(text: str) -> float:
-    """ISO 8601 (with `Z` or an offset; naive means UTC) -> Unix seconds."""
-    dt = datetime.fromisoformat(text)
-    if dt.tzinfo is None:
-        dt = dt.replace(tzinfo=UTC)
-    return dt.timestamp()
-
-
-# --- events (inputs) -------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class _Event:
-    """Base: `ts` is when it happened (Unix s); `kind` is the `type` in the session's events.
-
-    `at` is when the service applied it (default `ts`); it sets `last_update`, so that the
-    timeout measures silence as the service sees it, whatever the gateway's clock says and
-    however long the event waited in the broker's queue.
-    """
-
-    kind: ClassVar[str] = ""
-    ts: float
-    at: float | None = field(default=None, kw_only=True)
-
-    def record(self) -> dict[str, Any]:
-        """The entry kept in the session's `events` list: `{"ts", "type", ...fields}`."""
-        entry: dict[str, Any] = {"ts": iso(self.ts), "type": self.kind}
-        for f in dataclasses.fields(self):
-            value = getattr(self, f.name)
-            if value is not None and f.name not in ("ts", "at", "order_no", "device_id"):
-                entry[f.name] = value
-        return entry
-
-
-@dataclass(frozen=True, slots=True)
-class StartRequested(_Event):
-    """A `charging/request/start` was accepted; `port` None means "device chooses"."""
-
-    kind: ClassVar[str] = "start_requested"
-    order_no: str
-    device_id: str
-    port: int | None
-
-
-@dataclass(frozen=True, slots=True)
-class StartAccepted(_Event):
-    """The device carried out the 0x82 start; `port` is the port it reports (1-based)."""
-
-    kind: ClassVar[str] = "started"
-    port: int | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class StartRefused(_Event):
-    """The device refused the start, or the command timed out or found it offline."""
-
-    kind: ClassVar[str] = "start_failed"
-    reason: str = ""
-
-
-@dataclass(frozen=True, slots=True)
-class StopRequested(_Event):
-    kind: ClassVar[str] = "stop_requested"
-
-
-@dataclass(frozen=True, slots=True)
-class StopAccepted(_Event):
-    kind: ClassVar[str] = "stopped"
-
-
-@dataclass(frozen=True, slots=True)
-class StopRefused(_Event):
-    kind: ClassVar[str] = "stop_failed"
-    reason: str = ""
-
-
-@dataclass(frozen=True, slots=True)
-class PowerReported(_Event):
-    """A 0x06 port power report, SI units; `energy_kwh` is the order's total so far."""
-
-    kind: ClassVar[str] = "power"
-    order_no: str
-    device_id: str
-    port: int
-    power_w: float
-    energy_kwh: float
-    duration_s: int
-    max_power_w: float | None = None
-    voltage_v: float | None = None
-    current_a: float | None = None
-    temperature_c: float | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class Settled(_Event):
-    """A 0x03 settlement: the device's final figures for the whole session."""
-
-    kind: ClassVar[str] = "settled"
-    order_no: str
-    device_id: str
-    port: int
-    energy_kwh: float
-    duration_s: int
-    max_power_w: float
-    stop_reason: str | None = None
-    card_id: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class Tick(_Event):
-    """Time passes: `timeout` and retention are checked against `ts`."""
-
-    kind: ClassVar[str] = "timeout"
-    session_timeout: float = math.inf
-    retention: float = math.inf
-
-    def record(self) -> dict[str, Any]:
-        return {"ts": iso(self.ts), "type": self.kind}
-
-
-Event = (
-    StartRequested
-    | StartAccepted
-    | StartRefused
-    | StopRequested
-    | StopAccepted
-    | StopRefused
-    | PowerReported
-    | Settled
-    | Tick
-)
-
-
-class Effect(enum.Enum):
-    """What a transition did; the service and the statistics act on these."""
-
-    CHANGED = "changed"  # persist and republish the session
-    CREATED = "created"
-    CHARGING_STARTED = "charging_started"  # entered `charging` for the first time
-    POWER_APPLIED = "power_applied"
-    STOP_APPLIED = "stop_applied"  # a `stopped` reply or the completing settlement
-    COMPLETED = "completed"
-    TIMED_OUT = "timed_out"
-    EXPIRED = "expired"  # retention over: clear the retained message
-    DUPLICATE = "duplicate"  # a resent settlement: nothing changes
-    IGNORED = "ignored"  # the event does not apply to the session in its state
-
-
 # --- the session -----------------------------------------------------------------
+# Payload keys that are Unix seconds in the model and ISO 8601 text on MQTT.
+_TIMES = frozenset({"start_time", "end_time", "last_update"})
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class ChargingSession:
-    """One charging order; `session_id` is the order number (32 upper-case hex)."""
+    """One charging order; `session_id` is the order number (32 upper-case hex).
+
+    Its payload (`to_payload`, `to_json`, `from_payload`) is the retained
+    `{b}/sessions/{session_id}` message of API.md section 6, field for field in this order,
+    with `order_no` repeated after `port` and `events` (the history, oldest first, at most
+    `MAX_EVENTS`) last. `stop_confirmed` is state, not payload: the device confirmed the
+    latest stop request (it is read back from the history once, when a payload is read).
+    """
 
     session_id: str
     device_id: str
     port: int | None
     status: SessionStatus
     start_time: float
-    last_update: float
     end_time: float | None = None
     duration_s: int = 0
     energy_kwh: float = 0.0
@@ -205,9 +103,9 @@ class ChargingSession:
     current_a: float | None = None
     temperature_c: float | None = None
     stop_reason: str | None = None
-    # The most recent events as compact JSON texts, newest last: each is serialised once,
-    # when it happens, not again on every later update of the session (see `to_json`).
-    events: tuple[str, ...] = field(default=())
+    last_update: float
+    events: tuple[Event, ...] = ()
+    stop_confirmed: bool = False
 
     @property
     def order_no(self) -> str:
@@ -219,78 +117,59 @@ class ChargingSession:
 
     @property
     def records(self) -> list[dict[str, Any]]:
-        """The events as dicts (`{"ts", "type", ...}`), oldest first."""
-        return [json.loads(text) for text in self.events]
+        """The history as published: `{"ts", "type", ...}` dicts, oldest first."""
+        return [event.record() for event in self.events]
 
-    def to_json(self) -> str:
-        """The retained payload as compact JSON: stored and published from this one text."""
-        head = json.dumps(self._head(), separators=(",", ":"))
-        return f'{head[:-1]},"events":[{",".join(self.events)}]}}'
+    def head(self) -> dict[str, Any]:
+        """The payload without `events`, in payload order."""
+        out = {name: getattr(self, name) for name in _HEAD}
+        out["start_time"] = iso(self.start_time)
+        out["last_update"] = iso(self.last_update)
+        if self.end_time is not None:
+            out["end_time"] = iso(self.end_time)
+        return out
 
     def to_payload(self) -> dict[str, Any]:
         """The retained `{b}/sessions/{session_id}` payload, exactly as API.md section 6."""
-        return {**self._head(), "events": self.records}
+        return {**self.head(), "events": self.records}
 
-    def _head(self) -> dict[str, Any]:
-        return {
-            "session_id": self.session_id,
-            "device_id": self.device_id,
-            "port": self.port,
-            "order_no": self.session_id,
-            "status": self.status,
-            "start_time": iso(self.start_time),
-            "end_time": None if self.end_time is None else iso(self.end_time),
-            "duration_s": self.duration_s,
-            "energy_kwh": self.energy_kwh,
-            "max_power_w": self.max_power_w,
-            "power_w": self.power_w,
-            "voltage_v": self.voltage_v,
-            "current_a": self.current_a,
-            "temperature_c": self.temperature_c,
-            "stop_reason": self.stop_reason,
-            "last_update": iso(self.last_update),
-        }
+    def to_json(self, events: Sequence[str] | None = None) -> str:
+        """The payload as compact JSON; `events` are the history entries already serialised
+        (the store caches them, so that each entry is serialised once, not on every update)."""
+        texts = [e.to_json() for e in self.events] if events is None else events
+        head = json.dumps(self.head(), separators=(",", ":"))
+        return f'{head[:-1]},"events":[{",".join(texts)}]}}'
 
     @classmethod
     def from_payload(cls, payload: dict[str, Any]) -> ChargingSession:
-        """Inverse of `to_payload` (store and adopted retained messages); raises ValueError."""
-        try:
-            status = payload["status"]
-            if status not in STATUSES:
-                raise ValueError(f"unknown status {status!r}")
-            end = payload.get("end_time")
-            return cls(
-                session_id=str(payload["session_id"]),
-                device_id=str(payload["device_id"]),
-                port=None if payload.get("port") is None else int(payload["port"]),
-                status=status,
-                start_time=parse_iso(payload["start_time"]),
-                last_update=parse_iso(payload["last_update"]),
-                end_time=None if end is None else parse_iso(end),
-                duration_s=int(payload.get("duration_s") or 0),
-                energy_kwh=float(payload.get("energy_kwh") or 0.0),
-                max_power_w=float(payload.get("max_power_w") or 0.0),
-                power_w=float(payload.get("power_w") or 0.0),
-                voltage_v=_opt_float(payload.get("voltage_v")),
-                current_a=_opt_float(payload.get("current_a")),
-                temperature_c=_opt_float(payload.get("temperature_c")),
-                stop_reason=payload.get("stop_reason"),
-                events=tuple(
-                    json.dumps(dict(e), separators=(",", ":"))
-                    for e in (payload.get("events") or ())[-MAX_EVENTS:]
-                ),
-            )
-        except (KeyError, TypeError, AttributeError) as exc:
-            raise ValueError(f"not a session payload: {exc!r}") from None
+        """Inverse of `to_payload` (store and adopted retained messages); raises ValueError
+        naming what is wrong."""
+        data = dict(ChargingSessionPayload.model_validate(payload))
+        del data["order_no"]
+        for name in _TIMES:
+            if data[name] is not None:
+                data[name] = parse_iso(data[name])
+        sid, dev = data["session_id"], data["device_id"]
+        events = tuple(read_record(e, sid, dev) for e in data.pop("events")[-MAX_EVENTS:])
+        return cls(**data, events=events, stop_confirmed=_stop_confirmed(events))
 
 
-def _opt_float(value: Any) -> float | None:
-    return None if value is None else float(value)
+_HEAD: tuple[str, ...] = tuple(
+    name for name in ChargingSessionPayload.model_fields if name != "events"
+)
+
+
+def _stop_confirmed(events: Sequence[Event]) -> bool:
+    """Whether the device confirmed the latest stop request: read once, from a payload."""
+    for event in reversed(events):
+        if isinstance(event, StopAccepted | StopRequested):
+            return isinstance(event, StopAccepted)
+    return False
 
 
 def _noted(session: ChargingSession, event: Event, **changes: Any) -> ChargingSession:
     """`session` with `changes`, the event appended to its history and `last_update` moved."""
-    events = (*session.events, json.dumps(event.record(), separators=(",", ":")))[-MAX_EVENTS:]
+    events = (*session.events, event)[-MAX_EVENTS:]
     now = event.ts if event.at is None else event.at
     return dataclasses.replace(session, events=events, last_update=now, **changes)
 
@@ -323,7 +202,6 @@ def _settle(session: ChargingSession, event: Settled) -> ChargingSession:
 
 
 Result = tuple[ChargingSession | None, frozenset[Effect]]
-_IGNORED: frozenset[Effect] = frozenset({Effect.IGNORED})
 
 
 def _fx(*effects: Effect) -> frozenset[Effect]:
@@ -337,7 +215,7 @@ def _create(event: Event) -> Result:
     elif isinstance(event, PowerReported | Settled):
         port, status = event.port, "charging"
     else:
-        return None, _IGNORED
+        return None, IGNORED
     new = ChargingSession(
         session_id=event.order_no,
         device_id=event.device_id,
@@ -370,50 +248,41 @@ def transition(session: ChargingSession | None, event: Event) -> Result:
         return _settle(session, event), _fx(Effect.COMPLETED, Effect.STOP_APPLIED)
     if isinstance(event, PowerReported):
         if status == "completed":
-            return session, _IGNORED
+            return session, IGNORED
         # A power report proves the port is charging this order: it revives a timed-out
         # session and corrects a start that failed only because its reply was lost.
         next_status: SessionStatus = "stopping" if status == "stopping" else "charging"
-        new = _noted(session, event, status=next_status, port=event.port, end_time=None)
-        new = dataclasses.replace(new, **_measures(event, session))
+        changes = _measures(event, session)
         if status == "failed":
-            new = dataclasses.replace(new, stop_reason=None)
+            changes["stop_reason"] = None
+        new = _noted(session, event, status=next_status, port=event.port, end_time=None, **changes)
         if status in ("starting", "failed"):
             return new, _fx(Effect.POWER_APPLIED, Effect.CHARGING_STARTED)
         return new, _fx(Effect.POWER_APPLIED)
     if isinstance(event, StartAccepted):
         if status != "starting":
-            return session, _IGNORED
+            return session, IGNORED
         port = event.port if event.port is not None else session.port
         return _noted(session, event, status="charging", port=port), _fx(Effect.CHARGING_STARTED)
     if isinstance(event, StartRefused):
         if status != "starting":
-            return session, _IGNORED
+            return session, IGNORED
         new = _noted(session, event, status="failed", end_time=event.ts, stop_reason=event.reason)
         return new, _fx()
     if isinstance(event, StopRequested):
         if status not in ("starting", "charging", "timeout"):
-            return session, _IGNORED
-        return _noted(session, event, status="stopping"), _fx()
+            return session, IGNORED
+        return _noted(session, event, status="stopping", stop_confirmed=False), _fx()
     if isinstance(event, StopAccepted):
         # Both the `stopped` order event and the command's response report the same reply.
-        if status != "stopping" or _stop_confirmed(session):
-            return session, _IGNORED
-        return _noted(session, event), _fx(Effect.STOP_APPLIED)
+        if status != "stopping" or session.stop_confirmed:
+            return session, IGNORED
+        return _noted(session, event, stop_confirmed=True), _fx(Effect.STOP_APPLIED)
     if isinstance(event, StopRefused):
         if status != "stopping":
-            return session, _IGNORED
+            return session, IGNORED
         return _noted(session, event, status="charging"), _fx()
-    return session, _IGNORED  # StartRequested for an order that exists
-
-
-def _stop_confirmed(session: ChargingSession) -> bool:
-    """Whether the device already confirmed the latest stop request."""
-    for text in reversed(session.events):
-        entry = json.loads(text)
-        if entry["type"] in (StopAccepted.kind, StopRequested.kind):
-            return bool(entry["type"] == StopAccepted.kind)
-    return False
+    return session, IGNORED  # StartRequested for an order that exists
 
 
 def _tick(session: ChargingSession, tick: Tick) -> Result:
@@ -424,98 +293,3 @@ def _tick(session: ChargingSession, tick: Tick) -> Result:
         if tick.ts - max(since, session.last_update) >= tick.retention:
             return None, frozenset({Effect.EXPIRED})
     return session, frozenset()
-
-
-# --- statistics ------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class ChargingStats:
-    """The counters of `{b}/charging/stats`; sums are kept so averages survive restarts.
-
-    docs/charging.md says precisely what each counter counts.
-    """
-
-    total_events_processed: int = 0
-    charging_start_events: int = 0
-    charging_stop_events: int = 0
-    power_update_events: int = 0
-    sessions_created: int = 0
-    sessions_completed: int = 0
-    sessions_timeout: int = 0
-    processing_errors: int = 0
-    retry_attempts: int = 0
-    duplicate_events: int = 0
-    total_energy_delivered_kwh: float = 0.0
-    total_duration_s: int = 0
-    total_processing_time_ms: float = 0.0
-    processing_samples: int = 0
-
-    def tally(self, effects: frozenset[Effect], session: ChargingSession | None) -> ChargingStats:
-        """Count the effects of one transition; `session` is the session after it."""
-        if not effects or effects == _IGNORED:
-            return self
-        completed = Effect.COMPLETED in effects and session is not None
-        energy = session.energy_kwh if completed and session is not None else 0.0
-        duration = session.duration_s if completed and session is not None else 0
-        return dataclasses.replace(
-            self,
-            charging_start_events=self.charging_start_events + (Effect.CHARGING_STARTED in effects),
-            charging_stop_events=self.charging_stop_events + (Effect.STOP_APPLIED in effects),
-            power_update_events=self.power_update_events + (Effect.POWER_APPLIED in effects),
-            sessions_created=self.sessions_created + (Effect.CREATED in effects),
-            sessions_completed=self.sessions_completed + completed,
-            sessions_timeout=self.sessions_timeout + (Effect.TIMED_OUT in effects),
-            duplicate_events=self.duplicate_events + (Effect.DUPLICATE in effects),
-            total_energy_delivered_kwh=round(self.total_energy_delivered_kwh + energy, 6),
-            total_duration_s=self.total_duration_s + duration,
-        )
-
-    def add(self, **counts: int | float) -> ChargingStats:
-        """Increment the named counters, e.g. `stats.add(processing_errors=1)`."""
-        return dataclasses.replace(
-            self, **{name: getattr(self, name) + value for name, value in counts.items()}
-        )
-
-    def to_payload(self, active_sessions: int, updated_at: float) -> dict[str, Any]:
-        """The retained `{b}/charging/stats` payload (API.md section 6, plus duplicates)."""
-        done = self.sessions_completed
-        samples = self.processing_samples
-        return {
-            "total_events_processed": self.total_events_processed,
-            "charging_start_events": self.charging_start_events,
-            "charging_stop_events": self.charging_stop_events,
-            "power_update_events": self.power_update_events,
-            "sessions_created": self.sessions_created,
-            "sessions_completed": done,
-            "sessions_timeout": self.sessions_timeout,
-            "processing_errors": self.processing_errors,
-            "retry_attempts": self.retry_attempts,
-            "duplicate_events": self.duplicate_events,
-            "active_sessions": active_sessions,
-            "total_energy_delivered_kwh": round(self.total_energy_delivered_kwh, 3),
-            "average_session_duration_s": round(self.total_duration_s / done, 1) if done else 0.0,
-            "average_processing_time_ms": (
-                round(self.total_processing_time_ms / samples, 3) if samples else 0.0
-            ),
-            "updated_at": iso(updated_at),
-        }
-
-    @classmethod
-    def from_payload(cls, payload: dict[str, Any]) -> ChargingStats:
-        """Rebuild from a retained stats message (adoption); sums from averages x counts."""
-        counters = {
-            f.name: int(payload.get(f.name) or 0)
-            for f in dataclasses.fields(cls)
-            if f.type == "int" and f.name not in ("total_duration_s", "processing_samples")
-        }
-        done = counters["sessions_completed"]
-        processed = counters["total_events_processed"]
-        return cls(
-            **counters,
-            total_energy_delivered_kwh=float(payload.get("total_energy_delivered_kwh") or 0.0),
-            total_duration_s=round(float(payload.get("average_session_duration_s") or 0) * done),
-            total_processing_time_ms=float(payload.get("average_processing_time_ms") or 0)
-            * processed,
-            processing_samples=processed,
-        )

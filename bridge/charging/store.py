@@ -5,16 +5,22 @@ transaction per batch of processed messages, before those messages are acknowled
 broker, so a crash either loses them (the broker redelivers them) or keeps all of their
 effects (a redelivery is recognised by its fingerprint and skipped). `synchronous=FULL`: a
 commit survives a power cut too (docs/charging.md and docs/performance.md give the cost).
+
+The store also owns the serialised form of the sessions it writes (`session_json`): each
+history entry is serialised once, when it is new, and spliced into every later state of
+its session, so a 50-entry history does not cost 50 serialisations per update.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import operator
 import sqlite3
 from collections.abc import Iterable
 from pathlib import Path
 
+from bridge.charging.events import Event
 from bridge.charging.model import ChargingSession, ChargingStats
 
 SCHEMA = """
@@ -36,6 +42,8 @@ class ChargingStore:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.executescript(SCHEMA)
+        # session_id -> (the history last serialised, its entries' JSON texts).
+        self._texts: dict[str, tuple[tuple[Event, ...], list[str]]] = {}
 
     def close(self) -> None:
         self._db.close()
@@ -54,6 +62,31 @@ class ChargingStore:
         row = self._db.execute("SELECT payload FROM stats WHERE id = 1").fetchone()
         stats = ChargingStats(**json.loads(row[0])) if row else ChargingStats()
         return sessions, stats
+
+    def session_json(self, session: ChargingSession) -> str:
+        """The session's retained payload as compact JSON, reusing the texts of the history
+        entries it shares with the state last serialised (its history is that state's with
+        entries dropped from the front and new ones appended)."""
+        events = session.events
+        cached = self._texts.get(session.session_id)
+        texts: list[str] | None = None
+        if cached is not None and events:
+            old_events, old_texts = cached
+            try:
+                k = old_events.index(events[0])
+            except ValueError:
+                k = len(old_events)
+            shared = len(old_events) - k
+            if len(events) >= shared and all(map(operator.is_, events, old_events[k:])):
+                texts = [*old_texts[k:], *(e.to_json() for e in events[shared:])]
+        if texts is None:
+            texts = [e.to_json() for e in events]
+        self._texts[session.session_id] = (events, texts)
+        return session.to_json(texts)
+
+    def forget(self, session_id: str) -> None:
+        """Drop the cached texts of a session that is gone."""
+        self._texts.pop(session_id, None)
 
     def has_seen(self, key: str) -> bool:
         return self._db.execute("SELECT 1 FROM seen WHERE key = ?", (key,)).fetchone() is not None
@@ -87,7 +120,8 @@ class ChargingStore:
                 "INSERT OR REPLACE INTO sessions VALUES (?, ?)",
                 list(sessions),
             )
-            db.executemany("DELETE FROM sessions WHERE session_id = ?", [(d,) for d in deleted])
+            gone = list(deleted)
+            db.executemany("DELETE FROM sessions WHERE session_id = ?", [(d,) for d in gone])
             if stats is not None:
                 db.execute(
                     "INSERT OR REPLACE INTO stats VALUES (1, ?)",
@@ -100,6 +134,8 @@ class ChargingStore:
             db.execute("ROLLBACK")
             raise
         db.execute("COMMIT")
+        for session_id in gone:
+            self.forget(session_id)
 
     def prune_seen(self, before: float) -> int:
         """Forget fingerprints older than `before` (Unix s); returns how many."""

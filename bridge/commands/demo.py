@@ -13,8 +13,7 @@ from pydantic import Field
 from rich.console import Console
 from rich.live import Live
 
-from bridge.app import GatewayApp
-from bridge.charging.service import run_service
+from bridge.app import GatewayApp, run_service
 from bridge.commands.common import run_role
 from bridge.commands.run import RunSettings, broker_for
 from bridge.config import StrList, add_settings_arguments

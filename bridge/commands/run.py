@@ -15,9 +15,8 @@ from contextlib import asynccontextmanager
 
 from pydantic import Field
 
-from bridge.app import run_gateway
+from bridge.app import run_gateway, run_service
 from bridge.broker import BrokerPortInUse, EmbeddedBroker
-from bridge.charging.service import run_service
 from bridge.charging.settings import ChargingSettings
 from bridge.commands.common import run_role
 from bridge.config import GatewaySettings, add_settings_arguments

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from bridge.charging.service import run_service
+from bridge.app import run_service
 from bridge.charging.settings import ChargingSettings
 from bridge.commands.common import run_role
 from bridge.config import add_settings_arguments

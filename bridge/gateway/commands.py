@@ -25,6 +25,7 @@ from bridge.gateway.publishing import Publishing, log_failure
 from bridge.gateway.registry import Device, Registry
 from bridge.gateway.stats import GatewayStats
 from bridge.gateway.upgrade import Upgrades
+from bridge.mqtt.client import reply_properties
 from bridge.mqtt.payloads import (
     DEVICE_COMMAND_REQUESTS,
     DEVICE_ID_RE,
@@ -121,7 +122,7 @@ class Commands:
             )
         elif response_topic:
             futures.append(
-                mqtt.submit(response_topic, body, properties=_response_properties(properties))
+                mqtt.submit(response_topic, body, properties=reply_properties(properties))
             )
         for fut in futures:
             fut.add_done_callback(log_failure)
@@ -223,19 +224,8 @@ class Commands:
         return response(request_id, True, "ok", message, code, **fields)
 
 
-def _response_properties(request_props: Any) -> Any:
-    from paho.mqtt.packettypes import PacketTypes
-    from paho.mqtt.properties import Properties
-
-    props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
-    correlation = getattr(request_props, "CorrelationData", None)
-    if correlation is not None:
-        props.CorrelationData = correlation
-    return props
-
-
 def validation_message(exc: ValidationError) -> str:
-    """A pydantic error as one readable line: `field: message; field: message`."""
+    """A pydantic error as one line a person can read (the contract's `describe`)."""
     return describe(exc)
 
 

@@ -21,8 +21,8 @@ from typing import Any
 import aiomqtt
 from pydantic import BaseModel, TypeAdapter
 
+from bridge.app import run_service
 from bridge.charging.model import iso
-from bridge.charging.service import run_service
 from bridge.charging.settings import ChargingSettings
 from bridge.mqtt.payloads import (
     StartChargingRequest,
@@ -166,6 +166,7 @@ def reply_event(
         "result": "success" if ok else "no_charger",
         "result_code": 0 if ok else 1,
         "reason": None if ok else "no charger plugged into the port",
+        "waiting_ports": None,
     }
     return event
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from bridge.charging.service import run_service
+from bridge.app import run_service
 from bridge.charging.store import ChargingStore
 from tests.bridge.charging.harness import (
     BASE,

@@ -2,19 +2,22 @@
 
 from __future__ import annotations
 
+import json
+from typing import Any
+
 import pytest
 
 from bridge.charging import model as m
-from bridge.charging.messages import (
-    RequestError,
-    StartRequest,
-    parse_event,
-    parse_json_object,
-    parse_request,
-)
+from bridge.charging.gateway_events import parse_event as parse_payload
+from bridge.charging.messages import RequestError, parse_json_object, parse_request
+from bridge.mqtt.payloads import ChargingStartRequest
 from tests.bridge.charging.harness import DEV, ORDER, power_event, reply_event, settled_event
 
 NOW = 1_800_000_000.0
+
+
+def parse_event(device_id: str, event: dict[str, Any], now: float):  # type: ignore[no-untyped-def]
+    return parse_payload(device_id, json.dumps(event).encode(), now)
 
 
 def test_power_event_becomes_a_power_report_with_si_values() -> None:
@@ -76,8 +79,9 @@ def test_start_request_becomes_the_gateway_command() -> None:
         "start",
         {"request_id": "x", "device_id": DEV, "port": 3, "mode": "energy", "energy_kwh": 1.5},
     )
-    assert isinstance(request, StartRequest)
-    assert request.device_command(ORDER, "rid") == {
+    assert isinstance(request, ChargingStartRequest)
+    command = request.device_command(ORDER).model_copy(update={"request_id": "rid"})
+    assert json.loads(command.model_dump_json(exclude_unset=True)) == {
         "request_id": "rid",
         "order_no": ORDER,
         "port": 3,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -357,3 +358,23 @@ def test_the_stored_and_published_json_is_the_payload() -> None:
     assert again == s
     empty = dataclasses.replace(s, events=())
     assert json.loads(empty.to_json())["events"] == []
+
+
+def test_a_payload_that_is_not_a_session_is_refused_with_the_reason() -> None:
+    s, _ = run([requested(), StartAccepted(ts=T0 + 1)])
+    assert s is not None
+    payload = s.to_payload()
+    with pytest.raises(ValueError, match="teleported"):
+        ChargingSession.from_payload({**payload, "events": [{"ts": iso(T0), "type": "teleported"}]})
+    with pytest.raises(ValueError, match="status"):
+        ChargingSession.from_payload({**payload, "status": "flying"})
+
+
+def test_stop_confirmed_is_read_back_from_the_history() -> None:
+    s, _ = run([requested(), StartAccepted(ts=T0 + 1), StopRequested(ts=T0 + 2)])
+    assert s is not None and not s.stop_confirmed
+    s, _ = transition(s, StopAccepted(ts=T0 + 3))
+    assert s is not None and s.stop_confirmed
+    again = ChargingSession.from_payload(json.loads(s.to_json()))
+    assert again == s and again.stop_confirmed
+    assert transition(again, StopAccepted(ts=T0 + 4)) == (again, {Effect.IGNORED})

@@ -69,3 +69,23 @@ def test_the_latest_state_and_deletions_are_what_a_reopen_finds(tmp_path: Path) 
     store.close()
     loaded = ChargingStore(tmp_path).load()[0]
     assert loaded == {ORDER: session} and len(session.events) == MAX_EVENTS
+
+
+def test_the_cached_json_equals_a_fresh_serialisation(tmp_path: Path) -> None:
+    """`session_json` reuses the texts of shared history entries; it must never differ from
+    serialising the whole session again, also when the history is cut or replaced."""
+    store = ChargingStore(tmp_path)
+    session = reported(1)
+    for i in range(MAX_EVENTS + 5):
+        session = reported(1, session)
+        assert store.session_json(session) == session.to_json()
+        if i % 7 == 0:
+            session = dataclasses.replace(session, events=session.events[3:])
+            assert store.session_json(session) == session.to_json()
+    other = dataclasses.replace(session, events=tuple(reversed(session.events)))
+    assert store.session_json(other) == other.to_json()
+    assert (
+        store.session_json(dataclasses.replace(session, events=()))
+        == dataclasses.replace(session, events=()).to_json()
+    )
+    store.close()

@@ -16,13 +16,13 @@ import yaml
 
 from bridge import contract
 from bridge.charging import model as m
-from bridge.charging.payloads import (
+from bridge.cli import build_parser
+from bridge.config import GatewaySettings, settings_from_args
+from bridge.mqtt.payloads import (
     ChargingResponsePayload,
     ChargingSessionPayload,
     ChargingStatsPayload,
 )
-from bridge.cli import build_parser
-from bridge.config import GatewaySettings, settings_from_args
 
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -104,7 +104,7 @@ def test_charging_payload_models_match_the_service_output() -> None:
         energy_kwh=0.5,
         voltage_v=220.0,
         stop_reason="full",
-        events=('{"ts":"2026-01-01T00:00:00.000Z","type":"settled"}',),
+        events=(m.Tick(ts=1.0),),
     )
     ChargingSessionPayload.model_validate(session.to_payload())
     ChargingSessionPayload.model_validate_json(session.to_json())

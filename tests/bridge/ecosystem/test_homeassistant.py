@@ -18,8 +18,8 @@ import jinja2
 import pytest
 
 import protocol as p
-from bridge.charging.messages import StartRequest, StopRequest
 from bridge.homeassistant import PORT_STATUS_OPTIONS, Discovery
+from bridge.mqtt.payloads import ChargingStartRequest, ChargingStopRequest
 from bridge.mqtt.topics import DiscoveryTopics, Topics
 from tests.bridge.ecosystem.support import register, report_power, wait_prefix
 from tests.bridge.gateway.conftest import B
@@ -242,11 +242,11 @@ async def test_buttons_reach_the_charger(
     assert (await device.recv()).command == 0x87
     stop = configs[f"{HA}/button/{B}/{DEVICE_ID}_p2_stop/config"]
     assert stop["command_topic"] == f"{B}/charging/request/stop"
-    request = StopRequest.model_validate_json(stop["payload_press"])
+    request = ChargingStopRequest.model_validate_json(stop["payload_press"])
     assert (request.device_id, request.port) == (DEVICE_ID, 2)
     start = configs[f"{HA}/button/{B}/{DEVICE_ID}_p1_start/config"]
     assert start["command_topic"] == f"{B}/charging/request/start"
-    started = StartRequest.model_validate_json(start["payload_press"])
+    started = ChargingStartRequest.model_validate_json(start["payload_press"])
     assert (started.device_id, started.port, started.mode) == (DEVICE_ID, 1, "full")
     # The last results: the device command sensor reads the real response of locate ...
     last = configs[f"{HA}/sensor/{B}/{DEVICE_ID}_last_command/config"]

@@ -1,0 +1,195 @@
+"""Group commit: state changes collect in a `Batch`, written in ONE transaction, then published.
+
+`Sessions` owns the service's state (the sessions and the statistics). Every change goes
+model -> batch -> store -> MQTT, in that order: `apply` runs one transition into the batch
+it is given, `flush` commits a batch and publishes each changed session once (its newest
+state: the retained message is what matters). A caller outside a batch of incoming messages
+(a command's result, a cleanup tick) makes its own batch and flushes it (`apply_now`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import time
+from collections.abc import Callable
+
+from bridge.charging import model as m
+from bridge.charging.commands import Publisher
+from bridge.charging.store import ChargingStore
+from bridge.mqtt.topics import Topics
+
+
+@dataclasses.dataclass
+class Batch:
+    """State changes of the messages handled together, written in one transaction."""
+
+    received: float = dataclasses.field(default_factory=time.perf_counter)
+    changed: dict[str, m.ChargingSession] = dataclasses.field(default_factory=dict)
+    deleted: set[str] = dataclasses.field(default_factory=set)
+    seen: dict[str, None] = dataclasses.field(default_factory=dict)  # ordered set
+    events: int = 0  # gateway event messages whose processing time is measured
+    # Fingerprints of the batch's messages looked up in the store in one query, and those
+    # the store already had.
+    looked_up: set[str] = dataclasses.field(default_factory=set)
+    known: set[str] = dataclasses.field(default_factory=set)
+
+    def change(self, session: m.ChargingSession) -> None:
+        self.deleted.discard(session.session_id)
+        self.changed[session.session_id] = session
+
+    def delete(self, session_id: str) -> None:
+        self.changed.pop(session_id, None)
+        self.deleted.add(session_id)
+
+
+def settlement_key(device_id: str, port: int | None, order_no: str) -> str:
+    """Settlements are deduplicated on (device, port, order), as the protocol advises."""
+    return f"settled:{device_id}:{port}:{order_no}"
+
+
+class Sessions:
+    """The sessions and statistics, changed only through batches."""
+
+    def __init__(
+        self,
+        store: ChargingStore,
+        topics: Topics,
+        publisher: Publisher,
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.store = store
+        self.topics = topics
+        self.publisher = publisher
+        self.clock = clock
+        self.sessions, self.stats = store.load()
+        self.stats_changed = asyncio.Event()
+
+    # --- reading -------------------------------------------------------------------
+    def get(self, session_id: str) -> m.ChargingSession | None:
+        return self.sessions.get(session_id)
+
+    def active_on(self, device_id: str, port: int) -> m.ChargingSession | None:
+        for s in self.sessions.values():
+            if s.active and s.device_id == device_id and s.port == port:
+                return s
+        return None
+
+    def latest_on(self, device_id: str, port: int) -> m.ChargingSession | None:
+        on_port = [s for s in self.sessions.values() if s.device_id == device_id and s.port == port]
+        return max(on_port, key=lambda s: s.start_time, default=None)
+
+    def active_count(self) -> int:
+        return sum(1 for s in self.sessions.values() if s.active)
+
+    def has_seen(self, batch: Batch, key: str) -> bool:
+        """Whether a message (or settlement) with fingerprint `key` was already applied."""
+        if key in batch.seen:
+            return True
+        if key in batch.looked_up:
+            return key in batch.known
+        return self.store.has_seen(key)
+
+    # --- changing --------------------------------------------------------------------
+    def apply(
+        self,
+        batch: Batch,
+        session: m.ChargingSession | None,
+        event: m.Event,
+        *,
+        seen: tuple[str, ...] = (),
+        received: bool = False,
+    ) -> m.Result:
+        """Run one transition into `batch`.
+
+        `received` marks a gateway event message: it is counted as processed (unless it is a
+        resent settlement) and its processing time measured.
+        """
+        new, effects = m.transition(session, event)
+        if not seen and effects <= m.IGNORED:
+            return new, effects
+        self.stats = self.stats.tally(effects, new)
+        if received and m.Effect.DUPLICATE not in effects:
+            self.stats = self.stats.add(total_events_processed=1)
+        if received:
+            batch.events += 1
+        if new is not None and m.Effect.CHANGED in effects:
+            self.sessions[new.session_id] = new
+            batch.change(new)
+        elif m.Effect.EXPIRED in effects and session is not None:
+            self.sessions.pop(session.session_id, None)
+            batch.delete(session.session_id)
+        if m.Effect.COMPLETED in effects and new is not None:
+            seen = (*seen, settlement_key(new.device_id, new.port, new.session_id))
+        batch.seen.update(dict.fromkeys(seen))
+        self.stats_changed.set()
+        return new, effects
+
+    def apply_now(self, session: m.ChargingSession | None, event: m.Event) -> m.Result:
+        """`apply` in a batch of its own, committed and published at once."""
+        batch = Batch()
+        result = self.apply(batch, session, event)
+        self.flush(batch)
+        return result
+
+    def count(self, batch: Batch, *seen: str, measured: bool = False, **counts: int) -> None:
+        """Counts (and fingerprints) of a message that changes no session."""
+        self.stats = self.stats.add(**counts)
+        batch.seen.update(dict.fromkeys(seen))
+        batch.events += measured
+        self.stats_changed.set()
+
+    def count_now(self, **counts: int | float) -> None:
+        """Counters that need no commit of their own (written with the next one)."""
+        self.stats = self.stats.add(**counts)
+        self.stats_changed.set()
+
+    def flush(self, batch: Batch) -> None:
+        """Commit a batch's changes, then publish each changed session once."""
+        rows = [(s.session_id, self.store.session_json(s)) for s in batch.changed.values()]
+        self.store.commit(
+            now=self.clock(),
+            sessions=rows,
+            deleted=batch.deleted,
+            stats=self.stats,
+            seen=batch.seen,
+        )
+        published = [self.publish_session(sid, text) for sid, text in rows]
+        published += [self.clear_session(sid) for sid in batch.deleted]
+        if batch.events:
+            self._measure(published, batch.received, batch.events)
+
+    def _measure(self, published: list[asyncio.Future[None]], received: float, count: int) -> None:
+        """Processing time: message receipt until the broker acknowledged its new state."""
+
+        def done(_: object) -> None:
+            elapsed_ms = (time.perf_counter() - received) * 1000.0
+            self.count_now(total_processing_time_ms=elapsed_ms * count, processing_samples=count)
+
+        if not published:
+            done(None)
+            return
+        gathered = asyncio.gather(*published, return_exceptions=True)
+        gathered.add_done_callback(done)
+
+    # --- publishing ------------------------------------------------------------------
+    def publish_session(self, session_id: str, payload: str) -> asyncio.Future[None]:
+        return self.publisher.submit(self.topics.session(session_id), payload, retain=True)
+
+    def clear_session(self, session_id: str) -> asyncio.Future[None]:
+        return self.publisher.submit(self.topics.session(session_id), b"", retain=True)
+
+    def publish_all(self) -> list[asyncio.Future[None]]:
+        """Every session and the statistics (after a (re)connection)."""
+        sessions = list(self.sessions.values())
+        out = [self.publish_session(s.session_id, self.store.session_json(s)) for s in sessions]
+        out.append(self.publish_stats())
+        return out
+
+    def publish_stats(self) -> asyncio.Future[None]:
+        payload = self.stats.to_payload(self.active_count(), self.clock())
+        return self.publisher.submit(
+            self.topics.charging_stats, json.dumps(payload, separators=(",", ":")), retain=True
+        )

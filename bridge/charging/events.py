@@ -1,0 +1,217 @@
+"""What happens to a charging session: the state machine's inputs, which its history keeps.
+
+Each event is a frozen value; `record()` is the entry it makes in the session's published
+`events` list (`{"ts", "type", ...fields}`), `read_record` the inverse. `Effect` is what a
+transition did. Times are Unix seconds (float); on MQTT they are ISO 8601 (API.md section 2).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import json
+import math
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, ClassVar
+
+from pydantic import TypeAdapter
+
+
+def iso(ts: float) -> str:
+    """Unix seconds -> `2026-11-26T08:19:00.123Z` (API.md section 2)."""
+    text = datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds")
+    return text.replace("+00:00", "Z")
+
+
+def parse_iso(text: str) -> float:
+    """ISO 8601 (with `Z` or an offset; naive means UTC) -> Unix seconds."""
+    dt = datetime.fromisoformat(text)
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=UTC)
+    return dt.timestamp()
+
+
+# --- events (inputs) -------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _Event:
+    """Base: `ts` is when it happened (Unix s); `kind` is the `type` in the session's events.
+
+    `at` is when the service applied it (default `ts`); it sets `last_update`, so that the
+    timeout measures silence as the service sees it, whatever the gateway's clock says and
+    however long the event waited in the broker's queue.
+    """
+
+    kind: ClassVar[str] = ""
+    ts: float
+    # Not compared: an event read back from its published record (which has no `at`) equals
+    # the one that was applied, so a session read back equals the one that was written.
+    at: float | None = field(default=None, kw_only=True, compare=False)
+
+    def record(self) -> dict[str, Any]:
+        """The entry published in the session's `events` list: `{"ts", "type", ...fields}`."""
+        entry: dict[str, Any] = {"ts": iso(self.ts), "type": self.kind}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if value is not None and f.name not in ("ts", "at", "order_no", "device_id"):
+                entry[f.name] = value
+        return entry
+
+    def to_json(self) -> str:
+        """`record()` as compact JSON: how the store serialises (and caches) history entries."""
+        return json.dumps(self.record(), separators=(",", ":"))
+
+
+@dataclass(frozen=True, slots=True)
+class StartRequested(_Event):
+    """A `charging/request/start` was accepted; `port` None means "device chooses"."""
+
+    kind: ClassVar[str] = "start_requested"
+    order_no: str
+    device_id: str
+    port: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class StartAccepted(_Event):
+    """The device carried out the 0x82 start; `port` is the port it reports (1-based)."""
+
+    kind: ClassVar[str] = "started"
+    port: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class StartRefused(_Event):
+    """The device refused the start, or the command timed out or found it offline."""
+
+    kind: ClassVar[str] = "start_failed"
+    reason: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class StopRequested(_Event):
+    kind: ClassVar[str] = "stop_requested"
+
+
+@dataclass(frozen=True, slots=True)
+class StopAccepted(_Event):
+    kind: ClassVar[str] = "stopped"
+
+
+@dataclass(frozen=True, slots=True)
+class StopRefused(_Event):
+    kind: ClassVar[str] = "stop_failed"
+    reason: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class PowerReported(_Event):
+    """A 0x06 port power report, SI units; `energy_kwh` is the order's total so far."""
+
+    kind: ClassVar[str] = "power"
+    order_no: str
+    device_id: str
+    port: int
+    power_w: float
+    energy_kwh: float
+    duration_s: int
+    max_power_w: float | None = None
+    voltage_v: float | None = None
+    current_a: float | None = None
+    temperature_c: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Settled(_Event):
+    """A 0x03 settlement: the device's final figures for the whole session."""
+
+    kind: ClassVar[str] = "settled"
+    order_no: str
+    device_id: str
+    port: int
+    energy_kwh: float
+    duration_s: int
+    max_power_w: float
+    stop_reason: str | None = None
+    card_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Tick(_Event):
+    """Time passes: `timeout` and retention are checked against `ts`."""
+
+    kind: ClassVar[str] = "timeout"
+    # The limits the tick is checked against; not part of the record, so not compared.
+    session_timeout: float = field(default=math.inf, compare=False)
+    retention: float = field(default=math.inf, compare=False)
+
+    def record(self) -> dict[str, Any]:
+        return {"ts": iso(self.ts), "type": self.kind}
+
+
+Event = (
+    StartRequested
+    | StartAccepted
+    | StartRefused
+    | StopRequested
+    | StopAccepted
+    | StopRefused
+    | PowerReported
+    | Settled
+    | Tick
+)
+
+
+class Effect(enum.Enum):
+    """What a transition did; the service and the statistics act on these."""
+
+    CHANGED = "changed"  # persist and republish the session
+    CREATED = "created"
+    CHARGING_STARTED = "charging_started"  # entered `charging` for the first time
+    POWER_APPLIED = "power_applied"
+    STOP_APPLIED = "stop_applied"  # a `stopped` reply or the completing settlement
+    COMPLETED = "completed"
+    TIMED_OUT = "timed_out"
+    EXPIRED = "expired"  # retention over: clear the retained message
+    DUPLICATE = "duplicate"  # a resent settlement: nothing changes
+    IGNORED = "ignored"  # the event does not apply to the session in its state
+
+
+IGNORED: frozenset[Effect] = frozenset({Effect.IGNORED})
+
+
+# The history entry types, by their `type` in the published `events` list.
+RECORDS: dict[str, type[Event]] = {
+    cls.kind: cls
+    for cls in (
+        StartRequested,
+        StartAccepted,
+        StartRefused,
+        StopRequested,
+        StopAccepted,
+        StopRefused,
+        PowerReported,
+        Settled,
+        Tick,
+    )
+}
+_READERS: dict[str, TypeAdapter[Any]] = {kind: TypeAdapter(c) for kind, c in RECORDS.items()}
+
+
+def read_record(entry: dict[str, Any], order_no: str, device_id: str) -> Event:
+    """One published history entry of order `order_no` -> its typed event; ValueError when
+    it is not one (pydantic names the field)."""
+    kind = entry.get("type")
+    if not isinstance(kind, str) or kind not in RECORDS:
+        raise ValueError(f"unknown event type {kind!r} in the session's history")
+    fields = {k: v for k, v in entry.items() if k != "type"}
+    ts = fields.get("ts")
+    if not isinstance(ts, str):
+        raise ValueError(f"history entry {kind!r} without a ts")
+    fields["ts"] = parse_iso(ts)
+    if any(f.name == "order_no" for f in dataclasses.fields(RECORDS[kind])):
+        fields.update(order_no=order_no, device_id=device_id)
+    event: Event = _READERS[kind].validate_python(fields)
+    return event
