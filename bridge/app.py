@@ -13,8 +13,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import sqlite3
-from collections.abc import Coroutine
-from contextlib import suppress
+from collections.abc import Coroutine, Iterator
+from contextlib import contextmanager, suppress
 from typing import Any
 
 from bridge import statedir
@@ -178,12 +178,12 @@ async def run_service(settings: ChargingSettings, *, ready: asyncio.Event | None
         await _run_service(settings, ready)
 
 
-def open_charging_store(settings: ChargingSettings) -> ChargingStore:
-    """The service's store; a file SQLite cannot read is a one-line `StartupError`."""
+@contextmanager
+def store_readable(settings: ChargingSettings) -> Iterator[None]:
+    """A store file SQLite cannot read (at open, or when its state is loaded) is a one-line
+    `StartupError` naming the file and the fix."""
     try:
-        return ChargingStore(settings.state_dir)
-    except StartupError:
-        raise
+        yield
     except sqlite3.DatabaseError as exc:
         path = settings.state_dir / ChargingStore.FILENAME
         raise StartupError(
@@ -193,12 +193,18 @@ def open_charging_store(settings: ChargingSettings) -> ChargingStore:
 
 
 async def _run_service(settings: ChargingSettings, ready: asyncio.Event | None) -> None:
-    store = open_charging_store(settings)
+    with store_readable(settings):
+        store = ChargingStore(settings.state_dir)
     mqtt = MqttClient(
         service_mqtt_settings(settings),
         subscriptions=service_subscriptions(Topics(settings.base_topic)),
     )
-    service = ChargingService(settings, store, mqtt)
+    try:
+        with store_readable(settings):
+            service = ChargingService(settings, store, mqtt)  # loads the sessions
+    except BaseException:
+        store.close()
+        raise
     mqtt.on_connect = service.on_connect
     try:
         async with mqtt, asyncio.TaskGroup() as tg:
