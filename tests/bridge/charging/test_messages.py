@@ -82,11 +82,11 @@ def test_json_must_be_an_object() -> None:
 def test_any_parse_failure_is_invalid_and_the_request_id_is_recovered() -> None:
     deep = b'{"request_id": "r-7", "x": ' + b"[" * 5000 + b"]" * 5000 + b"}"
     for payload in (deep, b'{"request_id": "r-7",,}', b'{"request_id": "r-7", "a": "\xff"}'):
-        with pytest.raises(RequestError, match="^invalid"):
+        with pytest.raises(RequestError, match=r"^invalid"):
             parse_json_object(payload)
         assert raw_request_id(payload) == "r-7"
     for payload in (deep, b"[" * 5000 + b"]" * 5000):
-        with pytest.raises(RequestError, match="^invalid"):
+        with pytest.raises(RequestError, match=r"^invalid"):
             parse_payload(DEV, payload, NOW)
     assert raw_request_id(b'{"request_id": 7}') is None
     assert raw_request_id(b'{"request_id": "' + b"x" * 500 + b'"}') is None
