@@ -12,15 +12,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Coroutine
-from contextlib import suppress
+import sqlite3
+from collections.abc import Coroutine, Iterator
+from contextlib import contextmanager, suppress
 from typing import Any
 
+from bridge import statedir
 from bridge.capture import CaptureUnit
 from bridge.charging.service import ChargingService, service_mqtt_settings, service_subscriptions
 from bridge.charging.settings import ChargingSettings
 from bridge.charging.store import ChargingStore
 from bridge.config import GatewaySettings
+from bridge.errors import StartupError
 from bridge.gateway.core import Gateway
 from bridge.homeassistant import HomeAssistantUnit
 from bridge.links.serial import SerialLink
@@ -69,6 +72,7 @@ class GatewayApp:
 
     async def serve(self, *, ready: asyncio.Event | None = None) -> None:
         settings = self.settings
+        statedir.prepare(settings.state_dir)
         outbox = SqliteOutbox(settings.state_dir / OUTBOX_FILENAME, settings.max_queued_messages)
         try:
             await self._serve(outbox, ready)
@@ -166,13 +170,41 @@ async def run_gateway(settings: GatewaySettings, *, ready: asyncio.Event | None 
 
 
 async def run_service(settings: ChargingSettings, *, ready: asyncio.Event | None = None) -> None:
-    """Run the charging service until cancelled; `ready` is set once connected and current."""
-    store = ChargingStore(settings.state_dir)
+    """Run the charging service until cancelled; `ready` is set once connected and current.
+
+    The state dir is locked before the store is opened or anything connects: a second service
+    on it stops with one line instead of knocking this one's fixed client id off the broker."""
+    with statedir.locked(settings.state_dir, "service"):
+        await _run_service(settings, ready)
+
+
+@contextmanager
+def store_readable(settings: ChargingSettings) -> Iterator[None]:
+    """A store file SQLite cannot read (at open, or when its state is loaded) is a one-line
+    `StartupError` naming the file and the fix."""
+    try:
+        yield
+    except sqlite3.DatabaseError as exc:
+        path = settings.state_dir / ChargingStore.FILENAME
+        raise StartupError(
+            f"the charging store {path} cannot be read ({exc}): restore it from a backup, or"
+            " move it away to start empty (the service then adopts what the broker retains)"
+        ) from None
+
+
+async def _run_service(settings: ChargingSettings, ready: asyncio.Event | None) -> None:
+    with store_readable(settings):
+        store = ChargingStore(settings.state_dir)
     mqtt = MqttClient(
         service_mqtt_settings(settings),
         subscriptions=service_subscriptions(Topics(settings.base_topic)),
     )
-    service = ChargingService(settings, store, mqtt)
+    try:
+        with store_readable(settings):
+            service = ChargingService(settings, store, mqtt)  # loads the sessions
+    except BaseException:
+        store.close()
+        raise
     mqtt.on_connect = service.on_connect
     try:
         async with mqtt, asyncio.TaskGroup() as tg:

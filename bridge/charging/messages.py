@@ -8,6 +8,7 @@ Gateway events are read in `bridge.charging.gateway_events`, through the gateway
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 from pydantic import ValidationError
@@ -19,14 +20,35 @@ class RequestError(ValueError):
     """A request that cannot be served; the text goes into the response's `message`."""
 
 
+# `"request_id": "..."` in raw bytes, for a request whose JSON cannot be read.
+_RAW_REQUEST_ID = re.compile(rb'"request_id"\s*:\s*"([^"\\\x00-\x1f]{1,200})"')
+
+
 def parse_json_object(payload: bytes) -> dict[str, Any]:
+    """The payload as a JSON object; any failure (bad UTF-8 or JSON, nesting deep enough to
+    exhaust the parser's recursion) is a `RequestError` starting with "invalid"."""
     try:
         data = json.loads(payload)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise RequestError(f"invalid JSON: {exc}") from None
+    except RecursionError:
+        raise RequestError("invalid JSON: nested too deeply") from None
+    except ValueError as exc:  # e.g. an integer too long to convert
+        raise RequestError(f"invalid JSON: {exc}") from None
     if not isinstance(data, dict):
-        raise RequestError("the payload must be a JSON object")
+        raise RequestError("invalid request: the payload must be a JSON object")
     return data
+
+
+def raw_request_id(payload: bytes) -> str | None:
+    """The `request_id` of a request that cannot be parsed, found in its raw bytes if there."""
+    found = _RAW_REQUEST_ID.search(payload)
+    if found is None:
+        return None
+    try:
+        return found.group(1).decode()
+    except UnicodeDecodeError:
+        return None
 
 
 def request_id_of(data: dict[str, Any]) -> str | None:

@@ -25,6 +25,7 @@ from bridge.charging.messages import (
     RequestError,
     parse_json_object,
     parse_request,
+    raw_request_id,
     request_id_of,
 )
 from bridge.charging.settings import ChargingSettings
@@ -38,6 +39,10 @@ from bridge.mqtt.payloads import (
 from bridge.mqtt.topics import Topics
 
 log = logging.getLogger("chargebridge.charging")
+
+
+# Gateway results meaning the command never reached a device (API.md section 5).
+NEVER_SENT = frozenset({"offline", "invalid"})
 
 
 def new_order_no() -> str:
@@ -83,11 +88,15 @@ class ChargingRequests:
         self.publisher.submit(self.topics.charging_response(action), json.dumps(body))
 
     def handle(self, batch: Batch, action: str, payload: bytes) -> None:
-        """One request message, handled within the batch of messages it came with."""
+        """One request message, handled within the batch of messages it came with.
+
+        Every request is answered: a bad one `ok: false` with the reason (and its request id,
+        read from the raw bytes if the JSON cannot be read); an unexpected failure also gets
+        an answer before it is counted as a processing error."""
         request_id: str | None = None
         try:
             if too_big := oversized(payload):
-                raise RequestError(too_big)
+                raise RequestError(f"invalid request: {too_big}")
             data = parse_json_object(payload)
             request_id = request_id_of(data)
             request = parse_request(action, data)
@@ -101,7 +110,11 @@ class ChargingRequests:
                 session = self._target(request)
                 self.respond(action, request_id, True, session.status, session)
         except RequestError as exc:
-            self.respond(action, request_id, False, str(exc))
+            self.respond(action, request_id or raw_request_id(payload), False, str(exc))
+        except Exception as exc:
+            rid = request_id or raw_request_id(payload)
+            self.respond(action, rid, False, f"internal error: {type(exc).__name__}")
+            raise
 
     def _target(self, request: ChargingStopRequest | ChargingQueryRequest) -> m.ChargingSession:
         if request.session_id is not None:
@@ -135,9 +148,18 @@ class ChargingRequests:
     async def _finish_start(self, request: ChargingStartRequest, order_no: str) -> None:
         reply = await self.commands.send(request.device_id, request.device_command(order_no))
         session = self.sessions.get(order_no)
+        if session is not None and session.status == "starting" and reply.result in NEVER_SENT:
+            # No gateway holds the device (or it refused the command unsent): nothing
+            # happened at a charger, so no session is kept. Ids never seen leave nothing
+            # retained behind, however many are tried.
+            self._discard(session)
+            self.respond(
+                "start", request.request_id, False, f"start refused: {reply_reason(reply)}"
+            )
+            return
         if session is not None and session.status == "starting":
             # No `started` / `start_failed` event came first (e.g. the gateway answered
-            # `timeout` or `offline`): the command's result decides.
+            # `timeout`): the command's result decides.
             now = self.clock()
             event: m.Event = (
                 m.StartAccepted(ts=now, port=reply_port(reply))
@@ -149,6 +171,14 @@ class ChargingRequests:
         ok = session is not None and session.status in ("charging", "stopping")
         message = "started" if ok else f"start refused: {reply_reason(reply)}"
         self.respond("start", request.request_id, ok, message, session)
+
+    def _discard(self, session: m.ChargingSession) -> None:
+        """Drop a session that never reached a device, and clear its retained message."""
+        batch = Batch()
+        self.sessions.sessions.pop(session.session_id, None)
+        batch.delete(session.session_id)
+        self.sessions.flush(batch)
+        self.sessions.stats_changed.set()  # active_sessions changed
 
     def _stop(self, batch: Batch, request: ChargingStopRequest) -> None:
         session = self._target(request)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
@@ -26,6 +27,7 @@ from bridge.charging import model as m
 from bridge.charging.adoption import Adopted, read_retained
 from bridge.charging.batching import Batch, Sessions, settlement_key
 from bridge.charging.commands import DeviceCommands, Publisher
+from bridge.charging.events import iso
 from bridge.charging.gateway_events import IncomingEvent, parse_event
 from bridge.charging.messages import RequestError
 from bridge.charging.requests import ChargingRequests
@@ -164,6 +166,14 @@ class ChargingService:
         payload = payload_bytes(message)
         action = self.topics.parse_charging_request(topic)
         if action is not None:
+            if message.retain or not payload:
+                # A retained request would run again at every (re)connection, and an empty
+                # payload is how a retained message is cleared: neither is a request.
+                log.info(
+                    "ignoring a %s on %s", "retained request" if payload else "empty payload", topic
+                )
+                self.state.count(batch, requests_ignored=1)
+                return
             self.requests.handle(batch, action, payload)
             return
         parts = self.topics.parse_device_topic(topic)
@@ -192,6 +202,10 @@ class ChargingService:
             log.warning("unusable event on %s: %s", topic, exc)
             state.count(batch, key, processing_errors=1)
             return
+        owner = self.state.get(event.order_no) if event.order_no is not None else None
+        if owner is not None and foreign(owner, event):
+            self._refuse_foreign(batch, key, event, owner, payload)
+            return
         if self.settings.event_logging:
             log.info(
                 "event %s from %s port %s order %s",
@@ -211,6 +225,48 @@ class ChargingService:
             state.count(batch, key, duplicate_events=1)
             return
         state.apply(batch, session, event.event, seen=(key,), received=True)
+
+    def _refuse_foreign(
+        self,
+        batch: Batch,
+        key: str,
+        event: IncomingEvent,
+        owner: m.ChargingSession,
+        payload: bytes,
+    ) -> None:
+        """A report naming another device's (or port's) order: order numbers are readable by
+        every monitor, and DNY has no authentication, so it is refused, published as a
+        `security` event of the reporting device and counted; the session is untouched."""
+        log.warning(
+            "refused a %s from %s port %s naming order %s of %s port %s",
+            event.type,
+            event.device_id,
+            event.port,
+            owner.session_id,
+            owner.device_id,
+            owner.port,
+        )
+        self.state.count(batch, key, security_events=1)
+        try:
+            raw = json.loads(payload)
+        except ValueError:  # it parsed once already; this only copies its ids
+            raw = {}
+        body = {
+            "type": "security",
+            "ts": iso(self.clock()),
+            "device_id": event.device_id,
+            "gateway_id": raw.get("gateway_id"),
+            "command": raw.get("command"),
+            "message_id": raw.get("message_id"),
+            "reason": "foreign_order",
+            "order_no": event.order_no,
+            "port": event.port,
+            "report": event.type,
+            "session_device_id": owner.device_id,
+            "session_port": owner.port,
+            "source": "charging_service",
+        }
+        self.client.submit(self.topics.event(event.device_id, "device"), json.dumps(body))
 
     def _already_settled(self, batch: Batch, event: IncomingEvent) -> bool:
         """A settlement resent after its session was cleared must not create it again."""
@@ -285,6 +341,14 @@ def service_subscriptions(t: Topics) -> list[tuple[str, int]]:
         *((t.device_response("+", command), 1) for command in DEVICE_COMMANDS),
         (t.all_charging_requests, 1),
     ]
+
+
+def foreign(session: m.ChargingSession, event: IncomingEvent) -> bool:
+    """Whether a report naming `session`'s order comes from another device or port (a port
+    is compared once both are known: an `auto` start learns its port from the device)."""
+    if event.device_id != session.device_id:
+        return True
+    return session.port is not None and event.port is not None and event.port != session.port
 
 
 def fingerprint(message: Message) -> str:

@@ -32,6 +32,8 @@ class ChargingStats:
     processing_errors: int = 0
     retry_attempts: int = 0
     duplicate_events: int = 0
+    security_events: int = 0  # reports refused: another device's or port's order (v1.1)
+    requests_ignored: int = 0  # retained or empty request messages, never executed (v1.1)
     total_energy_delivered_kwh: float = 0.0
     total_duration_s: int = 0
     total_processing_time_ms: float = 0.0
@@ -78,6 +80,8 @@ class ChargingStats:
             "processing_errors": self.processing_errors,
             "retry_attempts": self.retry_attempts,
             "duplicate_events": self.duplicate_events,
+            "security_events": self.security_events,
+            "requests_ignored": self.requests_ignored,
             "active_sessions": active_sessions,
             "total_energy_delivered_kwh": round(self.total_energy_delivered_kwh, 3),
             "average_session_duration_s": round(self.total_duration_s / done, 1) if done else 0.0,

@@ -15,6 +15,7 @@ from contextlib import asynccontextmanager
 
 from pydantic import Field
 
+from bridge import statedir
 from bridge.app import run_gateway, run_service
 from bridge.broker import BrokerPortInUse, EmbeddedBroker
 from bridge.charging.settings import ChargingSettings
@@ -76,9 +77,12 @@ async def run_both(
 
 
 async def serve(settings: RunSettings) -> None:
+    """The state dir is locked first, before the embedded broker, the dashboard or any MQTT
+    connection: a second `run` on it stops with one line and disturbs nothing."""
     try:
-        async with broker_for(settings) as effective, dashboard(effective, announce=True):
-            await run_both(effective, one_after_the_other=settings.embedded_broker)
+        with statedir.locked(settings.state_dir, "service"):
+            async with broker_for(settings) as effective, dashboard(effective, announce=True):
+                await run_both(effective, one_after_the_other=settings.embedded_broker)
     except BrokerPortInUse as exc:
         raise OSError(str(exc)) from None
 

@@ -41,6 +41,7 @@ __all__ = [
     "Message",
     "MessageDropped",
     "MqttClient",
+    "MqttClientFailed",
     "MqttSettings",  # defined in bridge.mqtt.settings; importable from here as before
     "Payload",
     "Will",
@@ -56,6 +57,12 @@ BACKOFF_MAX_S = 30.0
 
 class MessageDropped(Exception):
     """The outbox was full and this (non-critical) message was dropped unpublished."""
+
+
+class MqttClientFailed(RuntimeError):
+    """The connection task ended with an unexpected error (logged once, with its traceback,
+    when it happened): the client is dead, so receiving and publishing raise this instead of
+    waiting for ever. Its owner's role fails with it (docs/reliability.md)."""
 
 
 Payload = bytes | str
@@ -97,6 +104,9 @@ class MqttClient:
         )
         self._client: aiomqtt.Client | None = None
         self._task: asyncio.Task[None] | None = None
+        # Set when the connection task died of an unexpected error: see `MqttClientFailed`.
+        self.failure: MqttClientFailed | None = None
+        self._dead = asyncio.Event()
 
     # --- lifecycle ------------------------------------------------------------------
     async def __aenter__(self) -> MqttClient:
@@ -150,6 +160,9 @@ class MqttClient:
         dropped. With a `key` already queued, nothing is queued and the future completes with
         that message; with a key published within the outbox's memory, it is done at once."""
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        if self.failure is not None:
+            future.set_exception(self.failure)
+            return future
         if key is not None:
             found = self.outbox.find_key(key)
             if found is True:
@@ -213,7 +226,26 @@ class MqttClient:
 
     async def _iterate(self) -> AsyncIterator[aiomqtt.Message]:
         while True:
-            yield await self._incoming.get()
+            yield await self._next()
+
+    async def _next(self) -> aiomqtt.Message:
+        """The next incoming message; raises `MqttClientFailed` once the client is dead."""
+        if not self._incoming.empty():
+            return self._incoming.get_nowait()
+        if self.failure is not None:
+            raise self.failure
+        getter = asyncio.ensure_future(self._incoming.get())
+        dead = asyncio.ensure_future(self._dead.wait())
+        try:
+            await asyncio.wait((getter, dead), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            dead.cancel()
+            if not getter.done():
+                getter.cancel()
+        if getter.done() and not getter.cancelled():
+            return getter.result()
+        assert self.failure is not None
+        raise self.failure
 
     async def batches(self, limit: int, every: float = 0.0) -> AsyncIterator[list[aiomqtt.Message]]:
         """Incoming messages in lists: all that have arrived, at most `limit`, at least one.
@@ -224,7 +256,7 @@ class MqttClient:
         loop = asyncio.get_running_loop()
         handed_out = -math.inf
         while True:
-            first = await self._incoming.get()
+            first = await self._next()
             if (wait := handed_out + every - loop.time()) > 0:
                 await asyncio.sleep(wait)
             batch = [first]
@@ -288,6 +320,32 @@ class MqttClient:
         return client
 
     async def _connection_loop(self) -> None:
+        """Connect, serve, reconnect; an unexpected error (a bug, a full disk in `on_connect`)
+        is logged once with its traceback and kills the client loudly (`MqttClientFailed`),
+        never silently."""
+        try:
+            await self._connect_forever()
+        except Exception as exc:
+            log.critical(
+                "the MQTT client %s stopped on an unexpected error: %r",
+                self.settings.client_id or "(anonymous)",
+                exc,
+                exc_info=exc,
+            )
+            self._fail(MqttClientFailed(f"MQTT client stopped: {type(exc).__name__}: {exc}"))
+
+    def _fail(self, failure: MqttClientFailed) -> None:
+        """Mark the client dead: waiting receivers and publishers get `failure`."""
+        self.failure = failure
+        self._dead.set()
+        for seq in list(self._futures):
+            for fut in self._futures.pop(seq, ()):
+                if not fut.done():
+                    fut.set_exception(failure)
+                    fut.exception()  # the owner learns it from receiving; no extra log line
+        self._empty.set()
+
+    async def _connect_forever(self) -> None:
         backoff = BACKOFF_INITIAL_S
         while True:
             client = self._make_client()

@@ -125,8 +125,10 @@ async def test_service_refuses_oversized_requests_and_events(
         broker.client() as app,
     ):
         await app.publish(f"{B}/charging/request/start", oversized_body(), qos=1)
-        reply = await w.until(lambda: w.responses.get("start:None"))
+        # answered with its request id, read from the raw bytes (issue 15)
+        reply = await w.until(lambda: w.responses.get("start:big"))
         assert reply["ok"] is False and f"limited to {MAX_REQUEST_BYTES}" in reply["message"]
+        assert reply["message"].startswith("invalid")
         await app.publish(f"{B}/devices/04AB373B/event/port", oversized_body(), qos=1)
         await w.stats_where(processing_errors=1)
 

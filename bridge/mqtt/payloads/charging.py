@@ -125,6 +125,8 @@ class ChargingStatsPayload(MqttPayload):
     processing_errors: int
     retry_attempts: int
     duplicate_events: int
+    security_events: int = 0  # v1.1: reports naming another device's or port's order, refused
+    requests_ignored: int = 0  # v1.1: retained or empty request messages, never executed
     active_sessions: int
     total_energy_delivered_kwh: float
     average_session_duration_s: float

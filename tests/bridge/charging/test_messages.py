@@ -9,7 +9,12 @@ import pytest
 
 from bridge.charging import model as m
 from bridge.charging.gateway_events import parse_event as parse_payload
-from bridge.charging.messages import RequestError, parse_json_object, parse_request
+from bridge.charging.messages import (
+    RequestError,
+    parse_json_object,
+    parse_request,
+    raw_request_id,
+)
 from bridge.mqtt.payloads import ChargingStartRequest
 from tests.bridge.charging.harness import DEV, ORDER, power_event, reply_event, settled_event
 
@@ -72,6 +77,19 @@ def test_json_must_be_an_object() -> None:
         parse_json_object(b"{")
     with pytest.raises(RequestError, match="JSON object"):
         parse_json_object(b"42")
+
+
+def test_any_parse_failure_is_invalid_and_the_request_id_is_recovered() -> None:
+    deep = b'{"request_id": "r-7", "x": ' + b"[" * 5000 + b"]" * 5000 + b"}"
+    for payload in (deep, b'{"request_id": "r-7",,}', b'{"request_id": "r-7", "a": "\xff"}'):
+        with pytest.raises(RequestError, match=r"^invalid"):
+            parse_json_object(payload)
+        assert raw_request_id(payload) == "r-7"
+    for payload in (deep, b"[" * 5000 + b"]" * 5000):
+        with pytest.raises(RequestError, match=r"^invalid"):
+            parse_payload(DEV, payload, NOW)
+    assert raw_request_id(b'{"request_id": 7}') is None
+    assert raw_request_id(b'{"request_id": "' + b"x" * 500 + b'"}') is None
 
 
 def test_start_request_becomes_the_gateway_command() -> None:
