@@ -202,7 +202,10 @@ class ChargingService:
             log.warning("unusable event on %s: %s", topic, exc)
             state.count(batch, key, processing_errors=1)
             return
-        owner = self.state.get(event.order_no) if event.order_no is not None else None
+        # Only reports that would change a session are checked (not, e.g., the service's own
+        # `security` events, which name the order too and arrive on event/device).
+        changes = event.event is not None
+        owner = self.state.get(event.order_no) if changes and event.order_no is not None else None
         if owner is not None and foreign(owner, event):
             self._refuse_foreign(batch, key, event, owner, payload)
             return
