@@ -90,6 +90,7 @@ class GatewayApp:
             gateway_mqtt_settings(settings, self.topics),
             subscriptions=[(self.topics.all_device_requests, 1)],
             outbox=outbox,
+            retain_as_published=True,  # a retained request is refused when published, too
         )
         if len(outbox):
             log.info("publishing messages left in the outbox", extra={"queued": len(outbox)})
