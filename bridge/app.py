@@ -25,6 +25,7 @@ from bridge.charging.store import ChargingStore
 from bridge.config import GatewaySettings
 from bridge.errors import StartupError
 from bridge.gateway.core import Gateway
+from bridge.gateway.trust import PINS_FILENAME, SqlitePinStore
 from bridge.homeassistant import HomeAssistantUnit
 from bridge.links.serial import SerialLink
 from bridge.links.tcp import TcpLink
@@ -75,20 +76,29 @@ class GatewayApp:
         statedir.prepare(settings.state_dir)
         outbox = SqliteOutbox(settings.state_dir / OUTBOX_FILENAME, settings.max_queued_messages)
         try:
-            await self._serve(outbox, ready)
+            pins = SqlitePinStore(settings.state_dir / PINS_FILENAME, settings.max_devices)
+        except BaseException:
+            outbox.close()
+            raise
+        try:
+            await self._serve(outbox, pins, ready)
         finally:
+            pins.close()
             outbox.close()
 
-    async def _serve(self, outbox: SqliteOutbox, ready: asyncio.Event | None) -> None:
+    async def _serve(
+        self, outbox: SqliteOutbox, pins: SqlitePinStore, ready: asyncio.Event | None
+    ) -> None:
         settings = self.settings
         mqtt = self.mqtt = MqttClient(
             gateway_mqtt_settings(settings, self.topics),
             subscriptions=[(self.topics.all_device_requests, 1)],
             outbox=outbox,
+            retain_as_published=True,  # a retained request is refused when published, too
         )
         if len(outbox):
             log.info("publishing messages left in the outbox", extra={"queued": len(outbox)})
-        gateway = self.gateway = Gateway(settings, mqtt, self.topics)
+        gateway = self.gateway = Gateway(settings, mqtt, self.topics, pins=pins)
         mqtt.on_connect = gateway.on_mqtt_connect
         async with mqtt:
             try:
@@ -148,7 +158,10 @@ class GatewayApp:
         async for message in mqtt.messages:
             tg.create_task(
                 gateway.handle_request(
-                    str(message.topic), payload_bytes(message), message.properties
+                    str(message.topic),
+                    payload_bytes(message),
+                    message.properties,
+                    retain=bool(message.retain),
                 )
             )
 

@@ -11,6 +11,7 @@ ignored. Settings are passed explicitly, never kept in a global.
 from __future__ import annotations
 
 import argparse
+import re
 import socket
 import tomllib
 from pathlib import Path
@@ -29,6 +30,8 @@ from pydantic_settings import (
 from bridge.mqtt.settings import MqttSettings
 
 ENV_PREFIX = "CHARGEBRIDGE_"
+_DEVICE_ID = re.compile(r"[0-9A-Fa-f]{8}")
+_ICCID = re.compile(r"89[0-9A-Fa-f]{18}")
 
 
 class ConfigError(Exception):
@@ -250,7 +253,38 @@ class GatewaySettings(IntegrationSettings, CommonSettings):
         description="how long an upgrade waits for its device to reconnect before failing",
     )
 
-    @field_validator("tcp", "serial", "debug_devices", mode="before")
+    device_policy: Literal["pinned", "open", "allowlist"] = Field(
+        default="pinned",
+        description="who may speak for a physical id on TCP: pinned (the ICCID first seen with "
+        "it, persisted), open (anyone) or allowlist (only device_allowlist); docs/reliability.md",
+    )
+    device_allowlist: StrList = Field(
+        default=[],
+        description="with device_policy = allowlist: device ids, each optionally with the ICCID "
+        "it must connect with (04AB373B or 04AB373B:8986...)",
+    )
+    frame_rate_limit: float = Field(
+        default=20.0,
+        gt=0,
+        description="frames per second accepted from one device after a burst of "
+        "frame_rate_burst; more are dropped (security event rate_limited)",
+    )
+    frame_rate_burst: int = Field(
+        default=60, ge=1, description="frames one device may send at once above frame_rate_limit"
+    )
+    first_frame_timeout_s: float = Field(
+        default=30.0,
+        gt=0,
+        description="seconds a TCP connection may stay open without one valid frame",
+    )
+    security_event_interval_s: float = Field(
+        default=60.0,
+        gt=0,
+        description="at most one security event per device and reason in this many seconds; "
+        "a connection with more than frame_rate_burst frames dropped in it is closed",
+    )
+
+    @field_validator("tcp", "serial", "debug_devices", "device_allowlist", mode="before")
     @classmethod
     def _lists(cls, value: Any) -> Any:
         return _split_list(value)
@@ -274,6 +308,29 @@ class GatewaySettings(IntegrationSettings, CommonSettings):
             if len(item) != 8 or any(c not in "0123456789abcdefABCDEF" for c in item):
                 raise ValueError(f"{item!r} is not a device id of 8 hex digits")
             out.append(item.upper())
+        return out
+
+    @field_validator("device_allowlist")
+    @classmethod
+    def _allowlist(cls, value: list[str]) -> list[str]:
+        out = []
+        for item in value:
+            dev, sep, iccid = item.partition(":")
+            if not _DEVICE_ID.fullmatch(dev) or (sep and not _ICCID.fullmatch(iccid)):
+                raise ValueError(
+                    f"{item!r} is not DEVICE_ID or DEVICE_ID:ICCID (8 hex digits, "
+                    "then 20 characters starting 89)"
+                )
+            out.append(dev.upper() + (f":{iccid.upper()}" if sep else ""))
+        return out
+
+    @property
+    def allowlist(self) -> dict[int, str | None]:
+        """`device_allowlist` as physical id -> the ICCID it must bring (None: any)."""
+        out: dict[int, str | None] = {}
+        for item in self.device_allowlist:
+            dev, _, iccid = item.partition(":")
+            out[int(dev, 16)] = iccid or None
         return out
 
     @property

@@ -97,6 +97,7 @@ def _channels() -> tuple[Channel, ...]:
                 p.FrameEvent,
                 p.PowerLimitEvent,
                 p.UpgradeProgressEvent,
+                p.SecurityEvent,
                 p.UnknownEvent,
             ),
             "Device event",

@@ -24,6 +24,7 @@ from bridge.gateway.power import Power
 from bridge.gateway.publishing import Publishing, log_failure
 from bridge.gateway.registry import Device, Registry
 from bridge.gateway.stats import GatewayStats
+from bridge.gateway.trust import Trust
 from bridge.gateway.upgrade import Upgrades
 from bridge.mqtt.client import reply_properties
 from bridge.mqtt.payloads import (
@@ -32,6 +33,7 @@ from bridge.mqtt.payloads import (
     AdjustPowerRequest,
     CardReplyRequest,
     CommandResponse,
+    UnpinRequest,
     UpgradeFirmwareRequest,
     describe,
     oversized,
@@ -40,7 +42,7 @@ from bridge.mqtt.payloads import (
 from protocol import Frame, PayloadError, Sender, decode_payload
 
 # Served by their own units instead of `requests.plan` steps.
-_NOT_PLANNED = (CardReplyRequest, AdjustPowerRequest, UpgradeFirmwareRequest)
+_NOT_PLANNED = (CardReplyRequest, AdjustPowerRequest, UpgradeFirmwareRequest, UnpinRequest)
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +61,7 @@ class Commands:
         dispatcher: Dispatcher,
         flows: Flows,
         clock: Clock,
+        trust: Trust,
     ) -> None:
         self.settings = settings
         self.registry = registry
@@ -70,6 +73,7 @@ class Commands:
         # wired by the Gateway once they exist
         self.power: Power | None = None
         self.upgrades: Upgrades | None = None
+        self.trust = trust
 
     # ------------------------------------------------------------------ replies
 
@@ -99,12 +103,25 @@ class Commands:
 
     # ------------------------------------------------------------------ requests
 
-    async def handle_request(self, topic: str, payload: bytes, properties: Any = None) -> None:
-        """One `{b}/devices/{id}/request/{command}` message -> one response."""
+    async def handle_request(
+        self, topic: str, payload: bytes, properties: Any = None, *, retain: bool = False
+    ) -> None:
+        """One `{b}/devices/{id}/request/{command}` message -> one response.
+
+        A retained request (replayed by the broker at every subscription) and an empty payload
+        (how a retained message is cleared) are ignored and counted, never executed."""
         topics = self.publishing.topics
         mqtt = self.publishing.mqtt
         parsed = topics.parse_device_request(topic)
         if parsed is None:
+            return
+        if retain or not payload:
+            self.stats.requests_ignored += 1
+            log.info(
+                "device request ignored: %s",
+                "retained" if retain else "empty payload",
+                extra={"topic": topic},
+            )
             return
         try:
             resp = await self.request(parsed.device_id, parsed.command, payload)
@@ -163,6 +180,8 @@ class Commands:
         dev = self.registry.devices.get(pid)
         if isinstance(req, CardReplyRequest):
             return self.flows.card_reply(dev, pid, req)
+        if isinstance(req, UnpinRequest):
+            return self.trust.unpin(pid, request_id)
         if dev is not None and (bad_port := port_error(dev, req)):
             return response(request_id, False, "invalid", bad_port)
         if dev is None or not dev.online:

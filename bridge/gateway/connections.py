@@ -17,8 +17,9 @@ from bridge.gateway.clock import Clock
 from bridge.gateway.publishing import Publishing
 from bridge.gateway.registry import MAX_DEVICES_PER_CONNECTION, ConnState, Device, Registry
 from bridge.gateway.stats import GatewayStats
+from bridge.gateway.trust import Trust
 from bridge.links.base import Connection
-from protocol import BadFrame, ChecksumError, Frame, Garbage, Iccid, Sender, StreamItem
+from protocol import BadFrame, ChecksumError, Frame, Garbage, Iccid, Keepalive, Sender, StreamItem
 
 log = logging.getLogger(__name__)
 
@@ -52,12 +53,14 @@ class Connections:
         stats: GatewayStats,
         publishing: Publishing,
         clock: Clock,
+        trust: Trust,
         debug_devices: list[str] | tuple[str, ...] = (),
     ) -> None:
         self.registry = registry
         self.stats = stats
         self.publishing = publishing
         self.clock = clock
+        self.trust = trust
         self.taps: list[FrameTap] = []
         self.on_upstream: FrameHandler = _ignore
         self.on_reply: FrameHandler = _ignore
@@ -67,7 +70,8 @@ class Connections:
     # ------------------------------------------------------------------ LinkHandler
 
     def connection_made(self, conn: Connection) -> None:
-        self.registry.conns[conn.id] = ConnState(conn, last_rx=self.clock.monotonic())
+        now = self.clock.monotonic()
+        self.registry.conns[conn.id] = ConnState(conn, last_rx=now, opened=now)
         log.debug("connection open", extra={"peer": conn.peer})
 
     def connection_dropped(self, conn: Connection, reason: str) -> None:
@@ -90,16 +94,25 @@ class Connections:
         if cs is None:
             return
         self.stats.bytes_in += nbytes
-        cs.last_rx = self.clock.monotonic()
+        # Only valid input keeps a connection alive: frames acted on, and `link` or the ICCID
+        # once a frame was (a trickle of garbage or half a frame does not).
+        now = self.clock.monotonic()
         for item in items:
             if isinstance(item, Frame):
+                if cs.conn.closed:
+                    break  # closed by the rate limit: the rest of this read is not served
                 try:
-                    self._on_frame(cs, item)
+                    self._on_frame(cs, item, now)
                 except Exception:
                     # One bad frame must never take the link (or the process) down.
                     log.exception("frame handling failed", extra={"frame": item.encode().hex()})
+            elif isinstance(item, Keepalive):
+                if cs.framed:
+                    cs.last_rx = now
             elif isinstance(item, Iccid):
                 cs.iccid = item.value
+                if cs.framed:
+                    cs.last_rx = now
             elif isinstance(item, Garbage):
                 self.stats.garbage_bytes += item.count
             elif isinstance(item, BadFrame):
@@ -120,11 +133,13 @@ class Connections:
         self.publishing.device_state(dev)
         log.info("device offline", extra={"device_id": dev.device_id, "reason": reason})
 
-    def _on_frame(self, cs: ConnState, frame: Frame) -> None:
+    def _on_frame(self, cs: ConnState, frame: Frame, now: float) -> None:
         self.stats.frames_in += 1
-        dev = self._bind(cs, frame)
+        dev = self._bind(cs, frame, now)
         if dev is None:
             return
+        cs.last_rx = now
+        cs.framed = True
         if dev.device_id in self._debug_ids:
             log.info("frame in", extra={"device_id": dev.device_id, "hex": frame.encode().hex(" ")})
         if self.taps:
@@ -135,7 +150,8 @@ class Connections:
         else:
             self.on_upstream(dev, frame)
 
-    def _bind(self, cs: ConnState, frame: Frame) -> Device | None:
+    def _bind(self, cs: ConnState, frame: Frame, now: float) -> Device | None:
+        """The device `frame` is acted on for, or None when it must not be (limits, trust)."""
         conn = cs.conn
         if frame.physical_id not in cs.devices and len(cs.devices) >= MAX_DEVICES_PER_CONNECTION:
             self.stats.decode_errors += 1
@@ -145,6 +161,11 @@ class Connections:
                     "too many physical ids on one connection, ignoring new ones",
                     extra={"peer": conn.peer, "physical_id": f"{frame.physical_id:08X}"},
                 )
+            return None
+        trust = self.trust
+        refusal = trust.refusal(cs, frame.physical_id)
+        if refusal is not None:
+            trust.refuse(cs, frame, refusal, now)
             return None
         dev = self.registry.device(frame.physical_id)
         if dev is None:
@@ -156,6 +177,9 @@ class Connections:
                     extra={"peer": conn.peer, "physical_id": f"{frame.physical_id:08X}"},
                 )
             return None
+        if not trust.frame_allowed(dev, cs, frame, now):
+            return None
+        trust.accepted(cs, frame.physical_id)
         if dev.conn is not conn:
             old = dev.conn
             dev.conn = conn
@@ -173,7 +197,7 @@ class Connections:
         if cs.iccid is not None:
             dev.iccid = cs.iccid
         dev.last_seen = self.clock.time()
-        dev.last_rx = self.clock.monotonic()
+        dev.last_rx = now
         if not dev.online:
             dev.online = True
             online = events.online(dev, self.publishing.gateway_id, frame, conn.peer)

@@ -4,6 +4,7 @@
 metrics use:
 
 - `connections.Connections`: the `LinkHandler`; binds frames to devices, writes, taps;
+- `trust.Trust`: who may speak for a physical id (pins, allowlist) and how fast;
 - `duties.Duties`: the replies the protocol requires at once (heartbeat, registration, time);
 - `flows.Flows`: settlements (answered once the broker has the event) and card swipes;
 - `commands.Commands`: the MQTT request API and the replies to our commands;
@@ -31,6 +32,7 @@ from bridge.gateway.power import Power
 from bridge.gateway.publishing import Publisher, Publishing
 from bridge.gateway.registry import Registry
 from bridge.gateway.stats import GatewayStats
+from bridge.gateway.trust import PinStore, Trust
 from bridge.gateway.upgrade import Upgrades
 from bridge.links.base import Connection
 from bridge.mqtt.payloads import CommandResponse
@@ -50,7 +52,10 @@ class Gateway:
         topics: Topics,
         *,
         clock: Clock | None = None,
+        pins: PinStore | None = None,
     ) -> None:
+        """`pins`: where the pinned ICCIDs live (`bridge.app` passes the state dir's SQLite
+        store); in memory when not given."""
         self.settings = settings
         self.mqtt = mqtt
         self.topics = topics
@@ -59,8 +64,14 @@ class Gateway:
         self.registry = Registry(settings.max_devices)
         self.stats = GatewayStats()
         self.publishing = Publishing(mqtt, topics, settings.gateway_id)
+        self.trust = Trust(settings, self.stats, self.publishing, self.clock, pins)
         self.connections = Connections(
-            self.registry, self.stats, self.publishing, self.clock, settings.debug_devices
+            self.registry,
+            self.stats,
+            self.publishing,
+            self.clock,
+            self.trust,
+            settings.debug_devices,
         )
         self.dispatcher = Dispatcher(
             self.connections.send_command,
@@ -81,6 +92,7 @@ class Gateway:
             self.dispatcher,
             self.flows,
             self.clock,
+            self.trust,
         )
         self.loops = Loops(
             settings, self.registry, self.stats, self.publishing, self.connections, self.clock
@@ -125,8 +137,10 @@ class Gateway:
         """After every (re)connection the bridge and every device state are published again."""
         self.publishing.republish(self.registry)
 
-    async def handle_request(self, topic: str, payload: bytes, properties: Any = None) -> None:
-        await self.commands.handle_request(topic, payload, properties)
+    async def handle_request(
+        self, topic: str, payload: bytes, properties: Any = None, *, retain: bool = False
+    ) -> None:
+        await self.commands.handle_request(topic, payload, properties, retain=retain)
 
     async def _request(self, device_id: str, command: str, payload: bytes) -> CommandResponse:
         return await self.commands.request(device_id, command, payload)

@@ -1,4 +1,4 @@
-"""Background loops: `bridge/stats` publishing and the idle sweep.
+"""Background loops: `bridge/stats` publishing and the idle sweep (deadlines of connections).
 
 Each loop is one pass (`publish_stats`, `sweep_idle`) repeated forever, so tests run a pass
 with an injected clock instead of waiting. `start()`/`stop()` run both as tasks for callers
@@ -48,13 +48,21 @@ class Loops:
         return True
 
     def sweep_idle(self) -> None:
-        """Close connections silent for `idle_timeout`; on a serial line, where the line stays
-        open, mark the silent devices offline instead."""
+        """Close TCP connections that sent no valid frame within `first_frame_timeout_s` or
+        nothing valid for `idle_timeout`; on a serial line, where the line stays open, mark the
+        silent devices offline instead."""
         idle = self.settings.idle_timeout
+        first = self.settings.first_frame_timeout_s
         now = self.clock.monotonic()
         for cs in list(self.registry.conns.values()):
             if cs.conn.replaceable:
-                if now - cs.last_rx > idle:
+                if cs.conn.closed:
+                    continue
+                if not cs.framed and now - cs.opened > first:
+                    cs.close_reason = "no_frame"
+                    self.stats.connections_closed_no_frame += 1
+                    cs.conn.close()
+                elif now - cs.last_rx > idle:
                     cs.close_reason = "idle"
                     cs.conn.close()
                 continue
@@ -72,7 +80,8 @@ class Loops:
 
     async def idle_forever(self) -> None:
         while True:
-            await asyncio.sleep(min(self.settings.idle_timeout / 4, 5.0))
+            s = self.settings
+            await asyncio.sleep(min(s.idle_timeout / 4, s.first_frame_timeout_s / 4, 5.0))
             self.sweep_idle()
 
     def start(self) -> None:

@@ -8,6 +8,7 @@ old TCP connection is closed once no device is left on it.
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections import deque
 from collections.abc import Callable
@@ -21,12 +22,20 @@ from protocol.ids import device_id, device_kind, device_number
 
 @dataclass(slots=True, eq=False)
 class ConnState:
+    """`last_rx` moves only with valid input (a frame acted on; `link` and the ICCID once the
+    connection has had one), so a peer trickling garbage or half a frame is still idle.
+    `framed`: a frame was acted on; without one the connection lives `first_frame_timeout_s`."""
+
     conn: Connection
     iccid: str | None = None
     devices: set[int] = field(default_factory=set)
     last_rx: float = field(default_factory=time.monotonic)
     close_reason: str = "closed"
     warned: bool = False
+    opened: float = field(default_factory=time.monotonic)
+    framed: bool = False
+    rate_window_at: float = 0.0  # monotonic start of the window counting `rate_drops`
+    rate_drops: int = 0  # frames dropped over the rate limit in that window
 
 
 @dataclass(slots=True, eq=False)
@@ -53,6 +62,9 @@ class Device:
     last_message_id: int = 0
     queued: int = 0
     command_times: deque[float] = field(default_factory=deque)  # monotonic, last minute
+    # frame-rate token bucket (`bridge.gateway.trust`): full (inf, capped to the burst) at first
+    frame_tokens: float = math.inf
+    frame_tokens_at: float = 0.0
 
     def command_allowed(self, now: float, per_minute: int) -> bool:
         """A sliding one-minute window of accepted commands (at most `per_minute` kept)."""

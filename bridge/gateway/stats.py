@@ -26,6 +26,14 @@ class GatewayStats:
     commands_rate_limited: int = 0
     events_dropped: int = 0
     status_events_suppressed: int = 0
+    frames_pin_mismatch: int = 0
+    frames_not_allowed: int = 0
+    frames_rate_limited: int = 0
+    connections_closed_rate_limited: int = 0
+    connections_closed_no_frame: int = 0
+    security_events_suppressed: int = 0
+    pins: int = 0
+    requests_ignored: int = 0
     started: float = field(default_factory=time.monotonic)
 
     def counters(self, connections: int, devices_online: int) -> dict[str, int]:

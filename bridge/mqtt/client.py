@@ -32,6 +32,7 @@ import aiomqtt
 import paho.mqtt.client as paho
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
+from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from bridge.mqtt import _private
 from bridge.mqtt.outbox import Outbox, OutboxMessage
@@ -80,10 +81,15 @@ class MqttClient:
         on_connect: Callable[[], Coroutine[Any, Any, None]] | None = None,
         max_incoming: int = 10_000,
         outbox: Outbox | None = None,
+        retain_as_published: bool = False,
     ) -> None:
+        """`retain_as_published` (MQTT 5 only): messages keep the retain flag they were
+        published with, so a request topic can refuse retained requests the moment they are
+        published, not only when the broker replays them."""
         _private.install()
         self.settings = settings
         self.subscriptions = list(subscriptions or [])
+        self.retain_as_published = retain_as_published
         self.on_connect = on_connect
         self.connected = asyncio.Event()
         self.disconnected = asyncio.Event()
@@ -378,7 +384,11 @@ class MqttClient:
         sender = asyncio.create_task(self._sender(client), name="mqtt-sender")
         try:
             for topic, qos in self.subscriptions:
-                await client.subscribe(topic, qos)
+                if self.retain_as_published and self.settings.v5:
+                    options = SubscribeOptions(qos=qos, retainAsPublished=True)
+                    await client.subscribe(topic, options=options)
+                else:
+                    await client.subscribe(topic, qos)
             if self.on_connect is not None:
                 # Incoming messages wait in aiomqtt's queue until this is done. Race it
                 # against the connection: publishes awaited in it cannot finish offline.

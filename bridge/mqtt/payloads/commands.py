@@ -220,6 +220,11 @@ class CardReplyRequest(CommandRequest):
     )
 
 
+class UnpinRequest(CommandRequest):
+    """Forget the ICCID pinned to this physical id (v1.1), e.g. after a SIM swap: the next
+    connection that brings an ICCID pins anew. Answered by the gateway; no frame is sent."""
+
+
 DEVICE_COMMAND_REQUESTS: dict[str, type[CommandRequest]] = {
     "start_charging": StartChargingRequest,
     "stop_charging": StopChargingRequest,
@@ -234,6 +239,7 @@ DEVICE_COMMAND_REQUESTS: dict[str, type[CommandRequest]] = {
     "card_reply": CardReplyRequest,
     "adjust_power": AdjustPowerRequest,
     "upgrade_firmware": UpgradeFirmwareRequest,
+    "unpin": UnpinRequest,
 }
 
 

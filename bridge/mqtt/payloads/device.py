@@ -165,7 +165,25 @@ class DeviceOnlineEvent(EventBase):
 
 class DeviceOfflineEvent(EventBase):
     type: Literal["offline"] = "offline"
-    reason: Literal["closed", "idle", "shutdown"]
+    reason: Literal["closed", "idle", "shutdown", "rate_limited"]
+
+
+class SecurityEvent(EventBase):
+    """A frame or connection refused for the device's safety (v1.1). At most one per device
+    and `reason` every `security_event_interval_s`; `frames` counts the refusals it stands for.
+    `command`/`message_id` are those of the frame that triggered it."""
+
+    type: Literal["security"] = "security"
+    reason: str = Field(
+        description="pin_mismatch (ICCID differs from the pinned one, or none over TCP), "
+        "not_allowed (not on device_allowlist), rate_limited (over frame_rate_limit)"
+    )
+    peer: str = Field(description="the connection the frames came on, e.g. tcp:10.0.0.5:40312")
+    iccid: str | None = Field(description="the ICCID that connection sent, if any")
+    frames: int = Field(description="frames refused for this reason since the previous event")
+    action: Literal["dropped", "closed"] = Field(
+        description="dropped: the frames were ignored; closed: the connection was closed too"
+    )
 
 
 class RegisterEvent(EventBase):
@@ -379,6 +397,7 @@ DeviceEvent = Annotated[
     | FrameEvent
     | PowerLimitEvent
     | UpgradeProgressEvent
+    | SecurityEvent
     | UnknownEvent,
     Field(discriminator="type"),
 ]

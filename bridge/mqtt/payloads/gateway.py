@@ -53,5 +53,25 @@ class BridgeStats(MqttPayload):
         description="port `status` events not published because the status had not changed "
         "(`port_status_on_change_only`)",
     )
+    frames_pin_mismatch: int = Field(
+        description="frames refused because their connection's ICCID is not the one pinned "
+        "to their physical id (device_policy = pinned)"
+    )
+    frames_not_allowed: int = Field(description="frames refused by device_policy = allowlist")
+    frames_rate_limited: int = Field(description="frames dropped over frame_rate_limit")
+    connections_closed_rate_limited: int = Field(
+        description="connections closed for exceeding frame_rate_limit again and again"
+    )
+    connections_closed_no_frame: int = Field(
+        description="connections closed for sending no valid frame in first_frame_timeout_s"
+    )
+    security_events_suppressed: int = Field(
+        description="security events not published (one per device and reason per "
+        "security_event_interval_s)"
+    )
+    pins: int = Field(description="physical ids with a pinned ICCID")
+    requests_ignored: int = Field(
+        description="device requests ignored because they were retained or empty"
+    )
     uptime_s: int
     updated_at: str

@@ -139,7 +139,8 @@ async def test_junk_and_a_flood_of_junk_connections(
     await device.close()
 
 
-@pytest.mark.gateway(max_write_buffer=4096)
+# A flood on purpose: not the frame-rate limit's test (test_trust.py is).
+@pytest.mark.gateway(max_write_buffer=4096, frame_rate_limit=1e6, frame_rate_burst=10**9)
 async def test_peer_that_never_reads_is_dropped(gateway: GatewayApp, mqtt: MqttCollector) -> None:
     sock = socket.socket()
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)

@@ -163,7 +163,8 @@ async def test_settlement_waits_for_the_broker_across_a_restart_and_is_published
         gw.cleanup()
 
 
-@pytest.mark.gateway(max_queued_messages=20)
+# A flood on purpose: not the frame-rate limit's test (test_trust.py is).
+@pytest.mark.gateway(max_queued_messages=20, frame_rate_limit=1e6, frame_rate_burst=10**9)
 async def test_a_heartbeat_flood_keeps_the_outbox_at_its_bound_and_the_settlement(
     broker: Mosquitto, gateway: GatewayApp, device: FakeDevice, mqtt: MqttCollector
 ) -> None:
