@@ -34,7 +34,7 @@ from bridge.charging.requests import ChargingRequests
 from bridge.charging.settings import ChargingSettings
 from bridge.charging.store import ChargingStore
 from bridge.mqtt.client import Message, MqttSettings, payload_bytes
-from bridge.mqtt.payloads import oversized
+from bridge.mqtt.payloads import SecurityEvent, oversized
 from bridge.mqtt.topics import Topics
 
 log = logging.getLogger("chargebridge.charging")
@@ -254,22 +254,26 @@ class ChargingService:
             raw = json.loads(payload)
         except ValueError:  # it parsed once already; this only copies its ids
             raw = {}
-        body = {
-            "type": "security",
-            "ts": iso(self.clock()),
-            "device_id": event.device_id,
-            "gateway_id": raw.get("gateway_id"),
-            "command": raw.get("command"),
-            "message_id": raw.get("message_id"),
-            "reason": "foreign_order",
-            "order_no": event.order_no,
-            "port": event.port,
-            "report": event.type,
-            "session_device_id": owner.device_id,
-            "session_port": owner.port,
-            "source": "charging_service",
-        }
-        self.client.submit(self.topics.event(event.device_id, "device"), json.dumps(body))
+        gateway_id, command, message_id = (
+            raw.get("gateway_id"),
+            raw.get("command"),
+            raw.get("message_id"),
+        )
+        body = SecurityEvent(
+            ts=iso(self.clock()),
+            device_id=event.device_id,
+            gateway_id=gateway_id if isinstance(gateway_id, str) else "",
+            command=command if isinstance(command, int) else None,
+            message_id=message_id if isinstance(message_id, int) else None,
+            reason="foreign_order",
+            source="charging_service",
+            order_no=event.order_no,
+            port=event.port,
+            report=event.type,
+            session_device_id=owner.device_id,
+            session_port=owner.port,
+        )
+        self.client.submit(self.topics.event(event.device_id, "device"), body.to_json())
 
     def _already_settled(self, batch: Batch, event: IncomingEvent) -> bool:
         """A settlement resent after its session was cleared must not create it again."""

@@ -169,21 +169,42 @@ class DeviceOfflineEvent(EventBase):
 
 
 class SecurityEvent(EventBase):
-    """A frame or connection refused for the device's safety (v1.1). At most one per device
-    and `reason` every `security_event_interval_s`; `frames` counts the refusals it stands for.
-    `command`/`message_id` are those of the frame that triggered it."""
+    """A frame, connection or report refused for the device's safety (v1.1).
+
+    From the gateway (`source: gateway`): at most one per device and `reason` every
+    `security_event_interval_s`; `frames` counts the refusals it stands for, and
+    `command`/`message_id` are those of the frame that triggered it. From the charging service
+    (`source: charging_service`, reason `foreign_order`): a report naming the order of a
+    session on another device or port, published on the *reporting* device; the `order_no`,
+    `port`, `report` and `session_*` fields say which."""
 
     type: Literal["security"] = "security"
     reason: str = Field(
         description="pin_mismatch (ICCID differs from the pinned one, or none over TCP), "
-        "not_allowed (not on device_allowlist), rate_limited (over frame_rate_limit)"
+        "not_allowed (not on device_allowlist), rate_limited (over frame_rate_limit), "
+        "foreign_order (a report naming another device's or port's session)"
     )
-    peer: str = Field(description="the connection the frames came on, e.g. tcp:10.0.0.5:40312")
-    iccid: str | None = Field(description="the ICCID that connection sent, if any")
-    frames: int = Field(description="frames refused for this reason since the previous event")
-    action: Literal["dropped", "closed"] = Field(
-        description="dropped: the frames were ignored; closed: the connection was closed too"
+    source: Literal["gateway", "charging_service"] = "gateway"
+    peer: str | None = Field(
+        default=None, description="the connection the frames came on, e.g. tcp:10.0.0.5:40312"
     )
+    iccid: str | None = Field(default=None, description="the ICCID that connection sent, if any")
+    frames: int | None = Field(
+        default=None, description="frames refused for this reason since the previous event"
+    )
+    action: Literal["dropped", "closed"] | None = Field(
+        default=None,
+        description="dropped: the frames were ignored; closed: the connection was closed too",
+    )
+    order_no: str | None = Field(default=None, description="foreign_order: the order named")
+    port: int | None = Field(default=None, description="foreign_order: the port reported")
+    report: str | None = Field(
+        default=None, description="foreign_order: the refused event's type (power, settled, ...)"
+    )
+    session_device_id: str | None = Field(
+        default=None, description="foreign_order: the device that holds the session"
+    )
+    session_port: int | None = Field(default=None, description="foreign_order: the session's port")
 
 
 class RegisterEvent(EventBase):
