@@ -89,7 +89,13 @@ class Connections:
                 self.offline(dev, cs.close_reason)
         log.debug("connection closed", extra={"peer": conn.peer})
 
+    def data_received(self, conn: Connection, data: bytes) -> None:
+        cs = self.registry.conns.get(conn.id)
+        if cs is not None:
+            self.items_received(conn, cs.decoder.feed(data), len(data))
+
     def items_received(self, conn: Connection, items: list[StreamItem], nbytes: int) -> None:
+        """Decoded stream items of `conn` (from `data_received`; tests feed them directly)."""
         cs = self.registry.conns.get(conn.id)
         if cs is None:
             return

@@ -125,6 +125,9 @@ class Gateway:
     def connection_lost(self, conn: Connection) -> None:
         self.connections.connection_lost(conn)
 
+    def data_received(self, conn: Connection, data: bytes) -> None:
+        self.connections.data_received(conn, data)
+
     def items_received(self, conn: Connection, items: list[StreamItem], nbytes: int) -> None:
         self.connections.items_received(conn, items, nbytes)
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 from bridge.links.base import Connection
 from bridge.mqtt.payloads import DeviceState, PortState, iso_utc
+from protocol import StreamDecoder
 from protocol.enums import device_type_name, host_type_name
 from protocol.ids import device_id, device_kind, device_number
 
@@ -27,6 +28,7 @@ class ConnState:
     `framed`: a frame was acted on; without one the connection lives `first_frame_timeout_s`."""
 
     conn: Connection
+    decoder: StreamDecoder = field(default_factory=StreamDecoder)  # this byte stream's framing
     iccid: str | None = None
     devices: set[int] = field(default_factory=set)
     last_rx: float = field(default_factory=time.monotonic)

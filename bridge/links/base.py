@@ -1,9 +1,9 @@
-"""What every link hands the gateway: a `Connection` to write to and decoded stream items.
+"""What every link hands the gateway: a `Connection` to write to and the bytes it received.
 
-A link owns one `StreamDecoder` per byte stream and calls its `LinkHandler` synchronously from
-`data_received`, so nothing is buffered between the socket and the gateway. Writes go to the
-transport's buffer; when that exceeds `max_write_buffer` (the peer does not read) the
-connection is dropped rather than buffered without bound.
+Links move bytes only: the gateway keeps one stream decoder per `Connection` and is called
+synchronously from `data_received`, so nothing is buffered between the socket and it. Writes
+go to the transport's buffer; when that exceeds `max_write_buffer` (the peer does not read)
+the connection is dropped rather than buffered without bound.
 """
 
 from __future__ import annotations
@@ -13,8 +13,6 @@ import itertools
 import logging
 from typing import Protocol, cast
 
-from protocol import StreamDecoder, StreamItem
-
 log = logging.getLogger(__name__)
 
 _ids = itertools.count(1)
@@ -23,7 +21,7 @@ _ids = itertools.count(1)
 class LinkHandler(Protocol):
     def connection_made(self, conn: Connection) -> None: ...
 
-    def items_received(self, conn: Connection, items: list[StreamItem], nbytes: int) -> None: ...
+    def data_received(self, conn: Connection, data: bytes) -> None: ...
 
     def connection_lost(self, conn: Connection) -> None: ...
 
@@ -75,7 +73,6 @@ class DeviceStreamProtocol(asyncio.Protocol):
         self.handler = handler
         self.kind = kind
         self.max_write_buffer = max_write_buffer
-        self.decoder = StreamDecoder()
         self.conn: Connection | None = None
         self.lost: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
@@ -94,7 +91,7 @@ class DeviceStreamProtocol(asyncio.Protocol):
         assert self.conn is not None
         if self.conn.closed:
             return
-        self.handler.items_received(self.conn, self.decoder.feed(data), len(data))
+        self.handler.data_received(self.conn, data)
 
     def pause_writing(self) -> None:
         # The peer does not read what we send: drop it instead of buffering more.
