@@ -39,7 +39,7 @@ class _SnapshotDict(dict[str, Any]):
 BROADCAST_BATCH = 1000  # queued messages fanned out per broadcast turn
 
 
-class _Broker(Broker):
+class _Broker(Broker):  # type: ignore[misc]  # amqtt ships no type information
     """amqtt 0.12 costs event-loop turns per message, and the embedded broker shares its loop
     with the gateway, the service and the simulator, so a turn is slow: the demo published
     more than amqtt could take (settlements unacknowledged, the view frozen). Two fixes:
