@@ -7,6 +7,7 @@ messages queued for an offline persistent session, so durability is Mosquitto's 
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import socket
@@ -15,6 +16,8 @@ from types import TracebackType
 from typing import Any
 
 from amqtt.broker import Broker
+from amqtt.mqtt.protocol.broker_handler import BrokerProtocolHandler
+from amqtt.session import Session
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 1883
@@ -31,6 +34,50 @@ class _SnapshotDict(dict[str, Any]):
 
     def items(self) -> list[tuple[str, Any]]:  # type: ignore[override]
         return list(dict.items(self))
+
+
+BROADCAST_BATCH = 1000  # queued messages fanned out per broadcast turn
+
+
+class _Broker(Broker):  # type: ignore[misc]  # amqtt ships no type information
+    """amqtt 0.12 costs event-loop turns per message, and the embedded broker shares its loop
+    with the gateway, the service and the simulator, so a turn is slow: the demo published
+    more than amqtt could take (settlements unacknowledged, the view frozen). Two fixes:
+
+    * the reader of each connection awaited every packet through `asyncio.wait_for(...,
+      keepalive)`, which on Python 3.11 wraps it in a task: two loop turns per PUBLISH, so
+      PUBACKs trickled back. With keep_alive 0 it awaits the stream directly and reads all
+      that has arrived in one turn. The broker then never times out a silent client; the
+      clients still ping and detect a dead broker, and a closed socket is seen at once.
+    * each client's loop takes one received message per `asyncio.wait` round, and the
+      broadcast loop fans out one per task (two or three turns each); both now handle what
+      is queued, up to BROADCAST_BATCH, in one go.
+    """
+
+    async def _initialize_client_session(
+        self, *args: Any, **kwargs: Any
+    ) -> tuple[BrokerProtocolHandler, Session]:
+        handler, session = await super()._initialize_client_session(*args, **kwargs)
+        session.keep_alive = 0
+        return handler, session
+
+    async def _handle_message_delivery(
+        self, client_session: Session, handler: BrokerProtocolHandler, wait_deliver: Any
+    ) -> bool:
+        if not await super()._handle_message_delivery(client_session, handler, wait_deliver):
+            return False
+        queue = client_session.delivered_message_queue
+        for _ in range(min(queue.qsize(), BROADCAST_BATCH)):
+            taken: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+            taken.set_result(queue.get_nowait())
+            if not await super()._handle_message_delivery(client_session, handler, taken):
+                return False
+        return True
+
+    async def _run_broadcast(self, running_tasks: Any) -> None:
+        await super()._run_broadcast(running_tasks)
+        for _ in range(min(self._broadcast_queue.qsize(), BROADCAST_BATCH)):
+            await super()._run_broadcast(running_tasks)  # queued: its get() does not wait
 
 
 class BrokerPortInUse(RuntimeError):
@@ -76,7 +123,7 @@ class EmbeddedBroker:
                 "amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": True},
             },
         }
-        self._broker = Broker(config)
+        self._broker = _Broker(config)
         self._broker._subscriptions = _SnapshotDict(self._broker._subscriptions)
         await self._broker.start()
         return self
