@@ -19,7 +19,7 @@ from typing import Any
 from bridge.capture import CaptureUnit
 from bridge.charging.service import ChargingService, service_mqtt_settings, service_subscriptions
 from bridge.charging.settings import ChargingSettings
-from bridge.charging.store import ChargingStore
+from bridge.charging.store import ChargingStore, StoreError, open_store
 from bridge.config import GatewaySettings
 from bridge.gateway.core import Gateway
 from bridge.homeassistant import HomeAssistantUnit
@@ -167,7 +167,7 @@ async def run_gateway(settings: GatewaySettings, *, ready: asyncio.Event | None 
 
 async def run_service(settings: ChargingSettings, *, ready: asyncio.Event | None = None) -> None:
     """Run the charging service until cancelled; `ready` is set once connected and current."""
-    store = ChargingStore(settings.state_dir)
+    store = open_store(settings.store, settings.state_dir, settings.dedupe_limits())
     mqtt = MqttClient(
         service_mqtt_settings(settings),
         subscriptions=service_subscriptions(Topics(settings.base_topic)),
@@ -179,12 +179,27 @@ async def run_service(settings: ChargingSettings, *, ready: asyncio.Event | None
             tg.create_task(service.consume(), name="charging-consume")
             tg.create_task(service.stats_loop(), name="charging-stats")
             tg.create_task(service.cleanup_loop(), name="charging-cleanup")
+            tg.create_task(watch_store(store, settings.store_check_interval_s))
             for name, unit in webhook_units(settings):  # --webhook: docs/integrations.md
                 tg.create_task(unit, name=name)
             await mqtt.connected.wait()
             log.info("charging service ready on %s", mqtt.settings.redacted_url())
             if ready is not None:
                 ready.set()
+    except* StoreError as group:
+        raise group.exceptions[0] from None  # one line, exit 1 (commands.common.run_role)
     finally:
         await service.stop()
         store.close()
+
+
+async def watch_store(store: ChargingStore, interval: float) -> None:
+    """End the service when its store is gone (a deleted or replaced SQLite file): writing
+    on would lose every later commit at the next start."""
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            store.check()
+        except StoreError as exc:
+            log.error("%s; stopping the charging service", exc)
+            raise

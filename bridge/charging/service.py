@@ -251,7 +251,7 @@ class ChargingService:
             self.state.apply(batch, session, tick)
         if batch.changed or batch.deleted:
             self.state.flush(batch)
-        self.store.prune_seen(now - self.settings.dedup_window_s)
+        self.store.prune_seen(now)
 
     async def stop(self) -> None:
         await self.requests.stop()
