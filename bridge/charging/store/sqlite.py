@@ -53,7 +53,8 @@ class SqliteStore(SessionTexts):
             self._open()
         except sqlite3.DatabaseError as exc:
             self._db.close()
-            raise StoreError(f"the store {self._path} is damaged ({exc}): {fix}") from None
+            detail = " ".join(str(exc).split())
+            raise StoreError(f"the store {self._path} is damaged ({detail}): {fix}") from None
         stat = os.stat(self._path)
         self._identity = (stat.st_dev, stat.st_ino)
 
@@ -71,9 +72,11 @@ class SqliteStore(SessionTexts):
         if new:
             db.execute("PRAGMA auto_vacuum=INCREMENTAL")  # before the first table
         else:
-            problems = [row[0] for row in db.execute("PRAGMA quick_check(5)")]
+            problems = [row[0] for row in db.execute("PRAGMA quick_check(3)")]
             if problems != ["ok"]:
-                raise sqlite3.DatabaseError("; ".join(problems))
+                lines = [line.strip() for p in problems for line in p.splitlines()]
+                detail = "; ".join(line for line in lines if line)
+                raise sqlite3.DatabaseError(f"quick_check: {detail[:160]}")
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=FULL")
         db.create_function("fp", 1, fingerprint_bytes, deterministic=True)
@@ -211,7 +214,9 @@ class SqliteStore(SessionTexts):
             ).rowcount
         (free,) = db.execute("PRAGMA freelist_count").fetchone()
         if free >= VACUUM_FREE_PAGES:
-            db.execute("PRAGMA incremental_vacuum").fetchall()
+            # executescript steps the pragma to its end (one page per step); execute would
+            # free one page only.
+            db.executescript("PRAGMA incremental_vacuum;")
         return int(pruned)
 
     def fingerprint_count(self) -> int:
