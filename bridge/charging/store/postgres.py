@@ -16,7 +16,6 @@ together migrate once. A lost connection makes the next commit fail, which stops
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Iterable
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -57,7 +56,7 @@ class PostgresStore(SessionTexts):
             ) from None
         self._url = url
         self.limits = limits or DedupeLimits()
-        self._opened = time.monotonic()
+        self._started: float | None = None  # the clock at our first write: see prune_seen
         self._psycopg: Any = psycopg
         try:
             self._db = psycopg.connect(url, autocommit=True, connect_timeout=10)
@@ -150,6 +149,7 @@ class PostgresStore(SessionTexts):
         """Write all of one state change atomically; `sessions` are (session_id, JSON)."""
         db = self._db
         expires = self.limits.expires
+        self._start(now)
         rows = list(sessions)
         gone = list(deleted)
         keys = [(fingerprint_bytes(k), expires(k, now)) for k in seen]
@@ -180,7 +180,7 @@ class PostgresStore(SessionTexts):
     def prune_seen(self, now: float) -> int:
         """As SqliteStore.prune_seen; PostgreSQL's autovacuum reuses the space."""
         db = self._db
-        running = time.monotonic() - self._opened
+        running = now - self._start(now)
         with db.transaction():
             if running >= self.limits.redelivery_window_s:
                 cur = db.execute("DELETE FROM fingerprints WHERE expires < %s", (now,))
@@ -199,6 +199,11 @@ class PostgresStore(SessionTexts):
                 )
                 pruned += max(cur.rowcount, 0)
         return pruned
+
+    def _start(self, now: float) -> float:
+        if self._started is None:
+            self._started = now
+        return self._started
 
     def fingerprint_count(self) -> int:
         return self._int("SELECT count(*) FROM fingerprints")

@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
-import time
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -40,7 +39,7 @@ class SqliteStore(SessionTexts):
         self._path = Path(path)
         self.limits = limits or DedupeLimits()
         self._path.parent.mkdir(parents=True, exist_ok=True)
-        self._opened = time.monotonic()
+        self._started: float | None = None  # the clock at our first write: see prune_seen
         fix = (
             "restore it from a backup, or move it away to start empty "
             "(the service then adopts the sessions the broker retains)"
@@ -170,6 +169,7 @@ class SqliteStore(SessionTexts):
         """Write all of one state change atomically; `sessions` are (session_id, JSON)."""
         db = self._db
         expires = self.limits.expires
+        self._start(now)
         db.execute("BEGIN")
         try:
             db.executemany("INSERT OR REPLACE INTO sessions VALUES (?, ?)", list(sessions))
@@ -192,11 +192,11 @@ class SqliteStore(SessionTexts):
 
     def prune_seen(self, now: float) -> int:
         """Forget expired fingerprints, then the soonest to expire beyond the row cap, and
-        give the space back. Message fingerprints written before this start are kept for one
-        redelivery window after it: the broker redelivers what we had not acknowledged right
-        after we connect, however long we were away."""
+        give the space back. Message fingerprints are pruned only once a redelivery window has
+        passed since our first write: the broker redelivers what we had not acknowledged
+        right after we connect, however long we were away."""
         db = self._db
-        running = time.monotonic() - self._opened
+        running = now - self._start(now)
         if running >= self.limits.redelivery_window_s:
             pruned = db.execute("DELETE FROM fingerprints WHERE expires < ?", (now,)).rowcount
         else:
@@ -218,6 +218,11 @@ class SqliteStore(SessionTexts):
             # free one page only.
             db.executescript("PRAGMA incremental_vacuum;")
         return int(pruned)
+
+    def _start(self, now: float) -> float:
+        if self._started is None:
+            self._started = now
+        return self._started
 
     def fingerprint_count(self) -> int:
         return int(self._db.execute("SELECT count(*) FROM fingerprints").fetchone()[0])

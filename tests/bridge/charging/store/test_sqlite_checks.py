@@ -105,9 +105,7 @@ def test_pruned_fingerprints_give_the_space_back(tmp_path: Path) -> None:
     path = tmp_path / "charging.sqlite3"
     store = SqliteStore(path, DedupeLimits(redelivery_window_s=0.0))
     for chunk in range(20):
-        keys = [
-            "msg:" + hashlib.sha256(b"%d-%d" % (chunk, i)).hexdigest() for i in range(5000)
-        ]
+        keys = ["msg:" + hashlib.sha256(b"%d-%d" % (chunk, i)).hexdigest() for i in range(5000)]
         store.commit(now=T0, seen=keys)
     store._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     full = path.stat().st_size
