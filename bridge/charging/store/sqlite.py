@@ -36,7 +36,7 @@ class SqliteStore(SessionTexts):
 
     def __init__(self, path: Path, limits: DedupeLimits | None = None) -> None:
         super().__init__()
-        self._path = Path(path)
+        self._path = Path(path).absolute()
         self.limits = limits or DedupeLimits()
         self._path.parent.mkdir(parents=True, exist_ok=True)
         self._started: float | None = None  # the clock at our first write: see prune_seen
