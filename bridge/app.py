@@ -167,7 +167,10 @@ async def run_gateway(settings: GatewaySettings, *, ready: asyncio.Event | None 
 
 async def run_service(settings: ChargingSettings, *, ready: asyncio.Event | None = None) -> None:
     """Run the charging service until cancelled; `ready` is set once connected and current."""
-    store = open_store(settings.store, settings.state_dir, settings.dedupe_limits())
+    # In a thread: quick_check of a large file, or waiting for a PostgreSQL store's lock,
+    # must not stall a gateway in the same process (`run`).
+    limits = settings.dedupe_limits()
+    store = await asyncio.to_thread(open_store, settings.store, settings.state_dir, limits)
     mqtt = MqttClient(
         service_mqtt_settings(settings),
         subscriptions=service_subscriptions(Topics(settings.base_topic)),

@@ -16,6 +16,7 @@ together migrate once. A lost connection makes the next commit fail, which stops
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterable
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -31,6 +32,12 @@ from bridge.charging.store.base import (
 from bridge.charging.store.migrations.postgres import MIGRATIONS
 
 MIGRATION_LOCK = 0x63686172  # "char": the advisory lock key of schema migrations
+SERVICE_LOCK = 0x63686173  # held by the one service instance that uses the store
+# The server drops a dead client's connection (and with it SERVICE_LOCK) after about
+# idle + interval * count seconds even when no FIN arrives (a machine that lost power).
+KEEPALIVES = "SET tcp_keepalives_idle = 10; SET tcp_keepalives_interval = 5; " + (
+    "SET tcp_keepalives_count = 3"
+)
 
 
 def redact(url: str) -> str:
@@ -44,9 +51,16 @@ def redact(url: str) -> str:
 
 class PostgresStore(SessionTexts):
     def __init__(
-        self, url: str, limits: DedupeLimits | None = None, *, target: int | None = None
+        self,
+        url: str,
+        limits: DedupeLimits | None = None,
+        *,
+        target: int | None = None,
+        lock_wait_s: float = 30.0,
     ) -> None:
-        """`target`: migrate only that far (tests of migrations from an older schema)."""
+        """`target`: migrate only that far (tests of migrations from an older schema).
+        `lock_wait_s`: how long to wait for an instance that still holds the store (one
+        that was just killed: the server notices its closed connection within moments)."""
         super().__init__()
         try:
             import psycopg
@@ -66,7 +80,27 @@ class PostgresStore(SessionTexts):
                 f"cannot connect to the store {self.path}: {first}: check the URL, the "
                 "password and that PostgreSQL is running"
             ) from None
+        for statement in KEEPALIVES.split(";"):
+            self._db.execute(statement)
+        self._lock(lock_wait_s)
         self._migrate(len(MIGRATIONS) if target is None else target)
+
+    def _lock(self, wait_s: float) -> None:
+        """One service per store until several instances are implemented (docs/scaling.md):
+        a second one would count events twice. The session-level advisory lock lives as long
+        as this connection."""
+        deadline = time.monotonic() + wait_s
+        while True:
+            row = self._db.execute("SELECT pg_try_advisory_lock(%s)", (SERVICE_LOCK,)).fetchone()
+            if row is not None and row[0]:
+                return
+            if time.monotonic() >= deadline:
+                self._db.close()
+                raise StoreError(
+                    f"another charging service uses the store {self.path}: stop it first "
+                    "(several instances on one store are not supported yet, docs/scaling.md)"
+                )
+            time.sleep(0.5)
 
     @property
     def path(self) -> str:

@@ -45,7 +45,8 @@ class SqliteStore(SessionTexts):
             "(the service then adopts the sessions the broker retains)"
         )
         try:
-            self._db = sqlite3.connect(self._path, isolation_level=None)
+            # Opened in a worker thread (bridge.app), then used by the event loop's only.
+            self._db = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
         except sqlite3.Error as exc:
             raise StoreError(f"cannot open the store {self._path}: {exc}") from None
         try:

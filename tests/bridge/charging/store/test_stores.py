@@ -188,3 +188,13 @@ def test_store_urls(tmp_path: Path, pg_url: str) -> None:
     with pytest.raises(StoreError, match=r"cannot connect to the store postgresql://.*\*\*\*"):
         open_store(bad, tmp_path)
     assert redact("postgresql://u:secret@h:5/db") == "postgresql://u:***@h:5/db"
+
+
+def test_one_service_per_postgres_store(pg_url: str) -> None:
+    """Until several instances are implemented, a second service on one store is refused in
+    one line, and the store is free again once the first lets go (or dies)."""
+    first = PostgresStore(pg_url)
+    with pytest.raises(StoreError, match="another charging service uses the store"):
+        PostgresStore(pg_url, lock_wait_s=0.5)
+    first.close()
+    PostgresStore(pg_url, lock_wait_s=5).close()
