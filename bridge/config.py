@@ -26,7 +26,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
-from bridge.mqtt.client import MqttSettings
+from bridge.mqtt.settings import MqttSettings
 
 ENV_PREFIX = "CHARGEBRIDGE_"
 
@@ -215,6 +215,39 @@ class GatewaySettings(IntegrationSettings, CommonSettings):
         gt=0,
         description="outgoing MQTT messages kept in the durable outbox while the broker is "
         "unreachable; beyond it the oldest non-settlement ones are dropped (events_dropped)",
+    )
+    # issue 16, gateway half: port events, site power cap, firmware upgrades
+    port_status_on_change_only: bool = Field(
+        default=False,
+        description="publish port `status` events only when a port's status changed (the "
+        "retained port state is updated either way); saves backhaul on 4G/NB links",
+    )
+    site_power_limit_w: float = Field(
+        default=0.0,
+        ge=0,
+        description="cap on the live power of all ports of this gateway (W); 0 = off. Above "
+        "it the chargers' per-port limits (0x85) are lowered to a fair share, and raised again "
+        "below 90 % of it",
+    )
+    firmware_dir: str = Field(
+        default="",
+        description="directory of firmware images for `upgrade_firmware` (empty: upgrades off)",
+    )
+    max_concurrent_upgrades: int = Field(
+        default=5,
+        gt=0,
+        description="firmware transfers at once per gateway; more are answered result: busy",
+    )
+    upgrade_reply_timeout_s: float = Field(
+        default=30.0,
+        gt=0,
+        description="wait for a device's answer to one upgrade packet (the reference: 30 s, "
+        "then up to 3 resends)",
+    )
+    upgrade_resume_timeout_s: float = Field(
+        default=600.0,
+        gt=0,
+        description="how long an upgrade waits for its device to reconnect before failing",
     )
 
     @field_validator("tcp", "serial", "debug_devices", mode="before")

@@ -47,6 +47,7 @@ from typing import Any
 from bridge import __version__
 from bridge.config import GatewaySettings
 from bridge.mqtt.client import MqttClient
+from bridge.mqtt.payloads import DEVICE_ID_RE
 from bridge.mqtt.topics import DiscoveryTopics, Topics
 from protocol.enums import CHARGING_STATUSES, PORT_STATUSES
 from protocol.ids import device_number, parse_device_id
@@ -55,7 +56,6 @@ log = logging.getLogger(__name__)
 
 LOCATE_SECONDS = 10
 PORT_STATUS_OPTIONS = sorted({*PORT_STATUSES.values(), *CHARGING_STATUSES.values(), "unknown"})
-DEVICE_ID_RE = re.compile(r"^[0-9A-F]{8}$")
 
 Config = dict[str, Any]
 

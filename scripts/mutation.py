@@ -54,7 +54,7 @@ MUTATIONS: tuple[Mutation, ...] = (
     ),
     Mutation(
         "settlement-acked-when-refused",
-        "bridge/gateway/core.py",
+        "bridge/gateway/flows.py",
         "if not fut.cancelled() and fut.exception() is None:",
         "if not fut.cancelled():",
         (
@@ -66,14 +66,14 @@ MUTATIONS: tuple[Mutation, ...] = (
     Mutation(
         "already-settled-always-false",
         "bridge/charging/service.py",
-        "return self._has_seen(settlement_key(e.device_id, e.port, e.order_no))",
+        "return self.state.has_seen(batch, settlement_key(e.device_id, e.port, e.order_no))",
         "return False",
         ("tests/bridge/charging/test_resent_settlement.py",),
         "a settlement resent after its session was cleared counts again",
     ),
     Mutation(
         "serial-idle-never-offline",
-        "bridge/gateway/core.py",
+        "bridge/gateway/loops.py",
         "if dev.online and now - dev.last_rx > idle:",
         "if False:",
         (
@@ -95,7 +95,7 @@ MUTATIONS: tuple[Mutation, ...] = (
     ),
     Mutation(
         "busy-limit-removed",
-        "bridge/gateway/core.py",
+        "bridge/gateway/commands.py",
         "if dev.queued >= MAX_QUEUED_PER_DEVICE:",
         "if False:",
         (

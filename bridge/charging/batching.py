@@ -5,6 +5,12 @@ model -> batch -> store -> MQTT, in that order: `apply` runs one transition into
 it is given, `flush` commits a batch and publishes each changed session once (its newest
 state: the retained message is what matters). A caller outside a batch of incoming messages
 (a command's result, a cleanup tick) makes its own batch and flushes it (`apply_now`).
+
+Power window (`power_update_window_s`, the seed's PowerUpdateWindow): a session whose only
+change in a batch is power (live power, the estimate, a heartbeat's keep-alive) is published
+at most once per window; the change is stored (and counted) at once, and a timer publishes
+the session's newest state when its window ends, so the last update is never lost. Any
+other change (a status, a settlement) is published at once, with whatever was pending.
 """
 
 from __future__ import annotations
@@ -12,11 +18,13 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from bridge.charging import model as m
 from bridge.charging.commands import Publisher
+from bridge.charging.energy import DEFAULT_WINDOW_S
 from bridge.charging.store import ChargingStore
 from bridge.mqtt.topics import Topics
 
@@ -29,6 +37,8 @@ class Batch:
     changed: dict[str, m.ChargingSession] = dataclasses.field(default_factory=dict)
     deleted: set[str] = dataclasses.field(default_factory=set)
     seen: dict[str, None] = dataclasses.field(default_factory=dict)  # ordered set
+    # Sessions with a change other than power in this batch: published at once.
+    urgent: set[str] = dataclasses.field(default_factory=set)
     events: int = 0  # gateway event messages whose processing time is measured
     # Fingerprints of the batch's messages looked up in the store in one query, and those
     # the store already had.
@@ -42,6 +52,17 @@ class Batch:
     def delete(self, session_id: str) -> None:
         self.changed.pop(session_id, None)
         self.deleted.add(session_id)
+
+
+# The effects of a power-only change (with the status unchanged): subject to the window.
+POWER_ONLY: frozenset[m.Effect] = frozenset({m.Effect.CHANGED, m.Effect.POWER_APPLIED})
+
+
+def power_only(
+    old: m.ChargingSession | None, new: m.ChargingSession, effects: frozenset[m.Effect]
+) -> bool:
+    """Whether a transition changed nothing but live measurements (and `last_update`)."""
+    return old is not None and old.status == new.status and effects <= POWER_ONLY
 
 
 def settlement_key(device_id: str, port: int | None, order_no: str) -> str:
@@ -59,13 +80,21 @@ class Sessions:
         publisher: Publisher,
         *,
         clock: Callable[[], float] = time.time,
+        energy_window_s: float = DEFAULT_WINDOW_S,
+        power_window_s: float = 0.0,
     ) -> None:
         self.store = store
         self.topics = topics
         self.publisher = publisher
         self.clock = clock
+        self.energy_window_s = energy_window_s
+        self.power_window_s = power_window_s
         self.sessions, self.stats = store.load()
         self.stats_changed = asyncio.Event()
+        # Power window: when each session was last published (clock time), and the timers
+        # of those whose newest state waits for its window to end.
+        self._published_at: dict[str, float] = {}
+        self._pending: dict[str, asyncio.TimerHandle | None] = {}
 
     # --- reading -------------------------------------------------------------------
     def get(self, session_id: str) -> m.ChargingSession | None:
@@ -80,6 +109,15 @@ class Sessions:
     def latest_on(self, device_id: str, port: int) -> m.ChargingSession | None:
         on_port = [s for s in self.sessions.values() if s.device_id == device_id and s.port == port]
         return max(on_port, key=lambda s: s.start_time, default=None)
+
+    def on_port(self, device_id: str, port: int) -> m.ChargingSession | None:
+        """The session a heartbeat for `port` concerns: the active one, else the port's
+        latest if it timed out (the heartbeat shows it is still charging)."""
+        active = self.active_on(device_id, port)
+        if active is not None:
+            return active
+        latest = self.latest_on(device_id, port)
+        return latest if latest is not None and latest.status == "timeout" else None
 
     def active_count(self) -> int:
         return sum(1 for s in self.sessions.values() if s.active)
@@ -107,7 +145,7 @@ class Sessions:
         `received` marks a gateway event message: it is counted as processed (unless it is a
         resent settlement) and its processing time measured.
         """
-        new, effects = m.transition(session, event)
+        new, effects = m.transition(session, event, energy_window=self.energy_window_s)
         if not seen and effects <= m.IGNORED:
             return new, effects
         self.stats = self.stats.tally(effects, new)
@@ -118,6 +156,8 @@ class Sessions:
         if new is not None and m.Effect.CHANGED in effects:
             self.sessions[new.session_id] = new
             batch.change(new)
+            if not power_only(session, new, effects):
+                batch.urgent.add(new.session_id)
         elif m.Effect.EXPIRED in effects and session is not None:
             self.sessions.pop(session.session_id, None)
             batch.delete(session.session_id)
@@ -126,6 +166,17 @@ class Sessions:
         batch.seen.update(dict.fromkeys(seen))
         self.stats_changed.set()
         return new, effects
+
+    def apply_heartbeat(
+        self, batch: Batch, key: str, device_id: str, reports: Sequence[m.PortHeartbeat]
+    ) -> None:
+        """A device heartbeat (message fingerprint `key`): each report of a charging port
+        goes to the session on that port, if there is one; the message counts once."""
+        for report in reports:
+            session = self.on_port(device_id, report.port)
+            if session is not None:
+                self.apply(batch, session, report)
+        self.count(batch, key, measured=True, total_events_processed=1)
 
     def apply_now(self, session: m.ChargingSession | None, event: m.Event) -> m.Result:
         """`apply` in a batch of its own, committed and published at once."""
@@ -156,7 +207,11 @@ class Sessions:
             stats=self.stats,
             seen=batch.seen,
         )
-        published = [self.publish_session(sid, text) for sid, text in rows]
+        published = [
+            self.publish_session(sid, text)
+            for sid, text in rows
+            if sid in batch.urgent or not self._defer(sid)
+        ]
         published += [self.clear_session(sid) for sid in batch.deleted]
         if batch.events:
             self._measure(published, batch.received, batch.events)
@@ -176,10 +231,66 @@ class Sessions:
 
     # --- publishing ------------------------------------------------------------------
     def publish_session(self, session_id: str, payload: str) -> asyncio.Future[None]:
+        self._settle_window(session_id)
+        self._published_at[session_id] = self.clock()
         return self.publisher.submit(self.topics.session(session_id), payload, retain=True)
 
     def clear_session(self, session_id: str) -> asyncio.Future[None]:
+        self._settle_window(session_id)
+        self._published_at.pop(session_id, None)
         return self.publisher.submit(self.topics.session(session_id), b"", retain=True)
+
+    # --- the power window ----------------------------------------------------------------
+    @property
+    def pending(self) -> set[str]:
+        """Sessions whose newest (power-only) state waits for its window to be published."""
+        return set(self._pending)
+
+    def _defer(self, session_id: str) -> bool:
+        """Whether a power-only change of the session waits for its window (a timer then
+        publishes the newest state); False: publish it now."""
+        window = self.power_window_s
+        last = self._published_at.get(session_id)
+        if window <= 0 or last is None:
+            return False
+        wait = last + window - self.clock()
+        if wait <= 0:
+            return False
+        if session_id not in self._pending:
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:  # no loop (a synchronous caller): publish_due does it
+                self._pending[session_id] = None
+            else:
+                timer = loop.call_later(wait, self._publish_pending, session_id)
+                self._pending[session_id] = timer
+        return True
+
+    def _settle_window(self, session_id: str) -> None:
+        """The session is being published (or cleared): nothing is pending any more."""
+        timer = self._pending.pop(session_id, None)
+        if timer is not None:
+            timer.cancel()
+
+    def _publish_pending(self, session_id: str) -> None:
+        self._pending.pop(session_id, None)
+        session = self.sessions.get(session_id)
+        if session is not None:
+            self.publish_session(session_id, self.store.session_json(session))
+
+    def publish_due(self) -> int:
+        """Publish the pending sessions whose window has ended by the clock (the cleanup
+        pass calls it: the timers' safety net); returns how many."""
+        now = self.clock()
+        due = [
+            sid
+            for sid in self._pending
+            if now - self._published_at.get(sid, -math.inf) >= self.power_window_s
+        ]
+        for sid in due:
+            self._settle_window(sid)
+            self._publish_pending(sid)
+        return len(due)
 
     def publish_all(self) -> list[asyncio.Future[None]]:
         """Every session and the statistics (after a (re)connection)."""

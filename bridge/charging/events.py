@@ -124,6 +124,31 @@ class PowerReported(_Event):
 
 
 @dataclass(frozen=True, slots=True)
+class Confirmed(_Event):
+    """A 0x04 order confirmation (legacy piles, which send no 0x06): the order is charging
+    on `port` since `duration_s`; it creates the session of an offline start."""
+
+    kind: ClassVar[str] = "confirmed"
+    order_no: str
+    device_id: str
+    port: int
+    duration_s: int = 0
+    start_mode: str | None = None
+    card_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PortHeartbeat(_Event):
+    """A heartbeat (0x01 or 0x21) reported the session's port charging: it keeps the session
+    alive. `power_w` is the port's live power where the heartbeat has it (0x01, legacy
+    piles); only then is it kept in the history (a 0x21 carries nothing worth keeping)."""
+
+    kind: ClassVar[str] = "heartbeat"
+    port: int
+    power_w: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Settled(_Event):
     """A 0x03 settlement: the device's final figures for the whole session."""
 
@@ -159,6 +184,8 @@ Event = (
     | StopAccepted
     | StopRefused
     | PowerReported
+    | Confirmed
+    | PortHeartbeat
     | Settled
     | Tick
 )
@@ -193,6 +220,8 @@ RECORDS: dict[str, type[Event]] = {
         StopAccepted,
         StopRefused,
         PowerReported,
+        Confirmed,
+        PortHeartbeat,
         Settled,
         Tick,
     )

@@ -3,8 +3,10 @@
 The events that concern a session are read through the gateway's own payload models
 (`bridge.mqtt.payloads`): the readers below only add `extra="ignore"` (a gateway that adds
 fields does not break the service), strict JSON types, and the two narrowings the service
-relies on (ports 1-254, upper-case order numbers: sessions are keyed by them). Other events
-(status, card swipes, confirmations) are counted, and only their port and order number are
+relies on (ports 1-254, upper-case order numbers: sessions are keyed by them). A device
+`heartbeat` becomes one `PortHeartbeat` per port it reports charging (legacy piles have no
+0x06: their heartbeats keep sessions alive and carry the live power). Other events (port
+status, card swipes, device events) are counted, and only their port and order number are
 looked at, for the log.
 """
 
@@ -16,51 +18,79 @@ from typing import Annotated
 from pydantic import ConfigDict, Field, TypeAdapter, ValidationError
 
 from bridge.charging import events as e
-from bridge.charging.messages import (
+from bridge.charging.messages import RequestError, parse_json_object
+from bridge.mqtt.payloads import (
     ORDER_NO_RE,
-    OrderNo,
-    PortNo,
-    RequestError,
+    HeartbeatEvent,
+    HeartbeatPort,
+    OrderConfirmedEvent,
+    OrderResultEvent,
+    OrderSettledEvent,
+    PortNumber,
+    PortPowerEvent,
+    SessionId,
     describe,
-    parse_json_object,
 )
-from bridge.mqtt.payloads import OrderResultEvent, OrderSettledEvent, PortPowerEvent
 
 _TOLERANT = ConfigDict(extra="ignore", strict=True)
 REPLY_KINDS = ("started", "start_failed", "stopped", "stop_failed")
+SESSION_KINDS = ("power", "settled", "confirmed", "heartbeat", *REPLY_KINDS)
+# Port statuses of a heartbeat (reference A.4) that mean "an order is charging here".
+CHARGING_PORT_STATUSES = frozenset({"charging", "float_charging"})
 
 
 class PowerIn(PortPowerEvent):
     model_config = _TOLERANT
-    port: PortNo
-    order_no: OrderNo
+    port: PortNumber
+    order_no: SessionId
 
 
 class SettledIn(OrderSettledEvent):
     model_config = _TOLERANT
-    port: PortNo
-    order_no: OrderNo
+    port: PortNumber
+    order_no: SessionId
 
 
 class ResultIn(OrderResultEvent):
     model_config = _TOLERANT
-    port: PortNo | None
-    order_no: OrderNo | None
+    port: PortNumber | None
+    order_no: SessionId | None
 
 
-_SessionEvent = Annotated[PowerIn | SettledIn | ResultIn, Field(discriminator="type")]
-_reader: TypeAdapter[PowerIn | SettledIn | ResultIn] = TypeAdapter(_SessionEvent)
+class ConfirmedIn(OrderConfirmedEvent):
+    model_config = _TOLERANT
+    port: PortNumber
+    order_no: SessionId
+
+
+class HeartbeatPortIn(HeartbeatPort):
+    model_config = _TOLERANT
+    port: PortNumber
+
+
+class HeartbeatIn(HeartbeatEvent):
+    model_config = _TOLERANT
+    ports: list[HeartbeatPortIn] = Field(default_factory=list, max_length=254)  # type: ignore[assignment]
+
+
+_Read = PowerIn | SettledIn | ResultIn | ConfirmedIn | HeartbeatIn
+_SessionEvent = Annotated[_Read, Field(discriminator="type")]
+_reader: TypeAdapter[_Read] = TypeAdapter(_SessionEvent)
 
 
 @dataclass(frozen=True, slots=True)
 class IncomingEvent:
-    """A gateway event translated for the model; `event` None: nothing for a session."""
+    """A gateway event translated for the model; `event` None: nothing for one session.
+
+    `ports`: a heartbeat's reports of the device's charging ports, each for the session
+    running on that port, if any."""
 
     type: str
     device_id: str
     order_no: str | None
     port: int | None
     event: e.Event | None = None
+    ports: tuple[e.PortHeartbeat, ...] = ()
 
 
 def _ts(raw: str, now: float) -> float:
@@ -78,7 +108,20 @@ def parse_event(device_id: str, payload: bytes, now: float) -> IncomingEvent:
         return _other(device_id, payload, exc)
     ts = _ts(read.ts, now)
     event: e.Event
-    if isinstance(read, PowerIn):
+    if isinstance(read, HeartbeatIn):
+        return IncomingEvent(read.type, device_id, None, None, ports=_ports(read, ts, now))
+    if isinstance(read, ConfirmedIn):
+        event = e.Confirmed(
+            ts=ts,
+            at=now,
+            order_no=read.order_no,
+            device_id=device_id,
+            port=read.port,
+            duration_s=read.duration_s,
+            start_mode=read.start_mode,
+            card_id=read.card_id,
+        )
+    elif isinstance(read, PowerIn):
         peaks = [v for v in (read.max_power_w, read.peak_power_w) if v is not None]
         event = e.PowerReported(
             ts=ts,
@@ -112,6 +155,14 @@ def parse_event(device_id: str, payload: bytes, now: float) -> IncomingEvent:
     return IncomingEvent(read.type, device_id, read.order_no, read.port, event)
 
 
+def _ports(read: HeartbeatIn, ts: float, now: float) -> tuple[e.PortHeartbeat, ...]:
+    return tuple(
+        e.PortHeartbeat(ts=ts, at=now, port=p.port, power_w=_float(p.power_w))
+        for p in read.ports
+        if p.status in CHARGING_PORT_STATUSES
+    )
+
+
 def _reply(read: ResultIn, ts: float, now: float) -> e.Event:
     reason = read.reason or read.result or read.type
     if read.type == "started":
@@ -133,7 +184,7 @@ def _other(device_id: str, payload: bytes, exc: ValidationError) -> IncomingEven
     kind = data.get("type")
     if not isinstance(kind, str):
         raise RequestError("type: a string is required")
-    if kind in ("power", "settled", *REPLY_KINDS):
+    if kind in SESSION_KINDS:
         raise RequestError(describe(exc))
     port = data.get("port")
     order_no = data.get("order_no")

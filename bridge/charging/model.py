@@ -9,6 +9,11 @@ Lifecycle (API.md section 6): a start request creates `starting`; the device's a
 0x82 reply or a 0x06 makes it `charging`; a 0x06 or 0x03 for an unknown order creates it
 (card and offline starts); 0x03 completes it exactly once; no update for `session_timeout`
 marks it `timeout`, from which a late 0x03 (or a 0x06) still brings it back.
+
+Legacy piles (no 0x06): their 0x04 confirmation creates the session (offline starts) or
+confirms a `starting` one, and a heartbeat that reports the port charging keeps the session
+alive, its 0x01 per-port power becoming the live `power_w`. Every live power report also
+advances `energy_kwh_estimated` (`bridge.charging.energy`).
 """
 
 from __future__ import annotations
@@ -19,10 +24,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, get_args
 
+from bridge.charging import energy
+from bridge.charging.energy import Sample
 from bridge.charging.events import (
     IGNORED,
+    Confirmed,
     Effect,
     Event,
+    PortHeartbeat,
     PowerReported,
     Settled,
     StartAccepted,
@@ -36,8 +45,8 @@ from bridge.charging.events import (
     parse_iso,
     read_record,
 )
-from bridge.charging.payloads import ChargingSessionPayload
 from bridge.charging.stats import ChargingStats
+from bridge.mqtt.payloads import ChargingSessionPayload
 
 __all__ = [
     "ACTIVE",
@@ -47,8 +56,10 @@ __all__ = [
     "STATUSES",
     "ChargingSession",
     "ChargingStats",
+    "Confirmed",
     "Effect",
     "Event",
+    "PortHeartbeat",
     "PowerReported",
     "Result",
     "SessionStatus",
@@ -97,6 +108,7 @@ class ChargingSession:
     end_time: float | None = None
     duration_s: int = 0
     energy_kwh: float = 0.0
+    energy_kwh_estimated: float = 0.0
     max_power_w: float = 0.0
     power_w: float = 0.0
     voltage_v: float | None = None
@@ -106,6 +118,10 @@ class ChargingSession:
     last_update: float
     events: tuple[Event, ...] = ()
     stop_confirmed: bool = False
+    # The estimate's last integrated power sample (bridge.charging.energy). State, not
+    # payload: read back as the newest power sample of the history, which is what it is
+    # unless the newest came less than a calculation window after it, hence not compared.
+    energy_anchor: Sample | None = dataclasses.field(default=None, compare=False)
 
     @property
     def order_no(self) -> str:
@@ -151,7 +167,12 @@ class ChargingSession:
                 data[name] = parse_iso(data[name])
         sid, dev = data["session_id"], data["device_id"]
         events = tuple(read_record(e, sid, dev) for e in data.pop("events")[-MAX_EVENTS:])
-        return cls(**data, events=events, stop_confirmed=_stop_confirmed(events))
+        return cls(
+            **data,
+            events=events,
+            stop_confirmed=_stop_confirmed(events),
+            energy_anchor=_last_sample(events),
+        )
 
 
 _HEAD: tuple[str, ...] = tuple(
@@ -167,6 +188,14 @@ def _stop_confirmed(events: Sequence[Event]) -> bool:
     return False
 
 
+def _last_sample(events: Sequence[Event]) -> Sample | None:
+    """The newest live power sample of a history (the estimate's anchor, read back)."""
+    for event in reversed(events):
+        if isinstance(event, PowerReported | PortHeartbeat) and event.power_w is not None:
+            return Sample(event.ts, event.power_w)
+    return None
+
+
 def _noted(session: ChargingSession, event: Event, **changes: Any) -> ChargingSession:
     """`session` with `changes`, the event appended to its history and `last_update` moved."""
     events = (*session.events, event)[-MAX_EVENTS:]
@@ -174,8 +203,20 @@ def _noted(session: ChargingSession, event: Event, **changes: Any) -> ChargingSe
     return dataclasses.replace(session, events=events, last_update=now, **changes)
 
 
-def _measures(event: PowerReported, session: ChargingSession) -> dict[str, Any]:
+def _estimate(
+    session: ChargingSession, ts: float, power_w: float, window: float, start: float
+) -> dict[str, Any]:
+    """The estimate's fields after a live power sample."""
+    kwh, anchor = energy.advance(
+        session.energy_kwh_estimated, session.energy_anchor, Sample(ts, power_w), window, start
+    )
+    return {"energy_kwh_estimated": kwh, "energy_anchor": anchor}
+
+
+def _measures(event: PowerReported, session: ChargingSession, window: float) -> dict[str, Any]:
+    start = event.ts - event.duration_s
     return {
+        **_estimate(session, event.ts, event.power_w, window, start),
         "power_w": event.power_w,
         "energy_kwh": event.energy_kwh,
         "duration_s": event.duration_s,
@@ -186,10 +227,13 @@ def _measures(event: PowerReported, session: ChargingSession) -> dict[str, Any]:
     }
 
 
-def _settle(session: ChargingSession, event: Settled) -> ChargingSession:
+def _settle(session: ChargingSession, event: Settled, window: float) -> ChargingSession:
+    estimate = energy.close(session.energy_kwh_estimated, session.energy_anchor, event.ts, window)
     return _noted(
         session,
         event,
+        energy_kwh_estimated=estimate,
+        energy_anchor=None,
         status="completed",
         port=event.port,
         end_time=event.ts,
@@ -208,11 +252,11 @@ def _fx(*effects: Effect) -> frozenset[Effect]:
     return frozenset((Effect.CHANGED, *effects))
 
 
-def _create(event: Event) -> Result:
+def _create(event: Event, window: float) -> Result:
     if isinstance(event, StartRequested):
         port: int | None = event.port
         status: SessionStatus = "starting"
-    elif isinstance(event, PowerReported | Settled):
+    elif isinstance(event, PowerReported | Settled | Confirmed):
         port, status = event.port, "charging"
     else:
         return None, IGNORED
@@ -225,34 +269,50 @@ def _create(event: Event) -> Result:
         last_update=event.ts,
     )
     if isinstance(event, PowerReported):
-        changed = _noted(new, event, **_measures(event, new))
+        changed = _noted(new, event, **_measures(event, new, window))
         effects = _fx(Effect.CREATED, Effect.CHARGING_STARTED, Effect.POWER_APPLIED)
         return changed, effects
     if isinstance(event, Settled):
         # Only the settlement is known: the session began `duration_s` before it.
         new = dataclasses.replace(new, start_time=event.ts - event.duration_s)
-        return _settle(new, event), _fx(Effect.CREATED, Effect.COMPLETED, Effect.STOP_APPLIED)
+        return _settle(new, event, window), _fx(
+            Effect.CREATED, Effect.COMPLETED, Effect.STOP_APPLIED
+        )
+    if isinstance(event, Confirmed):
+        # An offline start confirmed by a legacy pile: charging since `duration_s`.
+        new = dataclasses.replace(new, start_time=event.ts - event.duration_s)
+        return _noted(new, event), _fx(Effect.CREATED, Effect.CHARGING_STARTED)
     return _noted(new, event), _fx(Effect.CREATED)
 
 
-def transition(session: ChargingSession | None, event: Event) -> Result:
-    """The next state of `session` (None: unknown order) after `event`, and the effects."""
+def transition(
+    session: ChargingSession | None,
+    event: Event,
+    *,
+    energy_window: float = energy.DEFAULT_WINDOW_S,
+) -> Result:
+    """The next state of `session` (None: unknown order) after `event`, and the effects;
+    `energy_window` is the estimate's calculation window (`energy_calculation_window_s`)."""
     if session is None:
-        return _create(event)
+        return _create(event, energy_window)
     status = session.status
     if isinstance(event, Tick):
         return _tick(session, event)
     if isinstance(event, Settled):
         if status == "completed":
             return session, frozenset({Effect.DUPLICATE})
-        return _settle(session, event), _fx(Effect.COMPLETED, Effect.STOP_APPLIED)
+        return _settle(session, event, energy_window), _fx(Effect.COMPLETED, Effect.STOP_APPLIED)
+    if isinstance(event, Confirmed):
+        return _confirm(session, event)
+    if isinstance(event, PortHeartbeat):
+        return _heartbeat(session, event, energy_window)
     if isinstance(event, PowerReported):
         if status == "completed":
             return session, IGNORED
         # A power report proves the port is charging this order: it revives a timed-out
         # session and corrects a start that failed only because its reply was lost.
         next_status: SessionStatus = "stopping" if status == "stopping" else "charging"
-        changes = _measures(event, session)
+        changes = _measures(event, session, energy_window)
         if status == "failed":
             changes["stop_reason"] = None
         new = _noted(session, event, status=next_status, port=event.port, end_time=None, **changes)
@@ -283,6 +343,48 @@ def transition(session: ChargingSession | None, event: Event) -> Result:
             return session, IGNORED
         return _noted(session, event, status="charging"), _fx()
     return session, IGNORED  # StartRequested for an order that exists
+
+
+def _confirm(session: ChargingSession, event: Confirmed) -> Result:
+    """A 0x04 for a known order: it confirms a start (its 0x82 reply may come later or not
+    at all), revives a timed-out session, and otherwise only shows the order is alive."""
+    status = session.status
+    if status == "completed":
+        return session, IGNORED
+    if status in ("starting", "failed", "timeout"):
+        new = _noted(
+            session, event, status="charging", port=event.port, end_time=None, stop_reason=None
+        )
+        if status == "timeout":
+            return new, _fx()
+        return new, _fx(Effect.CHARGING_STARTED)
+    return _noted(session, event), _fx()
+
+
+def _heartbeat(session: ChargingSession, event: PortHeartbeat, window: float) -> Result:
+    """A heartbeat reported the session's port charging: the session is alive; with a
+    power (0x01), that is its live power. A `starting` session is only kept alive: the
+    start is decided by the device's reply or its 0x04."""
+    status = session.status
+    if status not in ("starting", "charging", "stopping", "timeout"):
+        return session, IGNORED
+    now = event.ts if event.at is None else event.at
+    if status == "starting" or (event.power_w is None and status != "timeout"):
+        return dataclasses.replace(session, last_update=now), _fx()
+    next_status: SessionStatus = "stopping" if status == "stopping" else "charging"
+    if event.power_w is None:  # a 0x21 reviving a timed-out session
+        return _noted(session, event, status=next_status, end_time=None), _fx()
+    changes = _estimate(session, event.ts, event.power_w, window, session.start_time)
+    new = _noted(
+        session,
+        event,
+        status=next_status,
+        end_time=None,
+        power_w=event.power_w,
+        max_power_w=max(session.max_power_w, event.power_w),
+        **changes,
+    )
+    return new, _fx(Effect.POWER_APPLIED)
 
 
 def _tick(session: ChargingSession, tick: Tick) -> Result:

@@ -22,16 +22,19 @@ from bridge.charging import model as m
 from bridge.charging.batching import Batch, Sessions
 from bridge.charging.commands import DeviceCommands, Publisher, reply_port, reply_reason
 from bridge.charging.messages import (
-    QueryRequest,
     RequestError,
-    StartRequest,
-    StopRequest,
     parse_json_object,
     parse_request,
     request_id_of,
 )
 from bridge.charging.settings import ChargingSettings
-from bridge.mqtt.payloads import StopChargingRequest, oversized
+from bridge.mqtt.payloads import (
+    ChargingQueryRequest,
+    ChargingStartRequest,
+    ChargingStopRequest,
+    StopChargingRequest,
+    oversized,
+)
 from bridge.mqtt.topics import Topics
 
 log = logging.getLogger("chargebridge.charging")
@@ -90,17 +93,17 @@ class ChargingRequests:
             request = parse_request(action, data)
             if not self.settings.session_tracking:
                 raise RequestError("session tracking is disabled in this service")
-            if isinstance(request, StartRequest):
+            if isinstance(request, ChargingStartRequest):
                 self._start(batch, request)
-            elif isinstance(request, StopRequest):
+            elif isinstance(request, ChargingStopRequest):
                 self._stop(batch, request)
-            elif isinstance(request, QueryRequest):
+            elif isinstance(request, ChargingQueryRequest):
                 session = self._target(request)
                 self.respond(action, request_id, True, session.status, session)
         except RequestError as exc:
             self.respond(action, request_id, False, str(exc))
 
-    def _target(self, request: StopRequest | QueryRequest) -> m.ChargingSession:
+    def _target(self, request: ChargingStopRequest | ChargingQueryRequest) -> m.ChargingSession:
         if request.session_id is not None:
             session = self.sessions.get(request.session_id)
             if session is None:
@@ -113,7 +116,7 @@ class ChargingRequests:
             raise RequestError(f"no session on {request.device_id} port {request.port}")
         return found
 
-    def _start(self, batch: Batch, request: StartRequest) -> None:
+    def _start(self, batch: Batch, request: ChargingStartRequest) -> None:
         order_no = request.order_no or new_order_no()
         if self.sessions.get(order_no) is not None:
             raise RequestError(f"order_no {order_no} is already used by a session")
@@ -129,7 +132,7 @@ class ChargingRequests:
         self.sessions.apply(batch, None, event)
         self._spawn(self._finish_start(request, order_no))
 
-    async def _finish_start(self, request: StartRequest, order_no: str) -> None:
+    async def _finish_start(self, request: ChargingStartRequest, order_no: str) -> None:
         reply = await self.commands.send(request.device_id, request.device_command(order_no))
         session = self.sessions.get(order_no)
         if session is not None and session.status == "starting":
@@ -147,7 +150,7 @@ class ChargingRequests:
         message = "started" if ok else f"start refused: {reply_reason(reply)}"
         self.respond("start", request.request_id, ok, message, session)
 
-    def _stop(self, batch: Batch, request: StopRequest) -> None:
+    def _stop(self, batch: Batch, request: ChargingStopRequest) -> None:
         session = self._target(request)
         new, effects = self.sessions.apply(batch, session, m.StopRequested(ts=self.clock()))
         if m.Effect.CHANGED not in effects or new is None:
@@ -161,7 +164,7 @@ class ChargingRequests:
         self._spawn(self._finish_stop(request, new, command))
 
     async def _finish_stop(
-        self, request: StopRequest, session: m.ChargingSession, command: StopChargingRequest
+        self, request: ChargingStopRequest, session: m.ChargingSession, command: StopChargingRequest
     ) -> None:
         reply = await self.commands.send(session.device_id, command)
         current = self.sessions.get(session.session_id)

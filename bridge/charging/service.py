@@ -22,8 +22,6 @@ import time
 from collections.abc import AsyncIterator, Callable
 from typing import Protocol
 
-import aiomqtt
-
 from bridge.charging import model as m
 from bridge.charging.adoption import Adopted, read_retained
 from bridge.charging.batching import Batch, Sessions, settlement_key
@@ -33,7 +31,7 @@ from bridge.charging.messages import RequestError
 from bridge.charging.requests import ChargingRequests
 from bridge.charging.settings import ChargingSettings
 from bridge.charging.store import ChargingStore
-from bridge.mqtt.client import MqttSettings, payload_bytes
+from bridge.mqtt.client import Message, MqttSettings, payload_bytes
 from bridge.mqtt.payloads import oversized
 from bridge.mqtt.topics import Topics
 
@@ -47,9 +45,9 @@ MAX_BATCH = 1000
 class MessageSource(Publisher, Protocol):
     """What the service needs of its MQTT client: publish, receive in batches, acknowledge."""
 
-    def batches(self, limit: int, every: float = 0.0) -> AsyncIterator[list[aiomqtt.Message]]: ...
+    def batches(self, limit: int, every: float = 0.0) -> AsyncIterator[list[Message]]: ...
 
-    def ack(self, message: aiomqtt.Message) -> None: ...
+    def ack(self, message: Message) -> None: ...
 
 
 class ChargingService:
@@ -68,7 +66,14 @@ class ChargingService:
         self.client = client
         self.topics = Topics(settings.base_topic)
         self.clock = clock
-        self.state = Sessions(store, self.topics, client, clock=clock)
+        self.state = Sessions(
+            store,
+            self.topics,
+            client,
+            clock=clock,
+            energy_window_s=settings.energy_calculation_window_s,
+            power_window_s=settings.power_update_window_s,
+        )
         self.commands = DeviceCommands(
             settings,
             self.topics,
@@ -135,7 +140,7 @@ class ChargingService:
             for message in messages:
                 self.client.ack(message)
 
-    def handle_batch(self, messages: list[aiomqtt.Message]) -> None:
+    def handle_batch(self, messages: list[Message]) -> None:
         """Apply a list of messages as one batch and commit it (raises if the store fails)."""
         batch = Batch()
         keys = [fingerprint(message) for message in messages]
@@ -153,7 +158,7 @@ class ChargingService:
             log.critical("cannot write the state store %s; stopping", self.store.path)
             raise
 
-    def handle(self, batch: Batch, message: aiomqtt.Message, key: str) -> None:
+    def handle(self, batch: Batch, message: Message, key: str) -> None:
         """One message; `key` is its fingerprint."""
         topic = str(message.topic)
         payload = payload_bytes(message)
@@ -165,7 +170,7 @@ class ChargingService:
         if parts is None:
             return
         device_id, rest = parts
-        if rest in ("event/port", "event/order"):
+        if rest in ("event/port", "event/order", "event/device"):
             self.handle_event(batch, topic, key, device_id, payload)
         elif rest.startswith("response/"):
             self.commands.handle_reply(payload)
@@ -195,6 +200,9 @@ class ChargingService:
                 event.port,
                 event.order_no,
             )
+        if event.ports and self.settings.session_tracking:  # a heartbeat's charging ports
+            state.apply_heartbeat(batch, key, device_id, event.ports)
+            return
         if event.event is None or not self.settings.session_tracking:
             state.count(batch, key, measured=True, total_events_processed=1)
             return
@@ -206,7 +214,7 @@ class ChargingService:
 
     def _already_settled(self, batch: Batch, event: IncomingEvent) -> bool:
         """A settlement resent after its session was cleared must not create it again."""
-        if not isinstance(event.event, m.Settled):
+        if not isinstance(event.event, m.Settled | m.Confirmed):  # a late 0x04 neither
             return False
         e = event.event
         return self.state.has_seen(batch, settlement_key(e.device_id, e.port, e.order_no))
@@ -251,6 +259,7 @@ class ChargingService:
             self.state.apply(batch, session, tick)
         if batch.changed or batch.deleted:
             self.state.flush(batch)
+        self.state.publish_due()  # power-window updates whose timer has not run yet
         self.store.prune_seen(now)
 
     async def stop(self) -> None:
@@ -272,12 +281,13 @@ def service_subscriptions(t: Topics) -> list[tuple[str, int]]:
     return [
         (t.all_port_events, 1),
         (t.all_order_events, 1),
+        (t.all_device_events, 1),  # heartbeats: legacy piles' keep-alive and live power
         *((t.device_response("+", command), 1) for command in DEVICE_COMMANDS),
         (t.all_charging_requests, 1),
     ]
 
 
-def fingerprint(message: aiomqtt.Message) -> str:
+def fingerprint(message: Message) -> str:
     """Names one message, topic and payload: a redelivery has the same fingerprint."""
     digest = hashlib.sha256(str(message.topic).encode() + b"\0" + payload_bytes(message))
     return "msg:" + digest.hexdigest()

@@ -64,6 +64,21 @@ class ChargingSettings(WebhookSettings, CommonSettings):
     session_retention_s: float = Field(
         default=86400.0, ge=0, description="seconds finished sessions stay retained"
     )
+    power_update_window_s: float = Field(
+        default=0.0,
+        ge=0,
+        le=3600,
+        description="publish power-only changes of a session at most once per this many "
+        "seconds, the latest when the window ends (status changes at once; every event is "
+        "still stored and counted); 0: every change at once; the seed used 10",
+    )
+    energy_calculation_window_s: float = Field(
+        default=60.0,
+        gt=0,
+        le=3600,
+        description="energy_kwh_estimated integrates live power at most once per this many "
+        "seconds and counts a silence for at most 10 of them",
+    )
     store: str = Field(
         default="",
         description="where sessions and statistics are kept: sqlite:///PATH (default: "

@@ -32,7 +32,9 @@ PLAIN_EVERY_S = 2.0
 
 class DemoSettings(RunSettings):
     devices: int = Field(default=5, ge=1, le=5000, description="simulated chargers")
-    kind: str = Field(default="mixed", description="2, 10, 16, legacy, mixed or mixed-legacy")
+    kind: str = Field(
+        default="mixed-legacy", description="2, 10, 16, legacy, mixed or mixed-legacy"
+    )
     speed: float = Field(
         default=600.0, gt=0, le=100_000, description="device time runs this much faster"
     )

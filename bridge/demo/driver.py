@@ -12,9 +12,7 @@ import logging
 import time
 from typing import Any
 
-import aiomqtt
-
-from bridge.mqtt.client import MqttClient, payload_bytes
+from bridge.mqtt.client import Message, MqttClient, payload_bytes
 from bridge.mqtt.topics import Topics
 
 log = logging.getLogger(__name__)
@@ -40,7 +38,7 @@ class DemoDriver:
         async for message in self.mqtt.messages:
             self.handle(message)
 
-    def handle(self, message: aiomqtt.Message) -> None:
+    def handle(self, message: Message) -> None:
         topic = str(message.topic)
         try:
             data: Any = json.loads(payload_bytes(message)) if message.payload else None

@@ -20,18 +20,27 @@ from bridge.gateway import events, requests
 from bridge.gateway.clock import Clock
 from bridge.gateway.dispatcher import CommandTimeout, DeviceOffline, Dispatcher, Reply
 from bridge.gateway.flows import Flows
+from bridge.gateway.power import Power
 from bridge.gateway.publishing import Publishing, log_failure
 from bridge.gateway.registry import Device, Registry
 from bridge.gateway.stats import GatewayStats
+from bridge.gateway.upgrade import Upgrades
+from bridge.mqtt.client import reply_properties
 from bridge.mqtt.payloads import (
     DEVICE_COMMAND_REQUESTS,
     DEVICE_ID_RE,
+    AdjustPowerRequest,
     CardReplyRequest,
     CommandResponse,
+    UpgradeFirmwareRequest,
+    describe,
     oversized,
     response,
 )
 from protocol import Frame, PayloadError, Sender, decode_payload
+
+# Served by their own units instead of `requests.plan` steps.
+_NOT_PLANNED = (CardReplyRequest, AdjustPowerRequest, UpgradeFirmwareRequest)
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +67,9 @@ class Commands:
         self.dispatcher = dispatcher
         self.flows = flows
         self.clock = clock
+        # wired by the Gateway once they exist
+        self.power: Power | None = None
+        self.upgrades: Upgrades | None = None
 
     # ------------------------------------------------------------------ replies
 
@@ -110,7 +122,7 @@ class Commands:
             )
         elif response_topic:
             futures.append(
-                mqtt.submit(response_topic, body, properties=_response_properties(properties))
+                mqtt.submit(response_topic, body, properties=reply_properties(properties))
             )
         for fut in futures:
             fut.add_done_callback(log_failure)
@@ -142,15 +154,17 @@ class Commands:
             )
         try:
             req = model.model_validate_json(payload or b"{}")
-            plan = None if isinstance(req, CardReplyRequest) else requests.plan(req)
+            plan = None if isinstance(req, _NOT_PLANNED) else requests.plan(req)
         except ValidationError as exc:
-            return response(request_id, False, "invalid", validation_message(exc))
+            return response(request_id, False, "invalid", describe(exc))
         except ValueError as exc:
             return response(request_id, False, "invalid", str(exc))
         pid = int(device_id, 16)
         dev = self.registry.devices.get(pid)
         if isinstance(req, CardReplyRequest):
             return self.flows.card_reply(dev, pid, req)
+        if dev is not None and (bad_port := port_error(dev, req)):
+            return response(request_id, False, "invalid", bad_port)
         if dev is None or not dev.online:
             return response(request_id, False, "offline", "device is not connected")
         per_minute = self.settings.max_commands_per_minute
@@ -161,9 +175,15 @@ class Commands:
             )
         if dev.queued >= MAX_QUEUED_PER_DEVICE:
             return response(request_id, False, "busy", "too many commands queued for this device")
-        assert plan is not None
+        if isinstance(req, UpgradeFirmwareRequest):
+            assert self.upgrades is not None
+            return await self.upgrades.run(dev, req, request_id)
         dev.queued += 1
         try:
+            if isinstance(req, AdjustPowerRequest):
+                assert self.power is not None
+                return await self.power.adjust(dev, req, request_id)
+            assert plan is not None
             return await self._run_plan(dev, request_id, plan)
         finally:
             dev.queued -= 1
@@ -204,21 +224,15 @@ class Commands:
         return response(request_id, True, "ok", message, code, **fields)
 
 
-def _response_properties(request_props: Any) -> Any:
-    from paho.mqtt.packettypes import PacketTypes
-    from paho.mqtt.properties import Properties
-
-    props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
-    correlation = getattr(request_props, "CorrelationData", None)
-    if correlation is not None:
-        props.CorrelationData = correlation
-    return props
-
-
 def validation_message(exc: ValidationError) -> str:
-    """A pydantic error as one line: `field: message; field: message`."""
-    parts = []
-    for err in exc.errors():
-        loc = ".".join(str(x) for x in err["loc"]) or "request"
-        parts.append(f"{loc}: {err['msg']}")
-    return "; ".join(parts)
+    """A pydantic error as one line a person can read (the contract's `describe`)."""
+    return describe(exc)
+
+
+def port_error(dev: Device, req: object) -> str | None:
+    """Why a request's port cannot exist on this charger (its known port count), or None."""
+    port = getattr(req, "port", None)
+    count = dev.port_count
+    if not isinstance(port, int) or count is None or port <= count:
+        return None
+    return f"port: this charger has {count} port{'' if count == 1 else 's'}"

@@ -8,7 +8,9 @@ metrics use:
 - `flows.Flows`: settlements (answered once the broker has the event) and card swipes;
 - `commands.Commands`: the MQTT request API and the replies to our commands;
 - `publishing.Publishing`: events and retained states;
-- `loops.Loops`: `bridge/stats` and the idle sweep.
+- `loops.Loops`: `bridge/stats` and the idle sweep;
+- `power.Power`: `adjust_power` and the site power cap (`site_power_limit_w`);
+- `upgrade.Upgrades`: `upgrade_firmware` transfers.
 
 Every frame is decoded once; that one result feeds the events, the responses and the taps.
 """
@@ -25,9 +27,11 @@ from bridge.gateway.dispatcher import Dispatcher
 from bridge.gateway.duties import Answers, Duties
 from bridge.gateway.flows import Flows
 from bridge.gateway.loops import Loops
+from bridge.gateway.power import Power
 from bridge.gateway.publishing import Publisher, Publishing
 from bridge.gateway.registry import Registry
 from bridge.gateway.stats import GatewayStats
+from bridge.gateway.upgrade import Upgrades
 from bridge.links.base import Connection
 from bridge.mqtt.payloads import CommandResponse
 from bridge.mqtt.topics import Topics
@@ -81,6 +85,14 @@ class Gateway:
         self.loops = Loops(
             settings, self.registry, self.stats, self.publishing, self.connections, self.clock
         )
+        self.power = Power(settings, self.registry, self.publishing, self.dispatcher, self.clock)
+        self.upgrades = Upgrades(settings, self.publishing, self.dispatcher)
+        self.commands.power = self.power
+        self.commands.upgrades = self.upgrades
+        self.duties.power = self.power
+        self.duties.upgrades = self.upgrades
+        self.duties.dispatcher = self.dispatcher
+        self.duties.on_status_only_changes = settings.port_status_on_change_only
         self.connections.on_upstream = self.duties.on_frame
         self.connections.on_reply = self.commands.on_reply
         self.connections.on_offline = self.dispatcher.device_gone
@@ -137,6 +149,7 @@ class Gateway:
     async def shutdown(self, flush_timeout_s: float = 5.0) -> None:
         """Publish every device offline and the bridge offline, then wait for the broker."""
         self.flows.stop()
+        await self.power.stop()
         for dev in self.registry.devices.values():
             if dev.online:
                 self.connections.offline(dev, "shutdown")

@@ -64,10 +64,15 @@ class Dispatcher:
         *,
         expect_reply: bool = True,
         context: object = None,
+        timeout_s: float | None = None,
+        resends: int = 1,
     ) -> Reply | None:
         """Send one command and return the device's reply (None if none is expected).
+        `timeout_s`/`resends` override the protocol's 15 s and one resend (firmware packets:
+        30 s, three).
 
         Raises DeviceOffline or CommandTimeout."""
+        wait_s = self.timeout_s if timeout_s is None else timeout_s
         async with dev.lock:
             wait = dev.next_send_at - time.monotonic()
             if wait > 0:
@@ -82,7 +87,7 @@ class Dispatcher:
             self._pending[key] = reply
             self._sent.put(key, context)
             try:
-                for _attempt in range(2):
+                for _attempt in range(1 + resends):
                     if not self._send(dev, frame, raw):
                         raise DeviceOffline
                     self._stats.commands_sent += 1
@@ -90,7 +95,7 @@ class Dispatcher:
                     if not expect_reply:
                         return None
                     try:
-                        async with asyncio.timeout(self.timeout_s):
+                        async with asyncio.timeout(wait_s):
                             return await asyncio.shield(reply)
                     except TimeoutError:
                         continue

@@ -8,6 +8,7 @@ publish nothing. Settlements and card swipes, answered later, go to `flows`.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import protocol as p
@@ -15,10 +16,20 @@ from bridge.gateway import events
 from bridge.gateway.clock import Clock
 from bridge.gateway.connections import Connections
 from bridge.gateway.dedup import BoundedTtlMap
+from bridge.gateway.dispatcher import Reply
 from bridge.gateway.publishing import Publishing
 from bridge.gateway.registry import Device
+from bridge.gateway.requests import reply_fields
 from bridge.gateway.stats import GatewayStats
 from protocol import Frame, PayloadError, Sender, decode_payload
+from protocol.commands.field import (
+    FSK_PARAMS,
+    HostUpgradeRequest,
+    answer_fsk_params_request,
+    answer_host_upgrade_request,
+)
+
+log = logging.getLogger(__name__)
 
 RECENT_FRAMES = 50_000
 RECENT_TTL_S = 600.0
@@ -60,6 +71,10 @@ class Answers:
         """A later resend must be handled anew (its settlement was not published)."""
         self._recent.pop(key)
 
+    def remember(self, frame: Frame, out: Frame, raw: bytes) -> None:
+        """Record `out` as the answer to `frame` (for resends) without writing it."""
+        self._recent.update(frame_key(frame), (out, raw))
+
     def answer(self, dev: Device, frame: Frame, payload: p.Payload) -> None:
         """Send the reply to `frame` and remember it for resends."""
         out = reply_frame(frame, payload)
@@ -86,8 +101,15 @@ class Duties:
         self.clock = clock
         self.flows = flows  # bridge.gateway.flows.Flows (settlement, card swipes)
         self.answers = answers
+        self.on_status_only_changes = False  # `port_status_on_change_only`
+        # wired by the Gateway once they exist
+        self.upgrades: Any = None  # bridge.gateway.upgrade.Upgrades
+        self.power: Any = None  # bridge.gateway.power.Power
+        self.dispatcher: Any = None  # bridge.gateway.dispatcher.Dispatcher
 
     def on_frame(self, dev: Device, frame: Frame) -> None:
+        if self.upgrades is not None:
+            self.upgrades.seen(dev)
         key = frame_key(frame)
         if key in self.answers:
             self.stats.duplicates += 1
@@ -147,19 +169,96 @@ class Duties:
             case p.PortPowerReport():
                 self.publishing.port_state(dev, events.power_port_state(payload))
                 event(dev, "port", events.power(dev, gw, frame, payload))
+                self._observe_power()
                 return None
             case p.Alarm():
                 event(dev, "device", events.alarm(dev, gw, frame, payload))
                 return None
-            case _:
+            case p.UpgradeRequest() | p.LegacyUpgradeRequest():
+                # 0x05 is not answered; during an F8 transfer it restarts it at packet 1.
+                event(dev, "device", events.upgrade_request(dev, gw, frame, payload))
+                self._restart_upgrade(dev)
+                return None
+            case HostUpgradeRequest():
+                event(dev, "device", events.upgrade_request(dev, gw, frame, payload))
+                self._restart_upgrade(dev)
+                return answer_host_upgrade_request(payload)
+            case p.UpgradeReply():
+                self._host_upgrade(dev, frame, payload)
+                return None
+            case p.HostStatus():
+                event(dev, "device", events.host_status(dev, gw, frame, payload))
+                return None
+            case p.ExtensionVersions():
+                event(dev, "device", events.extension_versions(dev, gw, frame, payload))
+                return None
+            case p.CabinetHeartbeat():
+                event(dev, "device", events.cabinet_heartbeat(dev, gw, frame, payload))
+                return None
+            case p.ChargeFinished():
+                event(dev, "device", events.charge_finished(dev, gw, frame, payload))
+                return None
+            case p.PortPush():
+                event(dev, "device", events.port_push(dev, gw, frame, payload))
+                return None
+            case p.FskParamsRequest():
+                self._fsk_params(dev, frame, payload)
+                return None
+            case p.RawPayload():
                 event(dev, "device", events.unknown(dev, gw, frame))
                 return None
+            case _:
+                # A documented layout without an event of its own (0x00, 0x09, 0x0A, a
+                # host's 0x3A result): its decoded fields.
+                fields = reply_fields(payload)
+                event(dev, "device", events.frame_fields(dev, gw, frame, fields))
+                return None
+
+    def _observe_power(self) -> None:
+        if self.power is not None:
+            self.power.observe()
+
+    def _restart_upgrade(self, dev: Device) -> None:
+        if self.upgrades is not None and self.upgrades.restart(dev):
+            log.info("upgrade restarts at packet 1", extra={"device_id": dev.device_id})
+
+    def _host_upgrade(self, dev: Device, frame: Frame, reply: p.UpgradeReply) -> None:
+        """A host's 0xFA: the answer to one of our 0xFA frames, or its own request for the
+        firmware (packet 0), after which the transfer restarts at packet 1."""
+        if self.dispatcher is not None:
+            waited, _ = self.dispatcher.on_reply(Reply(frame, reply))
+            if waited:
+                return
+        if reply.is_request:
+            gw = self.publishing.gateway_id
+            self.publishing.event(dev, "device", events.upgrade_request(dev, gw, frame, reply))
+            self._restart_upgrade(dev)
+
+    def _fsk_params(self, dev: Device, frame: Frame, req: p.FskParamsRequest) -> None:
+        """0x3B is answered by a 0x3A command with the same message id (reference 0x3B),
+        naming every extension on the host's connection."""
+        cs = self.connections.registry.conns.get(dev.conn.id) if dev.conn is not None else None
+        ids = tuple(sorted(pid for pid in (cs.devices if cs else ()) if pid != dev.physical_id))
+        answer = answer_fsk_params_request(req, ids)
+        gw = self.publishing.gateway_id
+        self.publishing.event(dev, "device", events.fsk_params(dev, gw, frame, answer))
+        out = Frame(frame.physical_id, frame.message_id, FSK_PARAMS, answer.encode())
+        raw = out.encode()
+        self.answers.remember(frame, out, raw)
+        self.connections.write(dev, out, raw)
 
     def _heartbeat(self, dev: Device, frame: Frame, hb: Any) -> None:
         gw = self.publishing.gateway_id
         events.apply_heartbeat(dev, hb)
         for state in events.heartbeat_port_states(hb):
+            old = dev.ports.get(state.port)
             self.publishing.port_state(dev, state)
+            unchanged = old is not None and old.status_code == state.status_code
+            if unchanged and self.on_status_only_changes:
+                self.stats.status_events_suppressed += 1
+                continue
             self.publishing.event(dev, "port", events.port_status(dev, gw, frame, state))
+        if not isinstance(hb, p.HostHeartbeat):
+            self._observe_power()  # 0x01 powers, and ports that stopped charging
         self.publishing.event(dev, "device", events.heartbeat(dev, gw, frame, hb))
         self.publishing.device_state(dev)

@@ -9,32 +9,44 @@ import protocol as p
 from bridge.gateway.registry import Device
 from bridge.mqtt.payloads import (
     AlarmEvent,
+    CabinetHeartbeatEvent,
     CardSwipeEvent,
+    ChargeFinishedEvent,
     DeviceOfflineEvent,
     DeviceOnlineEvent,
+    ExtensionVersion,
+    ExtensionVersionsEvent,
+    FrameEvent,
+    FskParamsEvent,
     HeartbeatEvent,
     HeartbeatPort,
+    HostStatusEvent,
     OrderConfirmedEvent,
     OrderResultEvent,
     OrderSettledEvent,
     PortPowerEvent,
+    PortPushEvent,
     PortState,
     PortStatusEvent,
     RegisterEvent,
     TimeSyncEvent,
     UnknownEvent,
+    UpgradeRequestEvent,
     iso_utc,
 )
+from protocol import units
 from protocol.enums import (
     alarm_type_name,
     card_type_name,
     charge_result_executed,
     charge_result_name,
     charging_status_name,
+    device_type_name,
     port_status_name,
+    push_type_name,
     stop_reason_name,
 )
-from protocol.ids import order_no_hex
+from protocol.ids import device_id, order_no_hex
 
 # API.md names the 0x03/0x04/0x06 start modes `offline`, `online`, `code`.
 _START_MODES = {0: "offline", 1: "online", 3: "code"}
@@ -73,6 +85,7 @@ def offline(dev: Device, gw: str, reason: str) -> DeviceOfflineEvent:
 def apply_registration(dev: Device, reg: p.Registration) -> None:
     dev.firmware = firmware(reg.firmware)
     dev.port_count = reg.port_count
+    dev.device_type = reg.device_type
 
 
 def register(dev: Device, gw: str, frame: p.Frame, reg: p.Registration) -> RegisterEvent:
@@ -96,6 +109,7 @@ def apply_heartbeat(dev: Device, hb: Heartbeats) -> None:
     if isinstance(hb, p.HostHeartbeat):
         dev.firmware = firmware(hb.firmware)
         dev.signal = hb.signal
+        dev.host_type = hb.host_type
         if hb.iccid:
             dev.iccid = hb.iccid
         return
@@ -124,6 +138,7 @@ def heartbeat_port_states(hb: Heartbeats) -> list[PortState]:
             power_w=power,
             order_no=None,
             updated_at=now,
+            measured_at=now if power is not None else None,
         )
         for i, (code, power) in enumerate(zip(hb.port_statuses, powers, strict=True))
     ]
@@ -180,6 +195,114 @@ def alarm(dev: Device, gw: str, frame: p.Frame, a: p.Alarm) -> AlarmEvent:
     )
 
 
+def upgrade_request(dev: Device, gw: str, frame: p.Frame, req: Any) -> UpgradeRequestEvent:
+    """0x05 (either layout), 0x15, or a host's 0xFA request."""
+    if isinstance(req, p.UpgradeRequest):
+        return UpgradeRequestEvent(
+            **_common(dev, gw, frame),
+            device_type=device_type_name(req.device_type),
+            device_type_code=req.device_type,
+            firmware=firmware(req.firmware),
+            package_type=req.package_type,
+        )
+    return UpgradeRequestEvent(**_common(dev, gw, frame), data_hex=frame.data.hex().upper())
+
+
+def host_status(dev: Device, gw: str, frame: p.Frame, h: p.HostStatus) -> HostStatusEvent:
+    return HostStatusEvent(
+        **_common(dev, gw, frame),
+        breaker_closed=h.breaker_state == 1,
+        temperature_c=units.celsius(h.temperature),
+        voltage_v=h.voltage_v,
+        current_a=h.current_a,
+        energy_kwh=h.energy_kwh,
+        meter_current_a=units.centiamps(h.meter_current),
+        meter_energy_kwh=units.kwh(h.meter_energy),
+        smoke_alarm=h.smoke_alarm == 1,
+        alarm_relay=h.alarm_relay == 1,
+        leakage_current_ma=h.leakage_current,
+        live_temperature_c=units.celsius(h.live_temperature),
+        neutral_temperature_c=units.celsius(h.neutral_temperature),
+        breaker_locked=h.breaker_lock == 1,
+        breaker_model=h.breaker_model,
+    )
+
+
+def extension_versions(
+    dev: Device, gw: str, frame: p.Frame, v: p.ExtensionVersions
+) -> ExtensionVersionsEvent:
+    return ExtensionVersionsEvent(
+        **_common(dev, gw, frame),
+        extensions=[
+            ExtensionVersion(
+                extension_type=device_type_name(r.extension_type),
+                extension_type_code=r.extension_type,
+                lowest_firmware=firmware(r.lowest_version),
+                device_id=device_id(r.physical_id),
+            )
+            for r in v.records
+        ],
+    )
+
+
+def _bits(bitmap: int, count: int) -> list[int]:
+    """1-based ports whose bit is set (bit i = wire port i)."""
+    return [i + 1 for i in range(min(count, 32)) if bitmap >> i & 1]
+
+
+def cabinet_heartbeat(
+    dev: Device, gw: str, frame: p.Frame, c: p.CabinetHeartbeat
+) -> CabinetHeartbeatEvent:
+    return CabinetHeartbeatEvent(
+        **_common(dev, gw, frame),
+        port_count=c.port_count,
+        doors_open=_bits(c.doors, c.port_count),
+        fans_on=_bits(c.fans, c.port_count),
+    )
+
+
+def charge_finished(
+    dev: Device, gw: str, frame: p.Frame, f: p.ChargeFinished
+) -> ChargeFinishedEvent:
+    return ChargeFinishedEvent(
+        **_common(dev, gw, frame),
+        port=_port(f.port),
+        order_no=order_no_hex(f.order_no),
+        duration_s=f.duration_s,
+        max_power_w=f.max_power_w,
+        energy_kwh=f.energy_kwh,
+        start_mode=start_mode_name(f.start_mode),
+        start_mode_code=f.start_mode,
+        card_id=f.card_id.hex().upper(),
+        stop_reason=stop_reason_name(f.stop_reason),
+        stop_reason_code=f.stop_reason,
+    )
+
+
+def port_push(dev: Device, gw: str, frame: p.Frame, push: p.PortPush) -> PortPushEvent:
+    return PortPushEvent(
+        **_common(dev, gw, frame),
+        port=_port(push.port),
+        push=push_type_name(push.push_type),
+        push_code=push.push_type,
+        order_no=order_no_hex(push.order_no),
+    )
+
+
+def fsk_params(dev: Device, gw: str, frame: p.Frame, answer: p.FskParams) -> FskParamsEvent:
+    return FskParamsEvent(
+        **_common(dev, gw, frame),
+        frequency_mhz=answer.frequency,
+        extension_ids=[device_id(i) for i in answer.extension_ids],
+    )
+
+
+def frame_fields(dev: Device, gw: str, frame: p.Frame, fields: dict[str, Any]) -> FrameEvent:
+    return FrameEvent(
+        **_common(dev, gw, frame), command_name=p.command_name(frame.command), fields=fields
+    )
+
+
 def unknown(dev: Device, gw: str, frame: p.Frame, error: str | None = None) -> UnknownEvent:
     return UnknownEvent(
         **_common(dev, gw, frame),
@@ -206,13 +329,20 @@ def port_status(dev: Device, gw: str, frame: p.Frame, state: PortState) -> PortS
 
 
 def power_port_state(r: p.PortPowerReport) -> PortState:
+    now = iso_utc()
     return PortState(
         port=_port(r.port),
         status=charging_status_name(r.status),
         status_code=r.status,
         power_w=r.power_w,
         order_no=order_no_hex(r.order_no),
-        updated_at=iso_utc(),
+        updated_at=now,
+        energy_kwh=r.energy_kwh,
+        voltage_v=r.voltage_v,
+        current_a=r.current_a,
+        temperature_c=r.ambient_temperature_c,
+        port_temperature_c=r.port_temperature_c,
+        measured_at=now,
     )
 
 

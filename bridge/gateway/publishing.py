@@ -19,6 +19,19 @@ from bridge.mqtt.topics import Topics
 log = logging.getLogger(__name__)
 
 CHARGING_CODES = (1, 5)  # charging, float charging: same codes in 0x01/0x21 and 0x06
+MEASUREMENTS = (
+    "energy_kwh",
+    "voltage_v",
+    "current_a",
+    "temperature_c",
+    "port_temperature_c",
+    "measured_at",
+)
+
+
+def _same(a: PortState, b: PortState) -> bool:
+    """Equal but for `updated_at` (a heartbeat repeating the state publishes nothing)."""
+    return a.model_dump(exclude={"updated_at"}) == b.model_dump(exclude={"updated_at"})
 
 
 class Publisher(Protocol):
@@ -71,20 +84,25 @@ class Publishing:
 
     def port_state(self, dev: Device, state: PortState) -> None:
         """Publish a port state when it changed. Heartbeats carry no order number (0x21 no
-        power either): while the port keeps charging, the values from 0x06 stay."""
+        power either): while the port keeps charging, the values from 0x06 stay. The latest
+        measurements (energy, voltage, current, temperatures, `measured_at`) stay whatever the
+        status, so a late subscriber sees them at once; `measured_at` tells their age."""
         old = dev.ports.get(state.port)
-        if old is not None and state.status_code in CHARGING_CODES:
-            keep: dict[str, Any] = {}
-            if state.power_w is None:
-                keep["power_w"] = old.power_w
-            if state.order_no is None:
-                keep["order_no"] = old.order_no
-            state = state.model_copy(update=keep)
-        if old is not None and (old.status_code, old.power_w, old.order_no) == (
-            state.status_code,
-            state.power_w,
-            state.order_no,
-        ):
+        if old is not None:
+            keep: dict[str, Any] = {
+                name: getattr(old, name)
+                for name in MEASUREMENTS
+                if getattr(state, name) is None and getattr(old, name) is not None
+            }
+            if state.status_code in CHARGING_CODES:
+                if state.power_w is None:
+                    keep["power_w"] = old.power_w
+                    keep.setdefault("measured_at", old.measured_at)
+                if state.order_no is None:
+                    keep["order_no"] = old.order_no
+            if keep:
+                state = state.model_copy(update=keep)
+        if old is not None and _same(old, state):
             return
         dev.ports[state.port] = state
         self.submit(self.topics.port(dev.device_id, state.port), state, retain=True)

@@ -10,10 +10,12 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from bridge.links.base import Connection
 from bridge.mqtt.payloads import DeviceState, PortState, iso_utc
+from protocol.enums import device_type_name, host_type_name
 from protocol.ids import device_id, device_kind, device_number
 
 
@@ -42,6 +44,8 @@ class Device:
     last_seen: float | None = None  # unix time
     last_rx: float = 0.0  # monotonic
     seen_0x21: bool = False
+    device_type: int | None = None  # from 0x20 (A.2)
+    host_type: int | None = None  # from 0x11 (A.3)
     ports: dict[int, PortState] = field(default_factory=dict)  # 1-based
     # command channel: one command in flight, spacing between commands
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
@@ -79,7 +83,15 @@ class Device:
             temperature_c=self.temperature_c,
             last_seen=iso_utc(self.last_seen) if self.last_seen is not None else None,
             gateway_id=gateway_id,
+            device_type=_name(device_type_name, self.device_type),
+            device_type_code=self.device_type,
+            host_type=_name(host_type_name, self.host_type),
+            host_type_code=self.host_type,
         )
+
+
+def _name(namer: Callable[[int], str], code: int | None) -> str | None:
+    return None if code is None else namer(code)
 
 
 MAX_DEVICES = 100_000

@@ -25,6 +25,7 @@ class GatewayStats:
     device_limit_frames: int = 0
     commands_rate_limited: int = 0
     events_dropped: int = 0
+    status_events_suppressed: int = 0
     started: float = field(default_factory=time.monotonic)
 
     def counters(self, connections: int, devices_online: int) -> dict[str, int]:

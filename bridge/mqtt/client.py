@@ -26,108 +26,32 @@ import math
 import ssl
 import weakref
 from collections.abc import AsyncIterator, Callable, Coroutine
-from typing import Any, Literal
-from urllib.parse import unquote, urlsplit
+from typing import Any
 
 import aiomqtt
 import paho.mqtt.client as paho
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
-from pydantic import BaseModel, Field, field_validator
 
+from bridge.mqtt import _private
 from bridge.mqtt.outbox import Outbox, OutboxMessage
-from bridge.mqtt.paho_speedups import (
-    read_everything_available,
-    share_property_tables,
-    write_in_bulk,
-)
+from bridge.mqtt.settings import MqttSettings, Will
+
+__all__ = [
+    "Message",
+    "MessageDropped",
+    "MqttClient",
+    "MqttSettings",  # defined in bridge.mqtt.settings; importable from here as before
+    "Payload",
+    "Will",
+    "payload_bytes",
+    "reply_properties",
+]
 
 log = logging.getLogger("chargebridge.mqtt")
-share_property_tables()
 
 BACKOFF_INITIAL_S = 1.0
 BACKOFF_MAX_S = 30.0
-
-
-class Will(BaseModel):
-    topic: str
-    payload: bytes
-    retain: bool = True
-    qos: int = 1
-
-
-class MqttSettings(BaseModel):
-    """How to reach the broker; `url` carries credentials and TLS (`mqtts://`)."""
-
-    url: str = Field(
-        "mqtt://127.0.0.1:1883",
-        description="Broker URL: mqtt://[user:password@]host[:port], mqtts:// for TLS.",
-    )
-    client_id: str = ""
-    clean_start: bool = True
-    session_expiry_s: int | None = None
-    keepalive_s: int = 30
-    protocol: Literal["5", "3.1.1"] = "5"
-    will: Will | None = None
-    manual_ack: bool = False
-    tls_ca_file: str | None = None
-    tls_insecure: bool = False
-    max_inflight: int = 100
-    # MQTT v5 Receive Maximum: QoS 1 messages the broker may send us unacknowledged (else
-    # the broker's own limit, Mosquitto's max_inflight_messages, 20 by default). A consumer
-    # that acknowledges after processing handles at most this many per batch.
-    receive_maximum: int | None = None
-
-    @field_validator("url")
-    @classmethod
-    def _check_url(cls, value: str) -> str:
-        parts = urlsplit(value)
-        if parts.scheme not in ("mqtt", "mqtts"):
-            raise ValueError(f"scheme must be mqtt:// or mqtts://, not {parts.scheme!r}://")
-        if not parts.hostname:
-            raise ValueError("the URL has no host")
-        try:
-            _ = parts.port
-        except ValueError as exc:
-            raise ValueError(f"bad port: {exc}") from None
-        return value
-
-    @property
-    def host(self) -> str:
-        return urlsplit(self.url).hostname or "127.0.0.1"
-
-    @property
-    def port(self) -> int:
-        parts = urlsplit(self.url)
-        return parts.port or (8883 if parts.scheme == "mqtts" else 1883)
-
-    @property
-    def tls(self) -> bool:
-        return urlsplit(self.url).scheme == "mqtts"
-
-    @property
-    def username(self) -> str | None:
-        user = urlsplit(self.url).username
-        return unquote(user) if user else None
-
-    @property
-    def password(self) -> str | None:
-        pw = urlsplit(self.url).password
-        return unquote(pw) if pw is not None else None
-
-    @property
-    def v5(self) -> bool:
-        return self.protocol == "5"
-
-    def redacted_url(self) -> str:
-        """The URL without the password, for logs."""
-        parts = urlsplit(self.url)
-        if parts.password is None:
-            return self.url
-        netloc = f"{parts.username}:***@{parts.hostname}"
-        if parts.port:
-            netloc += f":{parts.port}"
-        return parts._replace(netloc=netloc).geturl()
 
 
 class MessageDropped(Exception):
@@ -135,6 +59,7 @@ class MessageDropped(Exception):
 
 
 Payload = bytes | str
+Message = aiomqtt.Message  # what `messages` and `batches()` hand out, for type annotations
 
 
 class MqttClient:
@@ -149,6 +74,7 @@ class MqttClient:
         max_incoming: int = 10_000,
         outbox: Outbox | None = None,
     ) -> None:
+        _private.install()
         self.settings = settings
         self.subscriptions = list(subscriptions or [])
         self.on_connect = on_connect
@@ -314,7 +240,7 @@ class MqttClient:
         this one (and the consumer recognises the redelivery)."""
         client = self._came_on.pop(message, None)
         if client is not None and client is self._client:
-            client._client.ack(message.mid, message.qos)
+            _private.paho_client(client).ack(message.mid, message.qos)
 
     # --- internals ------------------------------------------------------------------
     def _make_client(self) -> aiomqtt.Client:
@@ -356,10 +282,9 @@ class MqttClient:
             max_inflight_messages=s.max_inflight,
             **kwargs,
         )
-        read_everything_available(client._client)
-        write_in_bulk(client._client)
+        inner = _private.speed_up(client)
         if s.manual_ack:
-            client._client.manual_ack_set(True)
+            inner.manual_ack_set(True)
         return client
 
     async def _connection_loop(self) -> None:
@@ -381,7 +306,7 @@ class MqttClient:
                     backoff,
                 )
             finally:
-                lost = client._disconnected
+                lost = _private.connection_lost(client)
                 if lost.done() and not lost.cancelled():
                     lost.exception()  # logged above; retrieved so asyncio does not log it again
                 self._client = None
@@ -400,7 +325,7 @@ class MqttClient:
                 # Incoming messages wait in aiomqtt's queue until this is done. Race it
                 # against the connection: publishes awaited in it cannot finish offline.
                 task = asyncio.create_task(self.on_connect(), name="mqtt-on-connect")
-                lost = client._disconnected  # aiomqtt exposes no public "disconnected" hook
+                lost = _private.connection_lost(client)
                 await asyncio.wait((task, lost), return_when=asyncio.FIRST_COMPLETED)
                 if not task.done():
                     task.cancel()
@@ -411,10 +336,9 @@ class MqttClient:
             messages = client.messages
             async for message in messages:
                 await self._deliver(client, message)
-                # aiomqtt's iterator costs a task and a loop turn per message; take what
-                # else has arrived directly, so a consumer sees it as one batch.
+                # What else has arrived, taken at once: a consumer sees it as one batch.
                 for _ in range(len(messages)):
-                    await self._deliver(client, client._queue.get_nowait())
+                    await self._deliver(client, _private.take_received(client))
         finally:
             sender.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -448,7 +372,7 @@ class MqttClient:
         `wait_for` and a scan of every pending call per message, which was a fifth of the
         gateway's CPU at 5,000 events/s. paho's `on_publish` (the PUBACK) completes them.
         """
-        inner = client._client  # aiomqtt exposes no publish without a task per message
+        inner = _private.paho_client(client)
         pending: dict[int, OutboxMessage] = {}  # by paho message id, this connection only
         chained = inner.on_publish
 
@@ -507,3 +431,12 @@ def payload_bytes(message: aiomqtt.Message) -> bytes:
     if isinstance(raw, bytes | bytearray):
         return bytes(raw)
     return b"" if raw is None else str(raw).encode()
+
+
+def reply_properties(request_properties: Any) -> Properties:
+    """MQTT v5 properties of a response: the request's CorrelationData, if it had one."""
+    props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+    correlation = getattr(request_properties, "CorrelationData", None)
+    if correlation is not None:
+        props.CorrelationData = correlation
+    return props

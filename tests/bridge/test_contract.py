@@ -15,6 +15,7 @@ NOT_A_TOPIC = {
     "MqttPayload",
     "EventBase",
     "HeartbeatPort",
+    "ExtensionVersion",
     "CommandRequest",
     "ChargingRequest",
     "ChargingTarget",

@@ -17,11 +17,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from bridge.charging.messages import REQUESTS, RequestError, parse_json_object, parse_request
+from bridge.charging.messages import RequestError, parse_json_object, parse_request
 from bridge.config import GatewaySettings
 from bridge.gateway.core import Gateway
 from bridge.mqtt.client import MqttClient, MqttSettings
-from bridge.mqtt.payloads import DEVICE_COMMAND_REQUESTS, MAX_REQUEST_BYTES
+from bridge.mqtt.payloads import CHARGING_REQUESTS, DEVICE_COMMAND_REQUESTS, MAX_REQUEST_BYTES
 from bridge.mqtt.topics import Topics
 from tests.bridge.charging.harness import running_service, settings_for, watcher
 from tests.bridge.helpers import FakeDevice, gateway_settings, mqtt_collector, running_gateway
@@ -54,7 +54,7 @@ json_values = st.recursive(
 KEYS = sorted(
     {
         name
-        for m in (*DEVICE_COMMAND_REQUESTS.values(), *REQUESTS.values())
+        for m in (*DEVICE_COMMAND_REQUESTS.values(), *CHARGING_REQUESTS.values())
         for name in m.model_fields
     }
 )
@@ -89,7 +89,7 @@ def test_gateway_answers_any_request(command: str, body: Any, raw: bytes) -> Non
 
 
 @settings(max_examples=600, deadline=None)
-@given(action=st.sampled_from([*REQUESTS, "nope"]), body=request_bodies | json_values)
+@given(action=st.sampled_from([*CHARGING_REQUESTS, "nope"]), body=request_bodies | json_values)
 def test_charging_service_parses_any_request(action: str, body: Any) -> None:
     try:
         parse_request(action, parse_json_object(encode(body)))

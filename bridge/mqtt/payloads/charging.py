@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictStr, model_validator
 
-from bridge.mqtt.payloads.commands import StartFields, StartMode
+from bridge.mqtt.payloads.commands import StartChargingRequest, StartFields, StartMode
 from bridge.mqtt.payloads.common import DeviceId, MqttPayload, PortNumber, SessionId
 
 
@@ -35,10 +35,11 @@ class ChargingStartRequest(StartFields, _OnDevice):
 
     mode: StartMode = "full"
 
-    def device_command(self, order_no: str, request_id: str) -> dict[str, Any]:
-        """The `start_charging` device request (API.md section 5)."""
+    def device_command(self, order_no: str) -> StartChargingRequest:
+        """The `start_charging` device request (API.md section 5), with the fields this
+        request gave (validated to the same bounds here, so not validated again)."""
         fields = self.model_dump(exclude={"request_id", "order_no", "device_id"}, exclude_none=True)
-        return {"request_id": request_id, "order_no": order_no, **fields}
+        return StartChargingRequest.model_construct(order_no=order_no, **fields)
 
 
 class ChargingTarget(ChargingRequest):
@@ -77,7 +78,11 @@ CHARGING_REQUESTS: dict[str, type[ChargingRequest]] = {
 
 
 class ChargingSessionPayload(MqttPayload):
-    """`{b}/sessions/{session_id}`, retained; cleared (empty) after `session_retention_s`."""
+    """`{b}/sessions/{session_id}`, retained; cleared (empty) after `session_retention_s`.
+
+    Also where the session payload's keys and their order come from: `ChargingSession` writes
+    its fields in this order and reads a payload back through this model
+    (bridge/charging/model.py)."""
 
     session_id: str = Field(description="equal to order_no, 32 upper-case hex digits")
     device_id: str
@@ -87,7 +92,14 @@ class ChargingSessionPayload(MqttPayload):
     start_time: str
     end_time: str | None
     duration_s: int
-    energy_kwh: float
+    energy_kwh: float = Field(
+        description="the device's own figure (0x06: so far, 0x03: settled), the billing one"
+    )
+    energy_kwh_estimated: float = Field(
+        default=0.0,
+        description="integrated from the live power reports (0x06, 0x01 heartbeats) every "
+        "energy_calculation_window_s; beside energy_kwh, never instead of it",
+    )
     max_power_w: float
     power_w: float
     voltage_v: float | None

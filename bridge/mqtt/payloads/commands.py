@@ -172,6 +172,38 @@ class RawRequest(CommandRequest):
         return value
 
 
+class AdjustPowerRequest(CommandRequest):
+    """Change a running order's power limit: 0x85 overload power (0.1 W, per port; the
+    reference has no per-order power command after the start). 0x85 is the device's setting,
+    so it bounds every port of the charger, and it also carries the max charge time, which the
+    gateway reads first (0x92) and sends back unchanged."""
+
+    port: PortNumber
+    order_no: OrderNo
+    max_power_w: Annotated[float, Field(gt=0, le=2000)] = Field(
+        description="watts; the device refuses more than its limit (2000 W dual/multi-port)"
+    )
+
+
+FIRMWARE_FILE_RE = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
+
+
+class UpgradeFirmwareRequest(CommandRequest):
+    """Firmware upgrade from an image in the gateway's `firmware_dir`: 0xE0 (with the check
+    packet) or 0xF8 by the device type of its 0x20, 0xFA/0xF9 for hosts. The response comes
+    when the transfer ended; `upgrade_progress` events report on the way."""
+
+    file: Annotated[str, Field(pattern=FIRMWARE_FILE_RE)] = Field(
+        description="a plain file name inside firmware_dir (no directories)"
+    )
+    target: Literal["device", "host", "extension"] = "device"
+    version: Annotated[str, Field(pattern=r"^\d{1,3}\.\d{2}$")] | None = Field(
+        default=None,
+        description='firmware version the image installs, e.g. "2.16", for the 0xE0 check '
+        "packet; default: the device's current version",
+    )
+
+
 class CardReplyRequest(CommandRequest):
     """Answer to a `card_swipe` event when `card_policy = authorize`."""
 
@@ -200,6 +232,8 @@ DEVICE_COMMAND_REQUESTS: dict[str, type[CommandRequest]] = {
     "read_params": ReadParamsRequest,
     "raw": RawRequest,
     "card_reply": CardReplyRequest,
+    "adjust_power": AdjustPowerRequest,
+    "upgrade_firmware": UpgradeFirmwareRequest,
 }
 
 

@@ -4,7 +4,7 @@ per event `type`, with a discriminated union per event topic for readers."""
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field, TypeAdapter
 
@@ -28,6 +28,12 @@ class DeviceState(MqttPayload):
     temperature_c: float | None
     last_seen: str | None
     gateway_id: str
+    device_type: str | None = Field(
+        default=None, description="0x20 device type name (A.2), e.g. new_485_dual_mode"
+    )
+    device_type_code: int | None = None
+    host_type: str | None = Field(default=None, description="0x11 host type name (A.3)")
+    host_type_code: int | None = None
 
 
 class PortState(MqttPayload):
@@ -39,6 +45,14 @@ class PortState(MqttPayload):
     power_w: float | None
     order_no: str | None
     updated_at: str
+    energy_kwh: float | None = Field(default=None, description="order total, from 0x06")
+    voltage_v: float | None = None
+    current_a: float | None = None
+    temperature_c: float | None = None
+    port_temperature_c: float | None = None
+    measured_at: str | None = Field(
+        default=None, description="when the measurements above were reported (0x06 or 0x01)"
+    )
 
 
 # --------------------------------------------------------------------------- events
@@ -208,6 +222,132 @@ class AlarmEvent(EventBase):
     inputs: int
 
 
+class UpgradeRequestEvent(EventBase):
+    """From 0x05 (device), 0x15 (old 485 host) or an 0xFA request from a host: the device asks
+    for firmware; a running upgrade of it restarts at packet 1."""
+
+    type: Literal["upgrade_request"] = "upgrade_request"
+    device_type: str | None = None
+    device_type_code: int | None = None
+    firmware: str | None = Field(default=None, description="installed version (2024 layout)")
+    package_type: int | None = None
+    data_hex: str = Field(default="", description="the undocumented data of older forms")
+
+
+class HostStatusEvent(EventBase):
+    """From 0x17 (hosts, every 30 min). Bicycle-pile hosts fill the fields up to
+    `smoke_alarm` only."""
+
+    type: Literal["host_status"] = "host_status"
+    breaker_closed: bool
+    temperature_c: float | None
+    voltage_v: float
+    current_a: float
+    energy_kwh: float
+    meter_current_a: float
+    meter_energy_kwh: float
+    smoke_alarm: bool
+    alarm_relay: bool
+    leakage_current_ma: int
+    live_temperature_c: float | None
+    neutral_temperature_c: float | None
+    breaker_locked: bool
+    breaker_model: int
+
+
+class ExtensionVersion(BaseModel):
+    extension_type: str
+    extension_type_code: int
+    lowest_firmware: str
+    device_id: str = Field(description="the extension that has the lowest version")
+
+
+class ExtensionVersionsEvent(EventBase):
+    """From 0x35: per extension type, the lowest firmware among the host's extensions."""
+
+    type: Literal["extension_versions"] = "extension_versions"
+    extensions: list[ExtensionVersion]
+
+
+class CabinetHeartbeatEvent(EventBase):
+    """From 0x41 (cabinets): 1-based ports whose door is open and whose fan runs (bit i of the
+    little-endian bitmaps = wire port i; the vendor does not state the bit order)."""
+
+    type: Literal["cabinet_heartbeat"] = "cabinet_heartbeat"
+    port_count: int
+    doors_open: list[int]
+    fans_on: list[int]
+
+
+class ChargeFinishedEvent(EventBase):
+    """From 0x43 (cabinets): charging ended, not settled; the settlement (0x03) follows."""
+
+    type: Literal["charge_finished"] = "charge_finished"
+    port: int
+    order_no: str
+    duration_s: int
+    max_power_w: float
+    energy_kwh: float
+    start_mode: str
+    start_mode_code: int
+    card_id: str
+    stop_reason: str
+    stop_reason_code: int
+
+
+class PortPushEvent(EventBase):
+    """From 0x44 (cabinets), e.g. `door_not_closed`."""
+
+    type: Literal["port_push"] = "port_push"
+    port: int
+    push: str
+    push_code: int
+    order_no: str
+
+
+class FskParamsEvent(EventBase):
+    """From 0x3B: the host asked for its FSK parameters and was sent a 0x3A with these."""
+
+    type: Literal["fsk_params"] = "fsk_params"
+    frequency_mhz: int
+    extension_ids: list[str]
+
+
+class FrameEvent(EventBase):
+    """A documented frame with no event of its own (0x00, 0x09 and 0x0A never reach a server
+    in the reference; a host's 0x3A result answers our 0x3A): its decoded fields."""
+
+    type: Literal["frame"] = "frame"
+    command_name: str
+    fields: dict[str, Any]
+
+
+class PowerLimitEvent(EventBase):
+    """The gateway changed a port's power limit (0x85): `power_limited` when the site cap
+    (`site_power_limit_w`) lowered it, `power_restored` when it was raised again."""
+
+    type: Literal["power_limited", "power_restored"]
+    port: int | None = Field(description="null: the 0x85 limit applies to every port")
+    limit_w: float
+    site_power_w: float = Field(description="live power of all ports of this gateway")
+    site_power_limit_w: float
+
+
+class UpgradeProgressEvent(EventBase):
+    """`upgrade_firmware` progress: after every acknowledged packet (at most one event per
+    percent) and at the end (`state` done or failed)."""
+
+    type: Literal["upgrade_progress"] = "upgrade_progress"
+    file: str
+    target: str
+    upgrade_command: int
+    state: Literal["running", "waiting", "done", "failed"]
+    percent: int
+    packet: int
+    total: int
+    reason: str | None = None
+
+
 class UnknownEvent(EventBase):
     """A valid frame whose command has no decoder, or whose data is too short for it."""
 
@@ -229,6 +369,16 @@ DeviceEvent = Annotated[
     | HeartbeatEvent
     | TimeSyncEvent
     | AlarmEvent
+    | UpgradeRequestEvent
+    | HostStatusEvent
+    | ExtensionVersionsEvent
+    | CabinetHeartbeatEvent
+    | ChargeFinishedEvent
+    | PortPushEvent
+    | FskParamsEvent
+    | FrameEvent
+    | PowerLimitEvent
+    | UpgradeProgressEvent
     | UnknownEvent,
     Field(discriminator="type"),
 ]

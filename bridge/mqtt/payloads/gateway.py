@@ -48,5 +48,10 @@ class BridgeStats(MqttPayload):
         description="outgoing messages dropped unpublished because the outbox held "
         "`max_queued_messages` (settlements are never dropped)"
     )
+    status_events_suppressed: int = Field(
+        default=0,
+        description="port `status` events not published because the status had not changed "
+        "(`port_status_on_change_only`)",
+    )
     uptime_s: int
     updated_at: str

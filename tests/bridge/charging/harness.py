@@ -27,6 +27,7 @@ from bridge.charging.settings import ChargingSettings
 from bridge.mqtt.payloads import (
     StartChargingRequest,
     StopChargingRequest,
+    device_event_adapter,
     order_event_adapter,
     port_event_adapter,
 )
@@ -42,6 +43,7 @@ START_MODES = {"offline": 0, "online": 1, "code": 3}
 EVENT_ADAPTERS: dict[str, TypeAdapter[Any]] = {
     "port": port_event_adapter,
     "order": order_event_adapter,
+    "device": device_event_adapter,
 }
 REQUEST_MODELS: dict[str, type[BaseModel]] = {
     "start_charging": StartChargingRequest,
@@ -169,6 +171,62 @@ def reply_event(
         "waiting_ports": None,
     }
     return event
+
+
+def confirmed_event(
+    *,
+    order_no: str = ORDER,
+    port: int = 1,
+    duration_s: int = 0,
+    ts: float | None = None,
+    device_id: str = DEV,
+    start_mode: str = "offline",
+) -> dict[str, Any]:
+    """`confirmed` from a legacy pile's 0x04."""
+    return {
+        **_common("confirmed", 0x04, ts, device_id),
+        "port": port,
+        "order_no": order_no,
+        "start_mode": start_mode,
+        "start_mode_code": START_MODES[start_mode],
+        "card_id": "00000000",
+        "duration_s": duration_s,
+    }
+
+
+PORT_STATUS_CODES = {"idle": 0, "charging": 1, "plugged_full": 3, "float_charging": 5}
+
+
+def heartbeat_event(
+    *ports: tuple[str, float | None],
+    ts: float | None = None,
+    device_id: str = DEV,
+    legacy: bool = True,
+) -> dict[str, Any]:
+    """The device `heartbeat` event: 0x01 (`legacy`, with per-port powers) or 0x21; `ports`
+    are (status, power_w) for ports 1, 2, ..."""
+    return {
+        **_common("heartbeat", 0x01 if legacy else 0x21, ts, device_id),
+        "firmware": "2.26" if legacy else None,
+        "voltage_v": 229.5,
+        "port_count": len(ports),
+        "ports": [
+            {
+                "port": i + 1,
+                "status": status,
+                "status_code": PORT_STATUS_CODES[status],
+                "power_w": power if legacy else None,
+                "peak_power_w": power if legacy else None,
+            }
+            for i, (status, power) in enumerate(ports)
+        ],
+        "signal": 20,
+        "temperature_c": 28.0,
+        "iccid": None,
+        "imei": None,
+        "module_type": None,
+        "host_time": None,
+    }
 
 
 def card_swipe_event(port: int = 2, device_id: str = DEV) -> dict[str, Any]:

@@ -9,12 +9,8 @@ import pytest
 
 from bridge.charging import model as m
 from bridge.charging.gateway_events import parse_event as parse_payload
-from bridge.charging.messages import (
-    RequestError,
-    StartRequest,
-    parse_json_object,
-    parse_request,
-)
+from bridge.charging.messages import RequestError, parse_json_object, parse_request
+from bridge.mqtt.payloads import ChargingStartRequest
 from tests.bridge.charging.harness import DEV, ORDER, power_event, reply_event, settled_event
 
 NOW = 1_800_000_000.0
@@ -83,7 +79,7 @@ def test_start_request_becomes_the_gateway_command() -> None:
         "start",
         {"request_id": "x", "device_id": DEV, "port": 3, "mode": "energy", "energy_kwh": 1.5},
     )
-    assert isinstance(request, StartRequest)
+    assert isinstance(request, ChargingStartRequest)
     command = request.device_command(ORDER).model_copy(update={"request_id": "rid"})
     assert json.loads(command.model_dump_json(exclude_unset=True)) == {
         "request_id": "rid",

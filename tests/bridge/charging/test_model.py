@@ -246,6 +246,7 @@ def test_payload_has_exactly_the_api_fields_and_round_trips() -> None:
         "end_time",
         "duration_s",
         "energy_kwh",
+        "energy_kwh_estimated",
         "max_power_w",
         "power_w",
         "voltage_v",

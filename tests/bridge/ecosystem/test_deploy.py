@@ -16,13 +16,13 @@ import yaml
 
 from bridge import contract
 from bridge.charging import model as m
-from bridge.charging.payloads import (
+from bridge.cli import build_parser
+from bridge.config import GatewaySettings, settings_from_args
+from bridge.mqtt.payloads import (
     ChargingResponsePayload,
     ChargingSessionPayload,
     ChargingStatsPayload,
 )
-from bridge.cli import build_parser
-from bridge.config import GatewaySettings, settings_from_args
 
 ROOT = Path(__file__).resolve().parents[3]
 

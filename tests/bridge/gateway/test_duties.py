@@ -72,6 +72,7 @@ async def test_registration_is_answered_and_published(
     assert body["device_kind"] == "dual_socket"
     assert body["port_count"] == 2
     assert body["gateway_id"] == "test-gw"
+    assert (body["device_type"], body["device_type_code"]) == ("new_485_dual_mode", 0x21)
 
 
 async def test_heartbeat_0x21_updates_ports_and_device(
@@ -89,6 +90,12 @@ async def test_heartbeat_0x21_updates_ports_and_device(
         "power_w": None,
         "order_no": None,
         "updated_at": port2["updated_at"],
+        "energy_kwh": None,
+        "voltage_v": None,
+        "current_a": None,
+        "temperature_c": None,
+        "port_temperature_c": None,
+        "measured_at": None,
     }
     status = await mqtt.wait(f"{DEV}/event/port", lambda m: m["port"] == 1)
     assert (status["type"], status["status"], status["status_code"]) == ("status", "idle", 0)

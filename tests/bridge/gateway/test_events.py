@@ -118,7 +118,9 @@ async def test_settlement_answered_only_after_broker_ack(
         assert event["message_id"] == mid
 
 
-async def test_power_report_event_and_port_state(device: FakeDevice, mqtt: MqttCollector) -> None:
+async def test_power_report_event_and_port_state(
+    broker: Mosquitto, device: FakeDevice, mqtt: MqttCollector
+) -> None:
     report = p.PortPowerReport(
         port=0,
         status=1,
@@ -168,8 +170,21 @@ async def test_power_report_event_and_port_state(device: FakeDevice, mqtt: MqttC
         "power_w": 234.2,
         "order_no": ORDER.hex().upper(),
         "updated_at": state["updated_at"],
+        "energy_kwh": 0.12,
+        "voltage_v": 220.1,
+        "current_a": 1.065,
+        "temperature_c": 25.0,
+        "port_temperature_c": None,
+        "measured_at": state["updated_at"],
     }
     await device.expect_silence(0.5)  # 0x06 is not answered
+    # A heartbeat changing the other port keeps port 1's measurements in its retained state.
+    hb = p.Heartbeat(voltage=2300, port_statuses=(1, 2), signal=3, temperature=0)
+    await device.send(0x21, p.encode_payload(hb))
+    await mqtt.wait(f"{DEV}/ports/2")
+    async with mqtt_collector(broker, f"{DEV}/ports/1") as late:
+        kept = await late.wait(f"{DEV}/ports/1")
+    assert kept == state
 
 
 async def test_order_confirmation_answered_and_published(

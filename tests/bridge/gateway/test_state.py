@@ -37,6 +37,10 @@ async def test_late_subscriber_gets_retained_device_and_port_states(
         "temperature_c",
         "last_seen",
         "gateway_id",
+        "device_type",
+        "device_type_code",
+        "host_type",
+        "host_type_code",
     }
     assert (body["online"], body["voltage_v"], body["temperature_c"]) == (True, 230.0, None)
     assert (port1.json()["status"], port2.json()["status"]) == ("charging", "idle")

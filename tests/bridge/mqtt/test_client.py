@@ -9,6 +9,7 @@ from typing import Any
 import aiomqtt
 import pytest
 
+from bridge.mqtt import _private
 from bridge.mqtt.client import MqttClient, MqttSettings
 from tests.broker import Mosquitto
 
@@ -239,7 +240,7 @@ async def test_a_message_from_an_earlier_connection_is_not_acked_on_the_new_one(
 def acks_sent(mqtt: MqttClient) -> list[int]:
     """The message ids the current connection acknowledges from now on."""
     assert mqtt._client is not None
-    inner = mqtt._client._client
+    inner = _private.paho_client(mqtt._client)
     sent: list[int] = []
     real_ack = inner.ack
 

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import logging
+import sqlite3
 from pathlib import Path
+from typing import Any
 
 import pytest
 from paho.mqtt.packettypes import PacketTypes
@@ -238,3 +241,70 @@ async def test_client_futures_follow_drops_coalescing_and_keys(broker: Mosquitto
         ("chargebridge/t/event", b"2"),
         ("chargebridge/t/event", b"3"),
     ]
+
+
+class FailingWrites:
+    """A sqlite3 connection whose writes fail while `failing` is set, as on a full disk."""
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self.db = db
+        self.failing = True
+        self.failures = 0
+
+    def execute(self, sql: str, *args: Any) -> sqlite3.Cursor:
+        return self.db.execute(sql, *args)
+
+    def executemany(self, sql: str, rows: Any) -> sqlite3.Cursor:
+        if self.failing:
+            self.failures += 1
+            raise sqlite3.OperationalError("database or disk is full")
+        return self.db.executemany(sql, rows)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.db, name)
+
+
+def on_disk(outbox: SqliteOutbox) -> list[bytes]:
+    return [bytes(p) for (p,) in outbox._db.execute("SELECT payload FROM outbox ORDER BY seq")]
+
+
+def test_a_failing_write_keeps_every_pending_change_and_retries_it(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A write that fails (disk full) loses nothing: the queued inserts, the deletes of
+    published messages and the published keys are all written by the next write that works,
+    and publishing goes on from memory meanwhile."""
+    caplog.set_level(logging.INFO, "chargebridge.mqtt")
+    path = tmp_path / "o.sqlite3"
+    outbox = SqliteOutbox(path, 100)
+    outbox.add("e", b"old")
+    outbox.flush()
+    assert on_disk(outbox) == [b"old"]
+    db = FailingWrites(outbox._db)
+    outbox._db = db  # type: ignore[assignment]
+
+    old = outbox.take()  # handed out although its flush fails
+    assert old is not None and old.payload == b"old"
+    outbox.acked(old.seq)  # its delete is pending
+    outbox.add("settled", b"s", critical=True, key="k1")
+    outbox.add("e", b"kept")
+    settled = outbox.take()
+    assert settled is not None and settled.key == "k1"
+    outbox.acked(settled.seq)  # its key is pending
+    outbox.add("e", b"later")
+    outbox.flush()
+    assert db.failures >= 2
+    assert on_disk(outbox) == [b"old"], "a failed write must leave the table as it was"
+    assert "cannot write the outbox" in caplog.text
+    assert len(outbox) == 2  # publishing goes on from memory
+
+    db.failing = False
+    outbox.flush()  # the next write: everything that was pending
+    assert on_disk(outbox) == [b"kept", b"later"]
+    assert "writable again" in caplog.text
+    db.db.close()  # a crash: no close(), the process just ends
+
+    reopened = SqliteOutbox(path, 100)
+    assert reopened.find_key("k1") is True  # the settlement is not published twice
+    assert [p for _, p in drain(reopened)] == [b"kept", b"later"]  # "old" not sent again
+    reopened.close()

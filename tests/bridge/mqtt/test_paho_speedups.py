@@ -13,14 +13,14 @@ from paho.mqtt import MQTTException
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from bridge.mqtt.paho_speedups import (
+from bridge.mqtt._private import (
     read_everything_available,
     share_property_tables,
     write_in_bulk,
 )
 
 PACKET_TYPES = list(range(PacketTypes.CONNECT, PacketTypes.WILLMESSAGE + 1))
-share_property_tables()  # as bridge.mqtt.client does on import; idempotent
+share_property_tables()  # as MqttClient does when made (bridge.mqtt._private.install); idempotent
 
 
 def original_properties(packet_type: int) -> Properties:

@@ -4,7 +4,6 @@ either case, normalised to upper case, as the device command always accepted it.
 
 from __future__ import annotations
 
-import importlib
 from typing import Any
 
 import pytest
@@ -106,29 +105,6 @@ def test_requests_accept_and_refuse_as_before(
     assert _accepts(CHARGING_REQUESTS[action], data) is accepted
 
 
-def _old_requests() -> dict[str, type[BaseModel]] | None:
-    """The models as they were in bridge.charging.messages, while that module still has them."""
-    try:
-        old = importlib.import_module("bridge.charging.messages")
-    except ImportError:
-        return None
-    requests = getattr(old, "REQUESTS", None)
-    return requests if isinstance(requests, dict) else None
-
-
-@pytest.mark.parametrize(("action", "data", "accepted"), CASES)
-def test_the_old_models_agree_on_every_case(
-    action: str, data: dict[str, Any], accepted: bool
-) -> None:
-    old = _old_requests()
-    if old is None:
-        pytest.skip("bridge.charging.messages no longer has its own request models")
-    assert _accepts(old[action], data) is accepted
-    if accepted:  # the same values after parsing, too
-        new = CHARGING_REQUESTS[action].model_validate(data).model_dump()
-        assert new == old[action].model_validate(data).model_dump()
-
-
 def test_order_no_is_accepted_in_either_case_and_normalised() -> None:
     request = ChargingStartRequest.model_validate(
         {"device_id": DEV, "port": 1, "order_no": ORDER.lower()}
@@ -140,17 +116,18 @@ def test_start_becomes_the_same_device_command_as_before() -> None:
     request = ChargingStartRequest.model_validate(
         {"request_id": "x", "device_id": DEV, "port": 3, "mode": "energy", "energy_kwh": 1.5}
     )
-    command = request.device_command(ORDER, "rid")
-    assert list(command) == ["request_id", "order_no", "port", "mode", "energy_kwh"]
-    assert command == {
-        "request_id": "rid",
+    command = request.device_command(ORDER)
+    assert isinstance(command, StartChargingRequest)
+    sent = command.model_dump(exclude_none=True)
+    assert sent == {
         "order_no": ORDER,
         "port": 3,
         "mode": "energy",
         "energy_kwh": 1.5,
+        "balance_cents": 0,  # the device request's default
     }
-    # ...and that command is a valid device request.
-    assert StartChargingRequest.model_validate(command).energy_kwh == 1.5
+    # ...and what is sent is a valid device request.
+    assert StartChargingRequest.model_validate(sent).energy_kwh == 1.5
 
 
 def test_the_mode_rule_is_one_rule_for_both_start_requests() -> None:

@@ -1,0 +1,113 @@
+"""The guard of bridge/mqtt/_private.py: the installed aiomqtt and paho-mqtt are versions its
+private use was written for and have every private attribute it touches; if not, it says
+which, with the versions. The patch is applied by making a client, not by importing."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import aiomqtt
+import paho.mqtt.client as paho
+import pytest
+from paho.mqtt.properties import Properties
+
+from bridge.mqtt import _private
+
+
+def test_the_installed_versions_are_the_ones_the_private_use_was_written_for() -> None:
+    found = _private.problems()
+    assert not found, (
+        "bridge/mqtt/_private.py was not written for the installed MQTT libraries: "
+        + "; ".join(found)
+        + f" ({_private.versions()}). Check each trick in it against the new version, "
+        "then widen SUPPORTED there and the bounds in pyproject.toml."
+    )
+
+
+async def test_a_client_has_every_private_attribute_touched() -> None:
+    client = aiomqtt.Client("127.0.0.1")  # made, never connected
+    found = _private.problems(client)
+    assert not found, "; ".join(found) + f" ({_private.versions()})"
+    assert isinstance(_private.paho_client(client), paho.Client)
+    assert not _private.connection_lost(client).done()
+
+
+def test_a_missing_paho_attribute_is_named_with_the_versions(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delattr(paho.Client, "_packet_write")
+    assert "paho.mqtt.client.Client._packet_write is missing" in _private.problems()
+    with pytest.raises(_private.UnsupportedMqttLibrary) as raised:
+        _private.require()
+    message = str(raised.value)
+    assert "paho.mqtt.client.Client._packet_write" in message
+    assert f"paho-mqtt {_private.installed_version('paho-mqtt')}" in message
+    assert f"aiomqtt {_private.installed_version('aiomqtt')}" in message
+
+
+async def test_a_missing_aiomqtt_attribute_stops_the_client(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    client = aiomqtt.Client("127.0.0.1")
+    del client._disconnected
+    with pytest.raises(_private.UnsupportedMqttLibrary, match=r"aiomqtt\.Client\._disconnected"):
+        _private.speed_up(client)
+
+
+def test_a_properties_table_paho_adds_is_noticed(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Sharing the tables is safe only while a Properties holds nothing but them."""
+
+    def paho_with_a_cache(self: Properties, packetType: int) -> None:
+        tables = {"names": {}, "properties": {}, "types": [], "cache": {}}  # cache: per instance
+        for name, value in {"packetType": packetType, **tables}.items():
+            object.__setattr__(self, name, value)
+
+    monkeypatch.setattr(Properties, "__init__", paho_with_a_cache)
+    [problem] = _private.problems()
+    assert "found ['cache', 'names', 'properties', 'types']" in problem
+
+
+@pytest.mark.parametrize("version", ["3.0.0", "2.0.1", "1.6.1"])
+def test_a_version_outside_the_range_is_reported(
+    monkeypatch: pytest.MonkeyPatch, version: str
+) -> None:
+    def installed(name: str) -> str:
+        return version if name == "paho-mqtt" else "2.5.1"
+
+    monkeypatch.setattr(_private, "installed_version", installed)
+    assert _private.problems() == [
+        f"paho-mqtt {version} is outside the versions chargebridge's private use of it was "
+        "written for (>=2.1,<3.0)"
+    ]
+
+
+FRESH_PROCESS = """
+import sys
+from paho.mqtt.properties import Properties
+import bridge.config
+from bridge.mqtt.client import MqttSettings, Will
+import bridge.mqtt.settings as settings
+assert MqttSettings is settings.MqttSettings and Will is settings.Will
+patched = lambda: getattr(Properties.__init__, "shared_tables", False)
+print(patched())
+from bridge.mqtt.client import MqttClient
+MqttClient(MqttSettings())
+MqttClient(MqttSettings())
+print(patched())
+"""
+
+
+def test_the_patch_is_applied_by_making_a_client_not_by_importing() -> None:
+    out = subprocess.run(
+        [sys.executable, "-c", FRESH_PROCESS], capture_output=True, text=True, timeout=60
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["False", "True"]
+
+
+def test_reading_the_configuration_imports_no_mqtt_library() -> None:
+    code = "import sys, bridge.config; print(sorted({m.split('.')[0] for m in sys.modules}))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert "'paho'" not in out.stdout and "'aiomqtt'" not in out.stdout
