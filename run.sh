@@ -32,7 +32,7 @@ ensure_venv() {
     if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ "$0" -nt "$stamp" ]; then
         echo "run.sh: installing chargebridge into $VENV ..." >&2
         "$VENV/bin/python" -m pip install -q --upgrade pip >/dev/null
-        "$VENV/bin/python" -m pip install -q -e ".[dev,fast]"
+        "$VENV/bin/python" -m pip install -q -e ".[dev,fast,postgres]"
         touch "$stamp"
     fi
 }
@@ -43,6 +43,16 @@ ensure_mosquitto() {
         apt_install mosquitto mosquitto-clients
         # The packaged service is not needed: the tests start their own broker.
         as_root systemctl disable --now mosquitto >/dev/null 2>&1 || true
+    fi
+}
+
+ensure_postgres() {
+    # The store tests start private clusters with initdb/pg_ctl (tests/postgres.py).
+    if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
+        echo "run.sh: installing PostgreSQL (database used by the store tests)" >&2
+        apt_install postgresql
+        # The packaged cluster is not needed: the tests start their own.
+        as_root systemctl disable --now postgresql >/dev/null 2>&1 || true
     fi
 }
 
@@ -64,6 +74,7 @@ case "$cmd" in
     test)
         ensure_venv
         ensure_mosquitto
+        ensure_postgres
         ensure_chromium
         export PATH="$PWD/$VENV/bin:$PATH:/usr/sbin"
         echo "== ruff" && ruff check . && ruff format --check . >/dev/null

@@ -9,17 +9,21 @@ watches. Per phase: `delivered_per_s` (events whose state, or a newer one of the
 session, was seen, per second from the first publish to the last arrival), send -> state
 latency, and the service's CPU time and bytes written to disk per event (from /proc). The
 reference, in the same run through the same broker: raw paho publishing as many messages to a
-QoS 1 subscriber.
+QoS 1 subscriber. Both stores side by side in one run (`--stores`): SQLite (the default
+file) and PostgreSQL (a private cluster, one service instance); on PostgreSQL the bytes
+written are the database server's, not the service's, so that column covers SQLite only.
 
-    .venv/bin/python bench/service_stage.py [--quick]
+    .venv/bin/python bench/service_stage.py [--quick] [--stores sqlite,postgresql]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 from _harness import (
@@ -130,15 +134,11 @@ def run_phase(
     }
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="shorter phases")
-    args = parser.parse_args()
-    seconds = 5 if args.quick else 10
-    phases = [(1000, 1000 * seconds), (5000, 5000 * seconds), (0, 30000)]
+def run_store(store: str, extra: list[str], phases: list[tuple[int, int]]) -> list[dict[str, Any]]:
+    """All phases against one service process on one store, through a fresh broker."""
     with Procs() as procs:
         mqtt_port = procs.mosquitto()
-        service = procs.service(mqtt_port)
+        service = procs.service(mqtt_port, *extra)
         states = SessionStates()
         watch = Watch(mqtt_port, "chargebridge/sessions/+", states, qos=1)
         # The service publishes its statistics once subscribed: its queue exists from then on.
@@ -155,9 +155,41 @@ def main() -> None:
             ours["reference_paho"] = ref
             if ours["delivered_per_s"]:
                 ours["ratio_to_reference"] = round(ours["delivered_per_s"] / ref["msgs_per_s"], 3)
+            ours["store"] = store
             results.append(ours)
         watch.close()
-    emit({"benchmark": "service_stage", "machine": machine(), "phases": results})
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="shorter phases")
+    parser.add_argument(
+        "--stores",
+        default="sqlite,postgresql",
+        help="comma-separated: sqlite (the default file store) and/or postgresql (a private "
+        "cluster from tests/postgres.py, fsync on; needs the postgres extra)",
+    )
+    args = parser.parse_args()
+    seconds = 5 if args.quick else 10
+    phases = [(1000, 1000 * seconds), (5000, 5000 * seconds), (0, 30000)]
+    results: dict[str, list[dict[str, Any]]] = {}
+    for store in args.stores.split(","):
+        if store == "sqlite":
+            results[store] = run_store(store, [], phases)
+        elif store == "postgresql":
+            sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+            from tests.postgres import PostgresCluster
+
+            cluster = PostgresCluster(fsync=True).start()
+            try:
+                url = cluster.fresh_database()
+                results[store] = run_store(store, ["--store", url], phases)
+            finally:
+                cluster.stop()
+        else:
+            parser.error(f"unknown store {store!r}")
+    emit({"benchmark": "service_stage", "machine": machine(), "stores": results})
 
 
 if __name__ == "__main__":

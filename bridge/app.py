@@ -21,7 +21,8 @@ from bridge import statedir
 from bridge.capture import CaptureUnit
 from bridge.charging.service import ChargingService, service_mqtt_settings, service_subscriptions
 from bridge.charging.settings import ChargingSettings
-from bridge.charging.store import ChargingStore
+from bridge.charging.store import ChargingStore, StoreError, open_store
+from bridge.charging.store.sqlite import SqliteStore
 from bridge.config import GatewaySettings
 from bridge.errors import StartupError
 from bridge.gateway.core import Gateway
@@ -198,16 +199,21 @@ def store_readable(settings: ChargingSettings) -> Iterator[None]:
     try:
         yield
     except sqlite3.DatabaseError as exc:
-        path = settings.state_dir / ChargingStore.FILENAME
+        url = settings.store
+        where = url.removeprefix("sqlite://") if url.startswith("sqlite:///") else None
+        where = where or str(settings.state_dir / SqliteStore.FILENAME)
         raise StartupError(
-            f"the charging store {path} cannot be read ({exc}): restore it from a backup, or"
+            f"the charging store {where} cannot be read ({exc}): restore it from a backup, or"
             " move it away to start empty (the service then adopts what the broker retains)"
         ) from None
 
 
 async def _run_service(settings: ChargingSettings, ready: asyncio.Event | None) -> None:
+    # In a thread: quick_check of a large file, or waiting for a PostgreSQL store's lock,
+    # must not stall a gateway in the same process (`run`).
+    limits = settings.dedupe_limits()
     with store_readable(settings):
-        store = ChargingStore(settings.state_dir)
+        store = await asyncio.to_thread(open_store, settings.store, settings.state_dir, limits)
     mqtt = MqttClient(
         service_mqtt_settings(settings),
         subscriptions=service_subscriptions(Topics(settings.base_topic)),
@@ -224,12 +230,27 @@ async def _run_service(settings: ChargingSettings, ready: asyncio.Event | None) 
             tg.create_task(service.consume(), name="charging-consume")
             tg.create_task(service.stats_loop(), name="charging-stats")
             tg.create_task(service.cleanup_loop(), name="charging-cleanup")
+            tg.create_task(watch_store(store, settings.store_check_interval_s))
             for name, unit in webhook_units(settings):  # --webhook: docs/integrations.md
                 tg.create_task(unit, name=name)
             await mqtt.connected.wait()
             log.info("charging service ready on %s", mqtt.settings.redacted_url())
             if ready is not None:
                 ready.set()
+    except* StoreError as group:
+        raise group.exceptions[0] from None  # one line, exit 1 (commands.common.run_role)
     finally:
         await service.stop()
         store.close()
+
+
+async def watch_store(store: ChargingStore, interval: float) -> None:
+    """End the service when its store is gone (a deleted or replaced SQLite file): writing
+    on would lose every later commit at the next start."""
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            store.check()
+        except StoreError as exc:
+            log.error("%s; stopping the charging service", exc)
+            raise

@@ -323,7 +323,7 @@ class ChargingService:
         if batch.changed or batch.deleted:
             self.state.flush(batch)
         self.state.publish_due()  # power-window updates whose timer has not run yet
-        self.store.prune_seen(now - self.settings.dedup_window_s)
+        self.store.prune_seen(now)
 
     async def stop(self) -> None:
         await self.requests.stop()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from pydantic import Field
 
+from bridge.charging.store.base import DedupeLimits
 from bridge.config import CommonSettings
 from bridge.webhooks.settings import WebhookSettings
 
@@ -78,11 +79,41 @@ class ChargingSettings(WebhookSettings, CommonSettings):
         description="energy_kwh_estimated integrates live power at most once per this many "
         "seconds and counts a silence for at most 10 of them",
     )
+    store: str = Field(
+        default="",
+        description="where sessions and statistics are kept: sqlite:///PATH (default: "
+        "charging.sqlite3 in the state dir) or postgresql://user:password@host:port/db",
+    )
     dedup_window_s: float = Field(
         default=2 * 86400.0,
         gt=0,
-        description="seconds message fingerprints and settled orders are remembered",
+        description="seconds settled orders are remembered (a resent settlement is "
+        "recognised for so long)",
     )
+    redelivery_window_s: float = Field(
+        default=900.0,
+        gt=0,
+        description="seconds the fingerprint of an event message is remembered (the broker "
+        "redelivers an unacknowledged message at the next connection)",
+    )
+    max_fingerprints: int = Field(
+        default=2_000_000,
+        ge=1000,
+        description="row cap of the dedupe state; beyond it the soonest to expire go first",
+    )
+    store_check_interval_s: float = Field(
+        default=5.0,
+        gt=0,
+        description="seconds between checks that the store is still there (a deleted or "
+        "replaced SQLite file ends the service with an error)",
+    )
+
+    def dedupe_limits(self) -> DedupeLimits:
+        return DedupeLimits(
+            redelivery_window_s=self.redelivery_window_s,
+            settlement_window_s=self.dedup_window_s,
+            max_fingerprints=self.max_fingerprints,
+        )
 
     @property
     def client_id(self) -> str:

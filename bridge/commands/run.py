@@ -19,6 +19,7 @@ from bridge import statedir
 from bridge.app import run_gateway, run_service
 from bridge.broker import BrokerPortInUse, EmbeddedBroker
 from bridge.charging.settings import ChargingSettings
+from bridge.charging.store import StoreError
 from bridge.commands.common import run_role
 from bridge.config import GatewaySettings, add_settings_arguments
 from bridge.web import dashboard
@@ -69,11 +70,14 @@ async def run_both(
     they connect one after the other: amqtt 0.12 can fail a connection that races another
     client's subscriptions ("dictionary changed size during iteration")."""
     service_ready = service_ready or asyncio.Event()
-    async with asyncio.TaskGroup() as tg:
-        tg.create_task(run_service(settings, ready=service_ready), name="charging-service")
-        if one_after_the_other:
-            await service_ready.wait()
-        tg.create_task(run_gateway(settings, ready=gateway_ready), name="gateway")
+    try:
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(run_service(settings, ready=service_ready), name="charging-service")
+            if one_after_the_other:
+                await service_ready.wait()
+            tg.create_task(run_gateway(settings, ready=gateway_ready), name="gateway")
+    except* StoreError as group:
+        raise group.exceptions[0] from None  # one line naming the store and the fix, exit 1
 
 
 async def serve(settings: RunSettings) -> None:

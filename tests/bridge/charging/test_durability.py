@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from bridge.app import run_service
-from bridge.charging.store import ChargingStore
+from bridge.charging.store import SqliteStore
 from tests.bridge.charging.harness import (
     BASE,
     DEV,
@@ -235,14 +235,14 @@ async def test_a_store_that_cannot_commit_stops_the_service_and_the_event_stays_
     """Nothing is acknowledged that was not written: a failing commit (disk full, I/O error)
     stops the service, and the next one gets the event from the broker."""
     settings = settings_for(broker, tmp_path / "state")
-    commit = ChargingStore.commit
+    commit = SqliteStore.commit
 
-    def failing(self: ChargingStore, **kw: Any) -> None:
+    def failing(self: SqliteStore, **kw: Any) -> None:
         if kw.get("seen"):  # the transaction of a processed message
             raise sqlite3.OperationalError("disk I/O error")
         commit(self, **kw)
 
-    monkeypatch.setattr(ChargingStore, "commit", failing)
+    monkeypatch.setattr(SqliteStore, "commit", failing)
     async with watcher(broker) as w, broker.client() as gw:
         ready = asyncio.Event()
         service = asyncio.create_task(run_service(settings, ready=ready))

@@ -20,7 +20,7 @@ from bridge.charging.energy import Sample
 from bridge.charging.model import ChargingSession
 from bridge.charging.service import ChargingService, service_subscriptions
 from bridge.charging.settings import ChargingSettings
-from bridge.charging.store import ChargingStore
+from bridge.charging.store import SqliteStore
 from tests.bridge.charging.harness import (
     BASE,
     DEV,
@@ -62,10 +62,10 @@ def clock() -> Clock:
 
 @pytest.fixture
 def make(tmp_path: Path, clock: Clock) -> Iterator[Any]:
-    stores: list[ChargingStore] = []
+    stores: list[SqliteStore] = []
 
     def build(**settings: Any) -> tuple[ChargingService, FakeClient]:
-        store = ChargingStore(tmp_path)
+        store = SqliteStore.in_dir(tmp_path)
         stores.append(store)
         values: dict[str, Any] = {
             "base_topic": BASE,

@@ -18,7 +18,7 @@ import pytest
 
 from bridge.charging.service import ChargingService
 from bridge.charging.settings import ChargingSettings
-from bridge.charging.store import ChargingStore
+from bridge.charging.store import SqliteStore
 from tests.bridge.charging.harness import (
     BASE,
     DEV,
@@ -110,10 +110,10 @@ def clock() -> Clock:
 
 @pytest.fixture
 def make(tmp_path: Path, clock: Clock) -> Iterator[Any]:
-    stores: list[ChargingStore] = []
+    stores: list[SqliteStore] = []
 
     def build(**settings: Any) -> tuple[ChargingService, FakeClient]:
-        store = ChargingStore(tmp_path)
+        store = SqliteStore.in_dir(tmp_path)
         stores.append(store)
         values: dict[str, Any] = {
             "base_topic": BASE,

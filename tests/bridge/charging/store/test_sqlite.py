@@ -12,7 +12,7 @@ from bridge.charging.model import (
     PowerReported,
     transition,
 )
-from bridge.charging.store import ChargingStore
+from bridge.charging.store import SqliteStore
 
 ORDER = "0123456789ABCDEF0123456789ABCDEF"
 T0 = 1_790_000_000.0
@@ -37,7 +37,7 @@ def reported(n: int, session: ChargingSession | None = None) -> ChargingSession:
 
 
 def test_sessions_and_stats_survive_a_reopen(tmp_path: Path) -> None:
-    store = ChargingStore(tmp_path)
+    store = SqliteStore.in_dir(tmp_path)
     session = reported(3)
     stats = ChargingStats(power_update_events=3, total_events_processed=3)
     store.commit(
@@ -48,7 +48,7 @@ def test_sessions_and_stats_survive_a_reopen(tmp_path: Path) -> None:
         initialized=True,
     )
     store.close()
-    again = ChargingStore(tmp_path)
+    again = SqliteStore.in_dir(tmp_path)
     sessions, loaded_stats = again.load()
     assert sessions == {ORDER: session}
     assert sessions[ORDER].to_json() == session.to_json()
@@ -58,7 +58,7 @@ def test_sessions_and_stats_survive_a_reopen(tmp_path: Path) -> None:
 
 
 def test_the_latest_state_and_deletions_are_what_a_reopen_finds(tmp_path: Path) -> None:
-    store = ChargingStore(tmp_path)
+    store = SqliteStore.in_dir(tmp_path)
     session = reported(1)
     for _ in range(MAX_EVENTS + 5):
         session = reported(1, session)
@@ -67,14 +67,14 @@ def test_the_latest_state_and_deletions_are_what_a_reopen_finds(tmp_path: Path) 
     store.commit(now=T0, sessions=[(other.session_id, other.to_json())])
     store.commit(now=T0, deleted=[other.session_id])
     store.close()
-    loaded = ChargingStore(tmp_path).load()[0]
+    loaded = SqliteStore.in_dir(tmp_path).load()[0]
     assert loaded == {ORDER: session} and len(session.events) == MAX_EVENTS
 
 
 def test_the_cached_json_equals_a_fresh_serialisation(tmp_path: Path) -> None:
     """`session_json` reuses the texts of shared history entries; it must never differ from
     serialising the whole session again, also when the history is cut or replaced."""
-    store = ChargingStore(tmp_path)
+    store = SqliteStore.in_dir(tmp_path)
     session = reported(1)
     for i in range(MAX_EVENTS + 5):
         session = reported(1, session)

@@ -1,0 +1,150 @@
+"""What the charging service needs of its durable state, whatever the database.
+
+Sessions, statistics and the fingerprints of processed messages are written in ONE
+transaction per batch of processed messages, before those messages are acknowledged to the
+broker, so a crash either loses them (the broker redelivers them) or keeps all of their
+effects (a redelivery is recognised by its fingerprint and skipped).
+
+Dedupe state is bounded (docs/charging.md, "Dedupe"): a message fingerprint (`msg:...`) only
+has to outlive the broker's redelivery horizon (a message delivered but not acknowledged is
+redelivered at the next connection), so it expires after `redelivery_window_s`; a settlement
+key (`settled:device:port:order`) must stop a device's resend for as long as the device may
+resend, so it expires after `dedup_window_s`. Both are pruned by time and by a row cap.
+
+`SessionTexts` owns the serialised form of the sessions a store writes (`session_json`): each
+history entry is serialised once, when it is new, and spliced into every later state of its
+session, so a 50-entry history does not cost 50 serialisations per update.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import operator
+from collections.abc import Iterable
+from typing import Protocol
+
+from bridge.charging.events import Event
+from bridge.charging.model import ChargingSession, ChargingStats
+
+SETTLED_PREFIX = "settled:"
+MESSAGE_PREFIX = "msg:"
+
+
+class StoreError(OSError):
+    """The store cannot be used (corrupt, replaced, unreachable, too new): one line that names
+    it and the fix. An OSError, so that a role's start-up prints it as one line and exits 1."""
+
+
+@dataclasses.dataclass(frozen=True)
+class DedupeLimits:
+    """How long and how many fingerprints are kept (ChargingSettings gives the values)."""
+
+    redelivery_window_s: float = 900.0
+    settlement_window_s: float = 2 * 86400.0
+    max_fingerprints: int = 2_000_000
+
+    def expires(self, key: str, now: float) -> float:
+        ttl = (
+            self.settlement_window_s if key.startswith(SETTLED_PREFIX) else self.redelivery_window_s
+        )
+        return now + ttl
+
+
+def fingerprint_bytes(key: str) -> bytes:
+    """A compact, fixed-size form of a key: `m` + 16 bytes of a message's SHA-256, `s` + 16
+    bytes of a hash of anything else (settlement keys). 17 bytes instead of 68 characters
+    per row; 128 bits leave collisions out of reach."""
+    digest = key[len(MESSAGE_PREFIX) : len(MESSAGE_PREFIX) + 32]
+    if key.startswith(MESSAGE_PREFIX) and len(digest) == 32:
+        try:
+            return b"m" + bytes.fromhex(digest)
+        except ValueError:
+            pass
+    tag = b"s" if key.startswith(SETTLED_PREFIX) else b"k"
+    return tag + hashlib.sha256(key.encode()).digest()[:16]
+
+
+class ChargingStore(Protocol):
+    """The service's store: `SqliteStore` (embedded default) or `PostgresStore`."""
+
+    @property
+    def path(self) -> object:
+        """Where it is (a file, or a redacted URL), for log lines."""
+        ...
+
+    @property
+    def initialized(self) -> bool:
+        """False for a new store: the service then adopts what the broker retains."""
+        ...
+
+    def load(self) -> tuple[dict[str, ChargingSession], ChargingStats]: ...
+
+    def session_json(self, session: ChargingSession) -> str: ...
+
+    def forget(self, session_id: str) -> None: ...
+
+    def has_seen(self, key: str) -> bool: ...
+
+    def seen_among(self, keys: Iterable[str]) -> set[str]: ...
+
+    def commit(
+        self,
+        *,
+        now: float,
+        sessions: Iterable[tuple[str, str]] = (),
+        deleted: Iterable[str] = (),
+        stats: ChargingStats | None = None,
+        seen: Iterable[str] = (),
+        initialized: bool = False,
+    ) -> None:
+        """Write all of one state change atomically; `sessions` are (session_id, JSON)."""
+        ...
+
+    def prune_seen(self, now: float) -> int:
+        """Forget expired fingerprints and the oldest beyond the row cap; returns how many."""
+        ...
+
+    def check(self) -> None:
+        """Raise StoreError when the store under us is gone (called on a timer)."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class SessionTexts:
+    """The cache behind `session_json` (shared by both stores)."""
+
+    def __init__(self) -> None:
+        # session_id -> (the history last serialised, its entries' JSON texts).
+        self._texts: dict[str, tuple[tuple[Event, ...], list[str]]] = {}
+
+    def session_json(self, session: ChargingSession) -> str:
+        """The session's retained payload as compact JSON, reusing the texts of the history
+        entries it shares with the state last serialised (its history is that state's with
+        entries dropped from the front and new ones appended)."""
+        events = session.events
+        cached = self._texts.get(session.session_id)
+        texts: list[str] | None = None
+        if cached is not None and events:
+            old_events, old_texts = cached
+            try:
+                k = old_events.index(events[0])
+            except ValueError:
+                k = len(old_events)
+            shared = len(old_events) - k
+            if len(events) >= shared and all(map(operator.is_, events, old_events[k:])):
+                texts = [*old_texts[k:], *(e.to_json() for e in events[shared:])]
+        if texts is None:
+            texts = [e.to_json() for e in events]
+        self._texts[session.session_id] = (events, texts)
+        return session.to_json(texts)
+
+    def forget(self, session_id: str) -> None:
+        """Drop the cached texts of a session that is gone."""
+        self._texts.pop(session_id, None)
+
+
+def stats_json(stats: ChargingStats) -> str:
+    return json.dumps(dataclasses.asdict(stats))
