@@ -23,7 +23,7 @@ import hashlib
 import json
 import operator
 from collections.abc import Iterable
-from typing import Protocol
+from typing import Any, Protocol
 
 from bridge.charging.events import Event
 from bridge.charging.model import ChargingSession, ChargingStats
@@ -144,6 +144,37 @@ class SessionTexts:
     def forget(self, session_id: str) -> None:
         """Drop the cached texts of a session that is gone."""
         self._texts.pop(session_id, None)
+
+
+class SqlStore(SessionTexts):
+    """What both SQL stores read alike (the same tables, the same queries); `_db` is a DB-API
+    connection and `PARAM` its placeholder (`?` for sqlite3, `%s` for psycopg)."""
+
+    PARAM = "?"
+    _db: Any
+
+    def close(self) -> None:
+        self._db.close()
+
+    @property
+    def initialized(self) -> bool:
+        row = self._db.execute("SELECT value FROM meta WHERE key = 'initialized'").fetchone()
+        return row is not None
+
+    def load(self) -> tuple[dict[str, ChargingSession], ChargingStats]:
+        sessions = {
+            sid: ChargingSession.from_payload(json.loads(payload))
+            for sid, payload in self._db.execute("SELECT session_id, payload FROM sessions")
+        }
+        row = self._db.execute("SELECT payload FROM stats WHERE id = 1").fetchone()
+        stats = ChargingStats(**json.loads(row[0])) if row else ChargingStats()
+        return sessions, stats
+
+    def has_seen(self, key: str) -> bool:
+        row = self._db.execute(
+            f"SELECT 1 FROM fingerprints WHERE key = {self.PARAM}", (fingerprint_bytes(key),)
+        ).fetchone()
+        return row is not None
 
 
 def stats_json(stats: ChargingStats) -> str:

@@ -15,16 +15,15 @@ together migrate once. A lost connection makes the next commit fail, which stops
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Iterable
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from bridge.charging.model import ChargingSession, ChargingStats
+from bridge.charging.model import ChargingStats
 from bridge.charging.store.base import (
     DedupeLimits,
-    SessionTexts,
+    SqlStore,
     StoreError,
     fingerprint_bytes,
     stats_json,
@@ -49,7 +48,9 @@ def redact(url: str) -> str:
     return urlunsplit(parts._replace(netloc=netloc))
 
 
-class PostgresStore(SessionTexts):
+class PostgresStore(SqlStore):
+    PARAM = "%s"
+
     def __init__(
         self,
         url: str,
@@ -137,29 +138,6 @@ class PostgresStore(SessionTexts):
         assert row is not None  # an aggregate or the one version row
         return int(row[0])
 
-    def close(self) -> None:
-        self._db.close()
-
-    @property
-    def initialized(self) -> bool:
-        row = self._db.execute("SELECT value FROM meta WHERE key = 'initialized'").fetchone()
-        return row is not None
-
-    def load(self) -> tuple[dict[str, ChargingSession], ChargingStats]:
-        sessions = {
-            sid: ChargingSession.from_payload(json.loads(payload))
-            for sid, payload in self._db.execute("SELECT session_id, payload FROM sessions")
-        }
-        row = self._db.execute("SELECT payload FROM stats WHERE id = 1").fetchone()
-        stats = ChargingStats(**json.loads(row[0])) if row else ChargingStats()
-        return sessions, stats
-
-    def has_seen(self, key: str) -> bool:
-        row = self._db.execute(
-            "SELECT 1 FROM fingerprints WHERE key = %s", (fingerprint_bytes(key),)
-        ).fetchone()
-        return row is not None
-
     def seen_among(self, keys: Iterable[str]) -> set[str]:
         """Which of `keys` are known, in one query."""
         by_fp = {fingerprint_bytes(k): k for k in keys}
@@ -232,7 +210,7 @@ class PostgresStore(SessionTexts):
                     (excess,),
                 )
                 pruned += max(cur.rowcount, 0)
-        return pruned
+        return int(pruned)
 
     def _start(self, now: float) -> float:
         if self._started is None:

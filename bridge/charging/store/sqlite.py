@@ -10,16 +10,15 @@ Space of expired fingerprints is given back to the file system (incremental auto
 
 from __future__ import annotations
 
-import json
 import os
 import sqlite3
 from collections.abc import Iterable
 from pathlib import Path
 
-from bridge.charging.model import ChargingSession, ChargingStats
+from bridge.charging.model import ChargingStats
 from bridge.charging.store.base import (
     DedupeLimits,
-    SessionTexts,
+    SqlStore,
     StoreError,
     fingerprint_bytes,
     stats_json,
@@ -31,7 +30,7 @@ VACUUM_FREE_PAGES = 1024
 MESSAGE_KEYS = (b"m", b"n")  # the key range of message fingerprints
 
 
-class SqliteStore(SessionTexts):
+class SqliteStore(SqlStore):
     FILENAME = "charging.sqlite3"
 
     def __init__(self, path: Path, limits: DedupeLimits | None = None) -> None:
@@ -121,29 +120,6 @@ class SqliteStore(SessionTexts):
 
     def schema_version(self) -> int:
         return int(self._db.execute("SELECT version FROM schema_version").fetchone()[0])
-
-    def close(self) -> None:
-        self._db.close()
-
-    @property
-    def initialized(self) -> bool:
-        row = self._db.execute("SELECT value FROM meta WHERE key = 'initialized'").fetchone()
-        return row is not None
-
-    def load(self) -> tuple[dict[str, ChargingSession], ChargingStats]:
-        sessions = {
-            sid: ChargingSession.from_payload(json.loads(payload))
-            for sid, payload in self._db.execute("SELECT session_id, payload FROM sessions")
-        }
-        row = self._db.execute("SELECT payload FROM stats WHERE id = 1").fetchone()
-        stats = ChargingStats(**json.loads(row[0])) if row else ChargingStats()
-        return sessions, stats
-
-    def has_seen(self, key: str) -> bool:
-        row = self._db.execute(
-            "SELECT 1 FROM fingerprints WHERE key = ?", (fingerprint_bytes(key),)
-        ).fetchone()
-        return row is not None
 
     def seen_among(self, keys: Iterable[str]) -> set[str]:
         """Which of `keys` are known: one query per 500 instead of one per key."""
