@@ -19,6 +19,8 @@ from amqtt.broker import Broker
 from amqtt.mqtt.protocol.broker_handler import BrokerProtocolHandler
 from amqtt.session import Session
 
+log = logging.getLogger(__name__)
+
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 1883
 
@@ -80,6 +82,27 @@ class _Broker(Broker):  # type: ignore[misc]  # amqtt ships no type information
             await super()._run_broadcast(running_tasks)  # queued: its get() does not wait
 
 
+def _quiet_amqtt_cancellations(loop: asyncio.AbstractEventLoop) -> None:
+    """amqtt 0.12 answers each PINGREQ in a task of its own and never retrieves its result: a
+    client that disconnects (or the broker shutting down) while one is being written leaves
+    "Task exception was never retrieved ... Packet handling was cancelled" at ERROR level. That
+    is amqtt's bookkeeping, not a fault of ours or of the client; log it at debug level. Every
+    other unhandled exception goes to the handler that was there before."""
+    previous = loop.get_exception_handler()
+
+    def handler(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        exc = context.get("exception")
+        if exc is not None and type(exc).__module__.startswith("amqtt") and "cancelled" in str(exc):
+            log.debug("amqtt: %s", exc)
+            return
+        if previous is not None:
+            previous(loop, context)
+        else:
+            loop.default_exception_handler(context)
+
+    loop.set_exception_handler(handler)
+
+
 class BrokerPortInUse(RuntimeError):
     """The embedded broker's port is taken (often by a Mosquitto already running)."""
 
@@ -123,6 +146,7 @@ class EmbeddedBroker:
                 "amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": True},
             },
         }
+        _quiet_amqtt_cancellations(asyncio.get_running_loop())
         self._broker = _Broker(config)
         self._broker._subscriptions = _SnapshotDict(self._broker._subscriptions)
         await self._broker.start()

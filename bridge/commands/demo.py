@@ -47,6 +47,11 @@ class DemoSettings(RunSettings):
         default=Path("./chargebridge-state/demo"), description="directory for durable state"
     )
     stats_interval: float = Field(default=1.0, gt=0, description="seconds between stats")
+    # The simulated chargers' clock runs `speed` times faster, and so do their frames: a
+    # real charger's 20 frames/s limit would throttle them (docs/reliability.md).
+    frame_rate_limit: float = Field(
+        default=1_000_000.0, gt=0, description="frames per second accepted from one device"
+    )
     log_level: str = Field(default="warning", description="minimum level logged")  # type: ignore[assignment]
     web: str = Field(
         default="127.0.0.1:8080",

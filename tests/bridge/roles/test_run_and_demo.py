@@ -167,6 +167,8 @@ async def test_demo_at_full_speed_keeps_up_with_its_chargers(tmp_path: Path) -> 
     text = out.decode()
     assert " ERROR " not in err.decode(), err.decode()
     assert "could not flush" not in err.decode(), err.decode()
+    # The simulated chargers run x600: a real charger's frame-rate limit must not throttle them.
+    assert "rate_limited" not in err.decode() and "frame rate" not in err.decode(), err.decode()
     match = re.search(
         r"simulator: (\d+)/(\d+) chargers registered, (\d+) sessions completed, "
         r"(\d+)/(\d+) settlement frames acknowledged",
