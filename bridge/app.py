@@ -19,6 +19,7 @@ from typing import Any
 
 from bridge import statedir
 from bridge.capture import CaptureUnit
+from bridge.charging.presence import ServicePresence, instance_id
 from bridge.charging.service import ChargingService, service_mqtt_settings, service_subscriptions
 from bridge.charging.settings import ChargingSettings
 from bridge.charging.store import ChargingStore, StoreError, open_store
@@ -234,6 +235,9 @@ async def _run_service(settings: ChargingSettings, ready: asyncio.Event | None) 
             for name, unit in webhook_units(settings):  # --webhook: docs/integrations.md
                 tg.create_task(unit, name=name)
             await mqtt.connected.wait()
+            # `{b}/charging/state` online only once the service is connected (docs/scaling.md)
+            presence = ServicePresence(settings, instance_id(settings))
+            tg.create_task(presence.run(), name="charging-presence")
             log.info("charging service ready on %s", mqtt.settings.redacted_url())
             if ready is not None:
                 ready.set()
