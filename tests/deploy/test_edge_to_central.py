@@ -199,6 +199,7 @@ async def v5_reply_round_trip(central: Mosquitto, device: str) -> aiomqtt.Messag
             return await anext(client.messages)
 
 
+@pytest.mark.timeout(300)  # a 30 s cut and 40 s waits: ~60 s idle, ~85 s on a loaded box
 async def test_settlements_during_a_30s_uplink_cut_reach_the_central_service_once(
     edge: Edge, tmp_path: Path
 ) -> None:
