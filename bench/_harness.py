@@ -279,6 +279,7 @@ def paho_reference(mqtt_port: int, count: int, rate: float | None = None) -> dic
     pub.loop_start()
     ready.wait(10)
     body = b"x" * 400  # about the size of a 0x06 power event
+    cpu_before = time.process_time()
     start = time.perf_counter()
     for i in range(count):
         if rate:
@@ -289,6 +290,7 @@ def paho_reference(mqtt_port: int, count: int, rate: float | None = None) -> dic
         pub.publish(topic, f"{time.perf_counter():<24.6f}".encode() + body, qos=1)
     done.wait(max(30.0, count / 500))
     elapsed = time.perf_counter() - start
+    cpu_used = time.process_time() - cpu_before
     pub.loop_stop()
     sub.loop_stop()
     pub.disconnect()
@@ -297,6 +299,9 @@ def paho_reference(mqtt_port: int, count: int, rate: float | None = None) -> dic
         "messages": count,
         "received": len(got),
         "msgs_per_s": round(len(got) / elapsed, 1),
+        # This process's CPU (publisher + subscriber threads, idle watchers): what a raw
+        # client pair costs per message, the CPU reference of the system benchmarks.
+        "cpu_us_per_msg": round(cpu_used / count * 1e6, 1),
         "latency_ms": {
             "p50": _ms(percentile(got, 50)),
             "p99": _ms(percentile(got, 99)),
