@@ -27,7 +27,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
+# The tree whose `python -m bridge` is measured (its directory is the children's cwd, so its
+# `bridge` package is imported first): this one, or another checkout for a before/after run.
+ROOT = Path(os.environ.get("CHARGEBRIDGE_BENCH_TREE") or Path(__file__).resolve().parent.parent)
 PYTHON = sys.executable
 MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
 
