@@ -2,7 +2,8 @@
 
 `Outbox` keeps them in memory (the charging service and the tools: what they publish is derived
 from durable state and published again after a restart); `SqliteOutbox` also writes them to
-SQLite under `--state-dir`, so a gateway crash loses nothing it had queued (API.md section 7).
+SQLite under `--state-dir` by group commit, so a gateway crash loses nothing it had stored
+(API.md section 7; what is durable when: `SqliteOutbox` and docs/reliability.md).
 
 Both are bounded by `max_messages`: beyond it the oldest non-critical messages that are not in
 flight are dropped and counted in `dropped`. Critical messages (the gateway's `settled` events)
