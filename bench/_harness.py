@@ -27,7 +27,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
+# The tree whose `python -m bridge` is measured (its directory is the children's cwd, so its
+# `bridge` package is imported first): this one, or another checkout for a before/after run.
+ROOT = Path(os.environ.get("CHARGEBRIDGE_BENCH_TREE") or Path(__file__).resolve().parent.parent)
 PYTHON = sys.executable
 MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
 
@@ -279,6 +281,7 @@ def paho_reference(mqtt_port: int, count: int, rate: float | None = None) -> dic
     pub.loop_start()
     ready.wait(10)
     body = b"x" * 400  # about the size of a 0x06 power event
+    cpu_before = time.process_time()
     start = time.perf_counter()
     for i in range(count):
         if rate:
@@ -289,6 +292,7 @@ def paho_reference(mqtt_port: int, count: int, rate: float | None = None) -> dic
         pub.publish(topic, f"{time.perf_counter():<24.6f}".encode() + body, qos=1)
     done.wait(max(30.0, count / 500))
     elapsed = time.perf_counter() - start
+    cpu_used = time.process_time() - cpu_before
     pub.loop_stop()
     sub.loop_stop()
     pub.disconnect()
@@ -297,6 +301,9 @@ def paho_reference(mqtt_port: int, count: int, rate: float | None = None) -> dic
         "messages": count,
         "received": len(got),
         "msgs_per_s": round(len(got) / elapsed, 1),
+        # This process's CPU (publisher + subscriber threads, idle watchers): what a raw
+        # client pair costs per message, the CPU reference of the system benchmarks.
+        "cpu_us_per_msg": round(cpu_used / count * 1e6, 1),
         "latency_ms": {
             "p50": _ms(percentile(got, 50)),
             "p99": _ms(percentile(got, 99)),

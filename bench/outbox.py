@@ -7,6 +7,11 @@ Through a real Mosquitto (started here from the project's mosquitto.conf, as the
 - `outage_queue`: the same submitted while the broker is down (the cost of queueing, with
   SQLite the transaction per loop turn), then `outage_drain`: the broker started again, messages/s
   until every one is acknowledged;
+- `paced_cpu_us_per_event`: a gateway at an ordinary rate, `--rate` events/s (1,000), each
+  event two messages (an event and a retained state) submitted in its own loop turn: the
+  process's CPU time (user + system) per event with the in-memory `Outbox` (the reference),
+  `SqliteOutbox` with one transaction per loop turn (`commit_window_s=0`, as before group
+  commit) and with group commit (the default window); median of `--rounds` interleaved runs;
 - `coalescing`: a heartbeat flood during an outage (`--devices` devices x 20 heartbeats, each one
   retained device state and three events): messages left queued with and without coalescing.
 
@@ -19,6 +24,7 @@ import argparse
 import asyncio
 import json
 import platform
+import statistics
 import sys
 import tempfile
 import time
@@ -61,7 +67,9 @@ PAYLOAD = json.dumps(
 async def submit_all(mqtt: MqttClient, n: int, batch: int) -> list[asyncio.Future[None]]:
     futures = []
     for i in range(0, n, batch):
-        futures += [mqtt.submit(f"bench/e/{i % 100}", PAYLOAD) for _ in range(min(batch, n - i))]
+        futures += [
+            mqtt.submit(f"chargebridge/bench/{i % 100}", PAYLOAD) for _ in range(min(batch, n - i))
+        ]
         await asyncio.sleep(0)  # one event-loop turn per batch
     return futures
 
@@ -90,6 +98,28 @@ async def outage(broker: Mosquitto, outbox: Outbox, n: int, batch: int) -> tuple
         return queue_rate, n / (time.perf_counter() - start)
 
 
+async def paced(broker: Mosquitto, outbox: Outbox, events: int, rate: float) -> float:
+    """CPU µs per event, two messages per event, one event per loop turn at `rate`/s."""
+    async with MqttClient(MqttSettings(url=broker.url), outbox=outbox) as mqtt:
+        await asyncio.wait_for(mqtt.wait_connected(), 10)
+        loop = asyncio.get_running_loop()
+        futures = []
+        cpu = time.process_time()
+        start = loop.time()
+        for i in range(events):
+            delay = start + i / rate - loop.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            futures.append(mqtt.submit(f"chargebridge/bench/{i % 1000}/event", PAYLOAD))
+            futures.append(mqtt.submit(f"chargebridge/bench/{i % 1000}/state", PAYLOAD[:300]))
+        await asyncio.gather(*futures)
+        if isinstance(outbox, SqliteOutbox):
+            await outbox.stored()
+        used = time.process_time() - cpu
+    outbox.close()
+    return used / events * 1e6
+
+
 def flood(outbox: Outbox, devices: int) -> int:
     for _ in range(20):
         for dev in range(devices):
@@ -108,12 +138,37 @@ async def main() -> None:
     parser.add_argument("--messages", type=int, default=20_000)
     parser.add_argument("--batch", type=int, default=10)
     parser.add_argument("--devices", type=int, default=500)
+    parser.add_argument("--rate", type=float, default=1000.0, help="paced: events/s")
+    parser.add_argument("--events", type=int, default=3000, help="paced: events per run")
+    parser.add_argument("--rounds", type=int, default=3, help="paced: interleaved runs")
+    parser.add_argument("--paced-only", action="store_true")
     args = parser.parse_args()
     n, batch = args.messages, args.batch
     with tempfile.TemporaryDirectory() as tmp:
         broker = Mosquitto(Path(tmp) / "broker")
         broker.start()
         try:
+            variants: dict[str, Callable[[int], Outbox]] = {
+                "memory_reference": lambda _: Outbox(),
+                "sqlite_transaction_per_loop_turn": lambda k: SqliteOutbox(
+                    Path(tmp) / f"t{k}.sqlite3", commit_window_s=0
+                ),
+                "sqlite_group_commit": lambda k: SqliteOutbox(Path(tmp) / f"g{k}.sqlite3"),
+            }
+            cpu: dict[str, list[float]] = {name: [] for name in variants}
+            for k in range(args.rounds):
+                for name, make in variants.items():
+                    cpu[name].append(await paced(broker, make(k), args.events, args.rate))
+            paced_result = {
+                "rate": args.rate,
+                "events": args.events,
+                "messages_per_event": 2,
+                "runs": {name: [round(x, 1) for x in xs] for name, xs in cpu.items()},
+                "median": {name: round(statistics.median(xs), 1) for name, xs in cpu.items()},
+            }
+            if args.paced_only:
+                print(json.dumps({"paced_cpu_us_per_event": paced_result}))
+                return
             memory_rate = await connected(broker, Outbox(), n, batch)
             sqlite_rate = await connected(broker, SqliteOutbox(Path(tmp) / "a.sqlite3"), n, batch)
             memory_queue, memory_drain = await outage(broker, Outbox(), n, batch)
@@ -130,9 +185,11 @@ async def main() -> None:
     result = {
         "python": platform.python_version(),
         "machine": platform.machine(),
+        "load_note": "measured on a shared machine; compare with the reference of this run",
         "messages": n,
         "batch_per_loop_turn": batch,
         "payload_bytes": len(PAYLOAD),
+        "paced_cpu_us_per_event": paced_result,
         "connected_msgs_per_s": {"memory": round(memory_rate), "sqlite": round(sqlite_rate)},
         "outage_queue_msgs_per_s": {"memory": round(memory_queue), "sqlite": round(sqlite_queue)},
         "outage_drain_msgs_per_s": {"memory": round(memory_drain), "sqlite": round(sqlite_drain)},

@@ -170,9 +170,17 @@ def main() -> None:
         help="comma-separated: sqlite (the default file store) and/or postgresql (a private "
         "cluster from tests/postgres.py, fsync on; needs the postgres extra)",
     )
+    parser.add_argument(
+        "--rates",
+        default="1000,5000,max",
+        help="comma-separated phases, frames/s or max (e.g. --rates 1000: CPU per event at an "
+        "ordinary rate only)",
+    )
     args = parser.parse_args()
     seconds = 5 if args.quick else 10
     phases = [(1000, 1000 * seconds), (5000, 5000 * seconds), (0, 30000)]
+    wanted = {0 if r == "max" else int(r) for r in args.rates.split(",")}
+    phases = [(rate, count) for rate, count in phases if rate in wanted]
     results: dict[str, list[dict[str, Any]]] = {}
     for store in args.stores.split(","):
         if store == "sqlite":

@@ -105,9 +105,17 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="5 s phases instead of 10 s")
     parser.add_argument("--devices", type=int, default=1000)
     parser.add_argument("--max-frames", type=int, default=30000)
+    parser.add_argument(
+        "--rates",
+        default="1000,5000,max",
+        help="comma-separated phases, frames/s or max (e.g. --rates 1000: CPU per event at an "
+        "ordinary rate only)",
+    )
     args = parser.parse_args()
     seconds = 5 if args.quick else 10
     phases = [(1000, 1000 * seconds), (5000, 5000 * seconds), (0, args.max_frames)]
+    wanted = {0 if r == "max" else int(r) for r in args.rates.split(",")}
+    phases = [(rate, count) for rate, count in phases if rate in wanted]
     with Procs() as procs:
         mqtt_port = procs.mosquitto()
         tcp_port = free_port()

@@ -2,7 +2,8 @@
 
 `Outbox` keeps them in memory (the charging service and the tools: what they publish is derived
 from durable state and published again after a restart); `SqliteOutbox` also writes them to
-SQLite under `--state-dir`, so a gateway crash loses nothing it had queued (API.md section 7).
+SQLite under `--state-dir` by group commit, so a gateway crash loses nothing it had stored
+(API.md section 7; what is durable when: `SqliteOutbox` and docs/reliability.md).
 
 Both are bounded by `max_messages`: beyond it the oldest non-critical messages that are not in
 flight are dropped and counted in `dropped`. Critical messages (the gateway's `settled` events)
@@ -35,6 +36,11 @@ log = logging.getLogger("chargebridge.mqtt")
 DEFAULT_MAX_MESSAGES = 100_000
 KEYS_REMEMBERED = 20_000
 KEY_TTL_S = 24 * 3600.0
+# SqliteOutbox's group commit: at most this long between a change and its transaction...
+COMMIT_WINDOW_S = 0.01
+# ...and at most this many queued changes (a burst is written at once, in bounded groups).
+MAX_GROUP = 512
+RETRY_S = 1.0  # after a failed write (disk full)
 
 
 @dataclass(slots=True)
@@ -234,8 +240,20 @@ class OutboxLocked(OSError):
 
 class SqliteOutbox(Outbox):
     """The outbox in SQLite (WAL, `synchronous=NORMAL`: a commit survives a crash of the process,
-    not necessarily a power cut). Changes are written in one transaction per event-loop turn,
-    and always before a message is handed out for publishing, so the cost per message is small.
+    not necessarily a power cut), written by group commit so that a message costs a fraction of
+    a transaction (docs/reliability.md, Durable outbox):
+
+    - changes (new messages, deletions of acknowledged ones, published keys) are collected for
+      at most `commit_window_s` after the first one, or `MAX_GROUP` changes, and written in one
+      transaction: a message is durable (on disk, or acknowledged by the broker) at the latest
+      `commit_window_s` after it was queued; `stored()` waits for it;
+    - a non-critical message may be handed out for publishing before it is written; if the
+      broker acknowledges it within the window it is never written at all (the broker has it);
+    - a critical or keyed message (a settlement) is written at once, with everything queued
+      before it, and its key as soon as the broker acknowledged it, before the caller hears
+      of the acknowledgement (the device's 0x03 reply): a crash never loses a settlement the
+      gateway received, nor publishes one twice after its reply.
+
     Queued messages are also kept in memory (bounded by `max_messages`). The database is locked
     exclusively while open: a second gateway on the same state dir fails at start. A failing
     write (disk full) is logged and retried with the next change; publishing goes on from memory.
@@ -248,8 +266,10 @@ class SqliteOutbox(Outbox):
         *,
         coalesce_retained: bool = True,
         key_ttl_s: float = KEY_TTL_S,
+        commit_window_s: float = COMMIT_WINDOW_S,
     ) -> None:
         super().__init__(max_messages, coalesce_retained=coalesce_retained, key_ttl_s=key_ttl_s)
+        self.commit_window_s = commit_window_s
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         self._db = sqlite3.connect(path, isolation_level=None, timeout=0.5)
@@ -269,7 +289,9 @@ class SqliteOutbox(Outbox):
         self._inserts: dict[int, OutboxMessage] = {}
         self._deletes: list[int] = []
         self._keys_published: list[tuple[str, float]] = []
-        self._flush_scheduled = False
+        self._flush_handle: asyncio.Handle | None = None
+        self._closed = False
+        self._waiters: list[asyncio.Future[None]] = []
         self._load()
 
     def _load(self) -> None:
@@ -297,35 +319,69 @@ class SqliteOutbox(Outbox):
             self._enqueue(message)
             self._next_seq = seq + 1
 
+    @property
+    def unstored(self) -> int:
+        """Changes not yet written (queued messages, deletions, published keys)."""
+        return len(self._inserts) + len(self._deletes) + len(self._keys_published)
+
     def _stored(self, message: OutboxMessage) -> None:
         self._inserts[message.seq] = message
-        self._schedule_flush()
+        if message.critical or message.key is not None:
+            self.flush()  # a settlement: on disk at once, with everything queued before it
+        else:
+            self._schedule_flush()
 
     def _removed(self, seq: int, published_key: str | None = None) -> None:
         if self._inserts.pop(seq, None) is None:  # never written: nothing to delete
             self._deletes.append(seq)
         if published_key is not None:
             self._keys_published.append((published_key, time.time()))
-        self._schedule_flush()
+            self.flush()  # remembered before the caller hears of the acknowledgement
+        else:
+            self._schedule_flush()
 
-    def _schedule_flush(self) -> None:
-        if self._flush_scheduled:
+    def _schedule_flush(self, delay: float | None = None) -> None:
+        if self._closed:
+            return
+        if self._flush_handle is not None:
+            if len(self._inserts) + len(self._deletes) >= MAX_GROUP and not self._write_failing:
+                self.flush()
             return
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
-            return  # no loop (tools, tests): flushed on take() and close()
-        self._flush_scheduled = True
-        loop.call_soon(self.flush)
+            return  # no loop (tools, tests): flushed by the next critical change and close()
+        delay = self.commit_window_s if delay is None else delay
+        if delay > 0:
+            self._flush_handle = loop.call_later(delay, self.flush)
+        else:
+            self._flush_handle = loop.call_soon(self.flush)
 
     def take(self) -> OutboxMessage | None:
-        if self._inserts:
-            self.flush()  # on disk before it is published
+        if self._inserts and self._pending:
+            first = next(iter(self._pending.values()))
+            if (first.critical or first.key is not None) and first.seq in self._inserts:
+                self.flush()  # on disk before it is published (only if a write failed)
         return super().take()
 
+    async def stored(self) -> None:
+        """Wait until every change so far is written (at most `commit_window_s`)."""
+        if not self.unstored:
+            return
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        self._schedule_flush()
+        await waiter
+
     def flush(self) -> None:
-        self._flush_scheduled = False
-        if not (self._inserts or self._deletes or self._keys_published):
+        """Write every change now, in one transaction."""
+        if self._flush_handle is not None:
+            self._flush_handle.cancel()
+            self._flush_handle = None
+        if self._closed:
+            return
+        if not self.unstored:
+            self._wake_waiters()
             return
         try:
             self._write()
@@ -333,6 +389,7 @@ class SqliteOutbox(Outbox):
             if not self._write_failing:
                 log.error("cannot write the outbox %s: %s; retrying", self.path, exc)
             self._write_failing = True
+            self._schedule_flush(RETRY_S)
             return
         if self._write_failing:
             log.info("outbox %s writable again", self.path)
@@ -340,6 +397,13 @@ class SqliteOutbox(Outbox):
         self._inserts.clear()
         self._deletes.clear()
         self._keys_published.clear()
+        self._wake_waiters()
+
+    def _wake_waiters(self) -> None:
+        waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
 
     def _write(self) -> None:
         db = self._db
@@ -380,4 +444,8 @@ class SqliteOutbox(Outbox):
 
     def close(self) -> None:
         self.flush()
+        if self._flush_handle is not None:  # a write that failed: its retry
+            self._flush_handle.cancel()
+            self._flush_handle = None
+        self._closed = True  # changes after this (late acknowledgements) stay in memory
         self._db.close()

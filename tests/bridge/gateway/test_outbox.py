@@ -84,10 +84,13 @@ async def test_events_queued_during_an_outage_survive_a_gateway_kill_exactly_onc
         for _ in range(30):
             mids.append(await device.send(0x22))
             await device.recv()  # answered while the broker is down
-        # A resend publishes nothing; its reply comes after the loop turn that wrote the
-        # events above to SQLite, so all 30 are on disk when we kill.
+        # The outbox writes by group commit, but a settlement at once, with everything queued
+        # before it: once a later frame is answered (frames are handled in order), the 30
+        # events and the settlement are on disk. A resend publishes nothing itself.
+        await device.send(0x03, settlement())
         await device.send(0x22, message_id=mids[-1])
-        await device.recv()
+        reply = await device.recv()
+        assert reply.message_id == mids[-1]  # the settlement is not answered: broker down
         await gw.kill()
         await device.close()
         broker.start()
@@ -107,6 +110,8 @@ async def test_events_queued_during_an_outage_survive_a_gateway_kill_exactly_onc
                 if m["type"] == "time_sync"
             ]
             assert syncs == [*mids, 1000]  # each once, in order, before the new ones
+            settled = [m for m in watcher.all(f"{DEV}/event/order") if m["type"] == "settled"]
+            assert len(settled) == 1
             await after.close()
     finally:
         gw.cleanup()

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +15,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from bridge.mqtt.client import MessageDropped, MqttClient, MqttSettings
-from bridge.mqtt.outbox import Outbox, OutboxLocked, SqliteOutbox
+from bridge.mqtt.outbox import MAX_GROUP, Outbox, OutboxLocked, OutboxMessage, SqliteOutbox
 from tests.broker import Mosquitto
 
 
@@ -159,23 +161,113 @@ def test_sqlite_outbox_restores_properties(tmp_path: Path) -> None:
     second.close()
 
 
-def test_sqlite_outbox_writes_before_handing_out_and_skips_what_never_left(
+def test_sqlite_outbox_writes_settlements_at_once_and_skips_what_never_needed_it(
     tmp_path: Path,
 ) -> None:
     path = tmp_path / "o.sqlite3"
     outbox = SqliteOutbox(path, 3)
-    for i in range(10):  # no event loop here: nothing flushed yet; 7 dropped in memory
+    for i in range(10):  # no event loop here: nothing written yet; 7 dropped in memory
         outbox.add("e", str(i).encode())
     outbox.add("s", b"1", retain=True)
     outbox.add("s", b"2", retain=True)
     assert outbox.stored_count() == 0
     message = outbox.take()
     assert message is not None and message.payload == b"8"
-    assert outbox.stored_count() == 3  # "8" (in flight), "9", and only the newest state
-    outbox.acked(message.seq)
-    outbox.flush()
-    assert outbox.stored_count() == 2
+    assert outbox.stored_count() == 0  # not critical: handed out before it is written
+    outbox.acked(message.seq)  # the broker has it: it is never written
+    outbox.add("settled", b"x", critical=True, key="k")
+    assert on_disk(outbox) == [b"9", b"2", b"x"]  # at once, with everything queued before it
+    assert [m.payload for m in drain_until_key(outbox, "k")] == [b"9", b"2", b"x"]
+    # the key is written before the caller hears of the acknowledgement (with the deletes)
+    assert published_on_disk(outbox) == ["k"] and on_disk(outbox) == []
     outbox.close()
+
+
+def drain_until_key(outbox: SqliteOutbox, key: str) -> list[OutboxMessage]:
+    """Publish and acknowledge messages up to the one with `key`."""
+    out = []
+    while (m := outbox.take()) is not None:
+        out.append(m)
+        outbox.acked(m.seq)
+        if m.key == key:
+            break
+    return out
+
+
+def published_on_disk(outbox: SqliteOutbox) -> list[str]:
+    return [k for (k,) in outbox._db.execute("SELECT key FROM published ORDER BY at")]
+
+
+async def test_sqlite_outbox_writes_changes_from_many_loop_turns_in_one_transaction(
+    tmp_path: Path,
+) -> None:
+    """Group commit: queued messages are collected over loop turns (here the window never ends
+    by itself) and written MAX_GROUP at a time, in order."""
+    outbox = SqliteOutbox(tmp_path / "o.sqlite3", 10_000, commit_window_s=3600)
+    commits = []
+    outbox._db.set_trace_callback(lambda sql: commits.append(sql) if sql == "COMMIT" else None)
+    for i in range(MAX_GROUP + 88):
+        outbox.add("e", str(i).encode())
+        await asyncio.sleep(0)  # a new loop turn for each message, as at a low rate
+    assert len(commits) == 1 and outbox.stored_count() == MAX_GROUP
+    outbox.flush()
+    assert len(commits) == 2
+    assert on_disk(outbox) == [str(i).encode() for i in range(MAX_GROUP + 88)]
+    outbox.close()
+
+
+async def test_sqlite_outbox_stored_waits_for_the_group_commit(tmp_path: Path) -> None:
+    outbox = SqliteOutbox(tmp_path / "o.sqlite3", 1000)
+    for i in range(50):
+        outbox.add("e", str(i).encode())
+        await asyncio.sleep(0)
+    await outbox.stored()
+    assert outbox.unstored == 0
+    assert on_disk(outbox) == [str(i).encode() for i in range(50)]
+    outbox.close()
+
+
+KILLED_CHILD = """
+import asyncio, sys
+from pathlib import Path
+from bridge.mqtt.outbox import SqliteOutbox
+
+async def main() -> None:
+    outbox = SqliteOutbox(Path(sys.argv[1]), 10_000)
+    for i in range(2000):
+        if i == 1000:
+            outbox.add("settled", b"s", critical=True, key="k")
+        outbox.add("e", str(i).encode())
+        if i % 10 == 0:
+            await asyncio.sleep(0)  # as a gateway: a few messages per loop turn
+    await outbox.stored()
+    print("stored", flush=True)
+    await asyncio.sleep(3600)
+
+asyncio.run(main())
+"""
+
+
+def test_messages_stored_survive_a_kill_of_the_process(tmp_path: Path) -> None:
+    """What the outbox reported as stored survives SIGKILL: no close(), nothing flushed after."""
+    path = tmp_path / "o.sqlite3"
+    child = subprocess.Popen(
+        [sys.executable, "-c", KILLED_CHILD, str(path)],
+        stdout=subprocess.PIPE,
+        cwd=Path(__file__).resolve().parents[3],
+    )
+    try:
+        assert child.stdout is not None
+        assert child.stdout.readline() == b"stored\n"
+    finally:
+        child.kill()
+        child.wait()
+    reopened = SqliteOutbox(path, 10_000)
+    assert isinstance(reopened.find_key("k"), int)  # queued, not published
+    payloads = [p for _, p in drain(reopened)]
+    expected = [str(i).encode() for i in range(2000)]
+    assert payloads == [*expected[:1000], b"s", *expected[1000:]]
+    reopened.close()
 
 
 def test_sqlite_outbox_forgets_published_keys_after_their_ttl(tmp_path: Path) -> None:

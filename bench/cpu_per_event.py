@@ -1,0 +1,100 @@
+"""CPU time per event of the gateway and of the charging service at an ordinary rate (1,000
+frames/s); prints one JSON object.
+
+At low rates the per-event fixed costs (wakeups, transactions, timers, acknowledgements)
+dominate, and CPU time per event (user + system, from /proc) is far less disturbed by other
+load on the machine than rates or latencies, so it is the figure to compare. Per round:
+- `throughput.py --rates 1000`: 1,000 chargers send 0x06 power reports at 1,000 frames/s through
+  the gateway to the charging service; CPU per frame of the gateway, the service, Mosquitto;
+- `service_stage.py --rates 1000 --stores sqlite`: the service alone, fed by raw paho at
+  1,000 events/s; its CPU per event.
+The reference in the same run: the raw paho-mqtt client pair of each of those scripts (one
+publisher, one QoS 1 subscriber, same broker, same rate), its CPU per message. With
+`--baseline DIR` (another checkout, e.g. `git worktree add --detach /tmp/base main`) the same
+is measured for that tree's code, rounds interleaved, so both see the same load.
+
+    .venv/bin/python bench/cpu_per_event.py [--rounds 2] [--baseline DIR] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from _harness import PYTHON, emit, machine
+
+HERE = Path(__file__).resolve().parent
+
+
+def run(script: str, tree: Path, *args: str) -> dict[str, Any]:
+    env = {**os.environ, "CHARGEBRIDGE_BENCH_TREE": str(tree)}
+    out = subprocess.run(
+        [PYTHON, str(HERE / script), *args], env=env, capture_output=True, check=True
+    ).stdout
+    result: dict[str, Any] = json.loads(out)
+    return result
+
+
+def one_round(tree: Path, quick: bool) -> dict[str, float]:
+    extra = ["--quick"] if quick else []
+    tp = run("throughput.py", tree, "--rates", "1000", *extra)["phases"][0]
+    ss = run("service_stage.py", tree, "--rates", "1000", "--stores", "sqlite", *extra)
+    stage = ss["stores"]["sqlite"][0]
+    cpu = tp["cpu_us_per_frame"]
+    return {
+        "gateway_us": cpu["gateway"],
+        "service_us": cpu["service"],
+        "mosquitto_us": cpu["mosquitto"],
+        "service_alone_us": stage["service_cpu_us_per_event"]["user"]
+        + stage["service_cpu_us_per_event"]["system"],
+        "reference_paho_us": tp["reference_paho"]["cpu_us_per_msg"],
+        "reference_paho_stage_us": stage["reference_paho"]["cpu_us_per_msg"],
+        "gateway_stage_p99_ms": tp["gateway_stage"]["latency_ms"]["p99"],
+        "p99_ms": tp["latency_ms"]["p99"],
+        "delivered": tp["delivered"],
+    }
+
+
+def summary(rounds: list[dict[str, float]]) -> dict[str, Any]:
+    return {
+        "rounds": rounds,
+        "median": {k: statistics.median(r[k] for r in rounds) for k in rounds[0]},
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--baseline", type=Path, help="another checkout to measure alike")
+    parser.add_argument("--quick", action="store_true", help="5 s phases instead of 10 s")
+    args = parser.parse_args()
+    trees = {"this": HERE.parent}
+    if args.baseline is not None:
+        trees = {"baseline": args.baseline.resolve(), **trees}
+    results: dict[str, list[dict[str, float]]] = {name: [] for name in trees}
+    for i in range(args.rounds):
+        for name, tree in trees.items():
+            print(f"round {i + 1}: {name}", file=sys.stderr, flush=True)
+            results[name].append(one_round(tree, args.quick))
+    emit(
+        {
+            "benchmark": "cpu_per_event",
+            "rate": 1000,
+            "machine": machine(),
+            "load_note": "shared machine: other processes ran during the measurement; "
+            "compare CPU per event with the reference of the same run",
+            "trees": {
+                name: {"path": str(trees[name]), **summary(r)} for name, r in results.items()
+            },
+        }
+    )
+
+
+if __name__ == "__main__":
+    main()
