@@ -75,7 +75,10 @@ async def main(args: argparse.Namespace) -> None:
     for charger in chargers:
         charger.start()
     await asyncio.gather(*(c.done for c in chargers))
-    print(json.dumps({"event": "ready", "t": time.monotonic(), "connected": len(chargers)}), flush=True)
+    print(
+        json.dumps({"event": "ready", "t": time.monotonic(), "connected": len(chargers)}),
+        flush=True,
+    )
     await stop.wait()
 
 

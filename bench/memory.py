@@ -79,7 +79,7 @@ def reference(n: int, timeout: float) -> dict[str, Any]:
     with Procs() as procs:
         port = free_port()
         server = procs.spawn([PYTHON, "bench/_floor_server.py", "--port", str(port)], "floor")
-        wait_port(port)
+        wait_port(port, 60.0)
         settle(server.pid)
         before = rss_kib(server.pid)
         load(procs, port, n, "floor", timeout)
@@ -139,7 +139,7 @@ def gateway_run(n: int, timeout: float, trace: bool, top: int) -> dict[str, Any]
             gw = procs.spawn([PYTHON, "bench/_traced_gateway.py", *args], "gateway", env=env)
         else:
             gw = procs.spawn([PYTHON, "-m", "bridge", "gateway", *args], "gateway")
-        wait_port(tcp_port)
+        wait_port(tcp_port, 60.0)
         heartbeats = Counter(lambda topic, payload: b'"type":"heartbeat"' in payload)
         watch = Watch(mqtt_port, "chargebridge/devices/+/event/device", heartbeats, qos=0)
         settle(gw.pid)
