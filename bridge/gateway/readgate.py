@@ -62,7 +62,10 @@ class ReadGate:
 
     def check(self) -> None:
         """After a read: pause every connection when the backlog is over `pause_at`."""
-        if self.paused or backlog(self.mqtt) < self.pause_at:
+        if self.paused:
+            return
+        queued = backlog(self.mqtt)
+        if queued < self.pause_at:
             return
         self.paused = True
         self.paused_at = self.clock.monotonic()
@@ -70,12 +73,16 @@ class ReadGate:
         for cs in self.registry.conns.values():
             if cs.conn.replaceable:
                 cs.conn.pause_reading()
-        log.debug("MQTT backlog high, reading devices paused", extra={"queued": self.pause_at})
-        asyncio.get_running_loop().call_later(self.check_s, self._poll)
+        log.debug("MQTT backlog high, reading devices paused", extra={"queued": queued})
+        asyncio.get_running_loop().call_later(self.check_s, self.poll)
 
-    def _poll(self) -> None:
+    def poll(self) -> None:
+        """While paused, every `check_s` (run by the loop; tests call it): resume below
+        `resume_at`."""
+        if not self.paused:
+            return
         if backlog(self.mqtt) > self.resume_at:
-            asyncio.get_running_loop().call_later(self.check_s, self._poll)
+            asyncio.get_running_loop().call_later(self.check_s, self.poll)
             return
         self.paused = False
         held = self.clock.monotonic() - self.paused_at
