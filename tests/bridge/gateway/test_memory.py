@@ -12,7 +12,9 @@ from typing import Any
 
 import protocol as p
 from bridge.gateway.core import Gateway
+from bridge.gateway.registry import PortRecord
 from bridge.links.base import Connection
+from bridge.mqtt.payloads import PortState
 from bridge.mqtt.topics import Topics
 from tests.bridge.gateway.fakes import FakeClock, settings
 
@@ -87,3 +89,18 @@ async def test_an_idle_charger_holds_a_bounded_amount_of_memory(tmp_path: Path) 
     assert gw.registry.online_count() == CHARGERS + 1
     assert all(len(d.ports) == 2 for d in gw.registry.devices.values())
     assert per_charger < BOUND, f"{per_charger:.0f} bytes per idle charger"
+
+
+def test_the_kept_port_record_has_every_port_state_field() -> None:
+    """A field added to `PortState` must be kept per device too, or a republish loses it."""
+    assert PortRecord._fields == tuple(PortState.model_fields)
+    at = "2026-12-02T00:00:00.000Z"
+    state = PortState(
+        port=1, status="charging", status_code=1, power_w=120.5, order_no="AB" * 16,
+        updated_at=at, energy_kwh=0.25, measured_at=at,
+    )  # fmt: skip
+    record = PortRecord.of(state)
+    assert record.model() == state and record.model().to_json() == state.to_json()
+    later = PortRecord.of(state.model_copy(update={"updated_at": "2026-12-02T00:03:00.000Z"}))
+    assert record.same_as(later) and later != record
+    assert not record.same_as(PortRecord.of(state.model_copy(update={"power_w": 99.0})))
