@@ -15,6 +15,7 @@ import protocol as p
 from bridge.gateway import events
 from bridge.gateway.clock import Clock
 from bridge.gateway.publishing import Publishing
+from bridge.gateway.readgate import ReadGate
 from bridge.gateway.registry import MAX_DEVICES_PER_CONNECTION, ConnState, Device, Registry
 from bridge.gateway.stats import GatewayStats
 from bridge.gateway.trust import Trust
@@ -66,12 +67,15 @@ class Connections:
         self.on_reply: FrameHandler = _ignore
         self.on_offline: Callable[[int], None] = lambda _pid: None
         self._debug_ids = set(debug_devices)
+        self.read_gate = ReadGate(registry, publishing.mqtt, clock)
 
     # ------------------------------------------------------------------ LinkHandler
 
     def connection_made(self, conn: Connection) -> None:
         now = self.clock.monotonic()
         self.registry.conns[conn.id] = ConnState(conn, last_rx=now, opened=now)
+        if self.read_gate.paused and conn.replaceable:
+            conn.pause_reading()
         log.debug("connection open", extra={"peer": conn.peer})
 
     def connection_dropped(self, conn: Connection, reason: str) -> None:
@@ -93,6 +97,7 @@ class Connections:
         cs = self.registry.conns.get(conn.id)
         if cs is not None:
             self.items_received(conn, cs.decoder.feed(data), len(data))
+            self.read_gate.check()
 
     def items_received(self, conn: Connection, items: list[StreamItem], nbytes: int) -> None:
         """Decoded stream items of `conn` (from `data_received`; tests feed them directly)."""

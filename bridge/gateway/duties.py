@@ -21,7 +21,7 @@ from bridge.gateway.publishing import Publishing
 from bridge.gateway.registry import Device
 from bridge.gateway.requests import reply_fields
 from bridge.gateway.stats import GatewayStats
-from protocol import Frame, PayloadError, Sender, decode_payload
+from protocol import Frame, PayloadError, Sender, decode_frame, decode_payload
 from protocol.commands.field import (
     FSK_PARAMS,
     HostUpgradeRequest,
@@ -37,8 +37,9 @@ RECENT_TTL_S = 600.0
 TIME_REQUESTS = p.commands_for(p.TimeRequest, Sender.DEVICE)
 
 FrameKey = tuple[int, int, int, bytes]
-# The reply given to an upstream frame, as frame and bytes; () while none (yet).
-Answer = tuple[Frame, bytes] | tuple[()]
+# The reply given to an upstream frame, as its bytes (decoded again for a resend, which is
+# rare: a Frame kept per answer cost ~150 bytes per device); b"" while none (yet).
+Answer = bytes
 
 
 def frame_key(frame: Frame) -> FrameKey:
@@ -60,12 +61,14 @@ class Answers:
     def __contains__(self, key: FrameKey) -> bool:
         return key in self._recent
 
-    def get(self, key: FrameKey) -> Answer | None:
-        return self._recent.get(key)
+    def get(self, key: FrameKey) -> tuple[Frame, bytes] | None:
+        """The reply given to `key`, if one was."""
+        raw = self._recent.get(key)
+        return (decode_frame(raw), raw) if raw else None
 
     def pending(self, key: FrameKey) -> None:
         """Seen, reply not decided yet: a resend meanwhile is a duplicate answered with nothing."""
-        self._recent.put(key, ())
+        self._recent.put(key, b"")
 
     def forget(self, key: FrameKey) -> None:
         """A later resend must be handled anew (its settlement was not published)."""
@@ -73,13 +76,13 @@ class Answers:
 
     def remember(self, frame: Frame, out: Frame, raw: bytes) -> None:
         """Record `out` as the answer to `frame` (for resends) without writing it."""
-        self._recent.update(frame_key(frame), (out, raw))
+        self._recent.update(frame_key(frame), raw)
 
     def answer(self, dev: Device, frame: Frame, payload: p.Payload) -> None:
         """Send the reply to `frame` and remember it for resends."""
         out = reply_frame(frame, payload)
         raw = out.encode()
-        self._recent.update(frame_key(frame), (out, raw))
+        self._recent.update(frame_key(frame), raw)
         self._connections.write(dev, out, raw)
 
 

@@ -60,9 +60,10 @@ class Loops:
         idle = self.settings.idle_timeout
         first = self.settings.first_frame_timeout_s
         now = self.clock.monotonic()
+        paused = self.connections.read_gate.paused  # not read: not idle either
         for cs in list(self.registry.conns.values()):
             if cs.conn.replaceable:
-                if cs.conn.closed:
+                if cs.conn.closed or paused:
                     continue
                 if not cs.framed and now - cs.opened > first:
                     cs.close_reason = "no_frame"

@@ -12,7 +12,7 @@ import asyncio
 import logging
 from typing import Any, Literal, Protocol
 
-from bridge.gateway.registry import Device, Registry
+from bridge.gateway.registry import Device, PortRecord, Registry
 from bridge.mqtt.client import MessageDropped
 from bridge.mqtt.payloads import EventBase, GatewayState, Payload, PortState, iso_utc
 from bridge.mqtt.topics import Topics
@@ -28,12 +28,6 @@ MEASUREMENTS = (
     "port_temperature_c",
     "measured_at",
 )
-
-
-def _same(a: PortState, b: PortState) -> bool:
-    """Equal but for `updated_at` (a heartbeat repeating the state publishes nothing). The
-    fields are plain values: their dicts compare alike, without two `model_dump` per frame."""
-    return {**a.__dict__, "updated_at": None} == {**b.__dict__, "updated_at": None}
 
 
 class Publisher(Protocol):
@@ -104,9 +98,10 @@ class Publishing:
                     keep["order_no"] = old.order_no
             if keep:
                 state = state.model_copy(update=keep)
-        if old is not None and _same(old, state):
+        record = PortRecord.of(state)
+        if old is not None and old.same_as(record):
             return
-        dev.ports[state.port] = state
+        dev.ports[state.port] = record
         self.submit(self.topics.port(dev.device_id, state.port), state, retain=True)
 
     def gateway_state(self, state: Literal["online", "offline"]) -> None:
@@ -123,8 +118,10 @@ class Publishing:
         self.gateway_state("online")
         for dev in registry.devices.values():
             self.device_state(dev)
-            for state in dev.ports.values():
-                self.submit(self.topics.port(dev.device_id, state.port), state, retain=True)
+            for record in dev.ports.values():
+                self.submit(
+                    self.topics.port(dev.device_id, record.port), record.model(), retain=True
+                )
 
     async def flush(self, timeout_s: float) -> None:
         """Wait until the broker has the last message submitted (or give up and say so)."""

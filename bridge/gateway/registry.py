@@ -13,6 +13,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from bridge.links.base import Connection
 from bridge.mqtt.payloads import DeviceState, PortState, iso_utc
@@ -40,6 +41,36 @@ class ConnState:
     rate_drops: int = 0  # frames dropped over the rate limit in that window
 
 
+class PortRecord(NamedTuple):
+    """A port's last published state as kept per device: the `PortState` fields in a tuple
+    (about 150 bytes instead of the model's ~1.2 KB with its `__dict__` and fields-set)."""
+
+    port: int
+    status: str
+    status_code: int
+    power_w: float | None
+    order_no: str | None
+    updated_at: str
+    energy_kwh: float | None = None
+    voltage_v: float | None = None
+    current_a: float | None = None
+    temperature_c: float | None = None
+    port_temperature_c: float | None = None
+    measured_at: str | None = None
+
+    @classmethod
+    def of(cls, state: PortState) -> PortRecord:
+        return cls(*[getattr(state, name) for name in cls._fields])
+
+    def model(self) -> PortState:
+        """The payload again (its values were validated when it was first built)."""
+        return PortState.model_construct(**self._asdict())
+
+    def same_as(self, other: PortRecord) -> bool:
+        """Equal but for `updated_at` (a heartbeat repeating the state publishes nothing)."""
+        return self._replace(updated_at="") == other._replace(updated_at="")
+
+
 @dataclass(slots=True, eq=False)
 class Device:
     physical_id: int
@@ -57,20 +88,30 @@ class Device:
     seen_0x21: bool = False
     device_type: int | None = None  # from 0x20 (A.2)
     host_type: int | None = None  # from 0x11 (A.3)
-    ports: dict[int, PortState] = field(default_factory=dict)  # 1-based
-    # command channel: one command in flight, spacing between commands
-    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    ports: dict[int, PortRecord] = field(default_factory=dict)  # 1-based
+    # command channel: one command in flight, spacing between commands; the lock and the
+    # window are made on first use (most devices never get a command: ~700 bytes saved each)
+    _lock: asyncio.Lock | None = field(default=None, repr=False)
     next_send_at: float = 0.0
     last_message_id: int = 0
     queued: int = 0
-    command_times: deque[float] = field(default_factory=deque)  # monotonic, last minute
+    command_times: deque[float] | None = None  # monotonic, last minute
     # frame-rate token bucket (`bridge.gateway.trust`): full (inf, capped to the burst) at first
     frame_tokens: float = math.inf
     frame_tokens_at: float = 0.0
 
+    @property
+    def lock(self) -> asyncio.Lock:
+        """One command in flight per device."""
+        if self._lock is None:
+            self._lock = asyncio.Lock()
+        return self._lock
+
     def command_allowed(self, now: float, per_minute: int) -> bool:
         """A sliding one-minute window of accepted commands (at most `per_minute` kept)."""
         times = self.command_times
+        if times is None:
+            times = self.command_times = deque()
         while times and now - times[0] >= 60.0:
             times.popleft()
         if len(times) >= per_minute:

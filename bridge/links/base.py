@@ -65,6 +65,15 @@ class Connection:
         self.closed = True
         self._transport.abort()
 
+    def pause_reading(self) -> None:
+        """Leave what the peer sends in the kernel's buffers (TCP flow control) for now."""
+        if not self.closed:
+            cast(asyncio.ReadTransport, self._transport).pause_reading()
+
+    def resume_reading(self) -> None:
+        if not self.closed:
+            cast(asyncio.ReadTransport, self._transport).resume_reading()
+
 
 class DeviceStreamProtocol(asyncio.Protocol):
     """asyncio.Protocol (not streams): a few hundred bytes of state per connection."""
