@@ -56,6 +56,12 @@ from protocol.describe import describe_frame_line, frame_json, to_json_line
 
 HEAD = struct.Struct("<3sHIHB")
 FLOOR = Path(__file__).resolve().with_name("_decode_floor.py")
+# Both commands run as a user's shell runs them: stdout buffered and byte code cached. Either
+# variable, when set in the bench's own environment, would change the figures (unbuffered:
+# one write per line for the floor; no .pyc: the codec compiled on every start).
+ENV = {
+    k: v for k, v in os.environ.items() if k not in ("PYTHONUNBUFFERED", "PYTHONDONTWRITEBYTECODE")
+}
 
 
 def mix(count: int, seed: int = 1) -> list[bytes]:
@@ -114,7 +120,7 @@ def timed_run(argv: Sequence[str], stdin: Path) -> tuple[float, float, int]:
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     with stdin.open("rb") as source:
-        proc = subprocess.Popen(argv, stdin=source, stdout=subprocess.PIPE)
+        proc = subprocess.Popen(argv, stdin=source, stdout=subprocess.PIPE, env=ENV)
         assert proc.stdout is not None
         lines = 0
         while chunk := proc.stdout.read(1 << 16):
