@@ -83,7 +83,7 @@ def _head(command: int, sender: Sender) -> str:
     head = (
         f'{{"command": {command}, "command_name": "{command_name(command)}", "physical_id": %d, '
         f'"device_id": "%08X", "message_id": %d, "direction": "{direction}", "length": %d, '
-        '"checksum_ok": true, "payload": '
+        '"checksum_ok": true, "payload": %s}'
     )
     _HEADS[sender][command] = head
     return head
@@ -104,7 +104,7 @@ def _line(
         tail = _MODEL_TAILS[cls] = f'"model": "{cls.__name__}"'
     head = _HEADS[sender].get(command) or _head(command, sender)
     length = len(data) + MIN_LENGTH
-    return head % (physical_id, physical_id, message_id, length) + payload.to_json_text(tail) + "}"
+    return head % (physical_id, physical_id, message_id, length, payload.to_json_text(tail))
 
 
 def frame_json_line(frame: Frame, sender: Sender) -> tuple[str, bool]:

@@ -329,6 +329,13 @@ def _first_new(cls: type) -> Callable[..., Any]:
     return first
 
 
+class _Names(dict[int, str]):
+    """An enumeration's names for generated code: `names[code]`, `unknown_XX` for the rest."""
+
+    def __missing__(self, code: int) -> str:
+        return unknown(code)
+
+
 class _FirstJson:
     """Descriptor standing in for a generated JSON method: the first access generates both
     methods for the class, puts them in its place and hands out the one asked for."""
@@ -368,9 +375,8 @@ def _compile_json(owner: str, specs: tuple[FieldSpec, ...]) -> tuple[Any, Any]:
         si_key = spec.name + wire.unit.suffix if wire.unit is not None else ""
         name = ""
         if wire.enum is not None:
-            # Names are never empty, so `or` only falls back for unknown codes.
-            env[f"t{index}"] = wire.enum.table
-            name = f"(t{index}.get({{0}}) or unknown({{0}}))"
+            env[f"t{index}"] = _Names(wire.enum.table)
+            name = f"t{index}[{{0}}]"
         owner_var = var if spec.optional else ""
         if wire.kind == INT:
             entries.append((spec.name, var, "int", owner_var, False))
@@ -383,7 +389,7 @@ def _compile_json(owner: str, specs: tuple[FieldSpec, ...]) -> tuple[Any, Any]:
             if si:
                 entries.append((si_key, f"[{si.format('x')} for x in {var}]", "list", "", False))
             if name:
-                names = f"[{name.format('x')} for x in {var}]"
+                names = f"list(map(t{index}.__getitem__, {var}))"
                 entries.append((f"{spec.name}_names", names, "names", "", False))
         elif wire.kind == RECORDS:
             entries.append((spec.name, var, "records", "", False))
@@ -417,20 +423,25 @@ def _compile_json(owner: str, specs: tuple[FieldSpec, ...]) -> tuple[Any, Any]:
     else:
         text_lines.append(_text_statement(entries, guarded=False))
     has_body = bool(entries)
-    if extra is not None:
-        separator = ", " if has_body else ""
+    if has_body:
+        # The usual case in one more %-format, not a concatenation of the long text per part.
+        extra_text = f"', \"extra\": \"' + {extra}.hex().upper() + '\"' if {extra} else ''"
         text_lines += [
-            f"    if {extra}:",
-            f"        out += '{separator}\"extra\": \"' + {extra}.hex().upper() + '\"'",
+            f"    return '%s%s%s}}' % (out, {extra_text if extra else repr('')}, "
+            "', ' + tail if tail else '')"
         ]
-        has_body_expr = f"{has_body} or bool({extra})"
     else:
-        has_body_expr = str(has_body)
-    text_lines += [
-        "    if tail:",
-        f"        out += (', ' if {has_body_expr} else '') + tail",
-        "    return out + '}'",
-    ]
+        if extra is not None:
+            text_lines += [
+                f"    if {extra}:",
+                f"        out += '\"extra\": \"' + {extra}.hex().upper() + '\"'",
+            ]
+        has_body_expr = f"bool({extra})" if extra is not None else "False"
+        text_lines += [
+            "    if tail:",
+            f"        out += (', ' if {has_body_expr} else '') + tail",
+            "    return out + '}'",
+        ]
     source = (
         "def to_json(self):\n"
         + "\n".join(dict_lines)
