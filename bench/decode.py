@@ -278,6 +278,46 @@ def in_process_figures(count: int, repeat: int) -> dict[str, object]:
         "payload_to_json_text": per_frame_us(payload_text),
         "dict_path_json_encode_object": per_frame_us(json_encode),
     }
+    figures["encoders_us_per_frame"] = encoders(frames, per_frame_us)
+    return figures
+
+
+def encoders(
+    frames: list[bytes], per_frame_us: Callable[[Callable[[], None]], float]
+) -> dict[str, object]:
+    """The decode line built by the codec's generated text against building the dict and
+    encoding it with the standard library, orjson or msgspec (when installed). The libraries
+    write compact JSON (`{"a":1}`), not the CLI's `{"a": 1}`, so neither is a drop-in."""
+    device = Sender.DEVICE
+
+    def lines_with(encode: Callable[[dict[str, object]], object]) -> Callable[[], None]:
+        def run() -> None:
+            for raw in frames:
+                encode(frame_json(decode_frame(raw), device))
+
+        return run
+
+    def generated() -> None:
+        for raw in frames:
+            describe_frame_line(raw, device)
+
+    figures: dict[str, object] = {
+        "generated_text": per_frame_us(generated),
+        "dict_only": per_frame_us(lines_with(lambda obj: obj)),
+        "dict_json": per_frame_us(lines_with(to_json_line)),
+    }
+    try:
+        import orjson
+
+        figures["dict_orjson"] = per_frame_us(lines_with(orjson.dumps))
+    except ImportError:
+        figures["dict_orjson"] = "not installed"
+    try:
+        import msgspec
+
+        figures["dict_msgspec"] = per_frame_us(lines_with(msgspec.json.Encoder().encode))
+    except ImportError:
+        figures["dict_msgspec"] = "not installed"
     return figures
 
 
