@@ -74,7 +74,9 @@ def describe_frame(raw: bytes, sender: Sender) -> tuple[dict[str, Any], bool]:
 
 # Per sender, per command: the JSON text up to the payload, with the command's constants in
 # place (at most 256 entries each; every frame's header then costs one %-format).
-_HEADS: dict[Sender, dict[int, str]] = {Sender.DEVICE: {}, Sender.SERVER: {}}
+# Two dicts chosen by `is`: Enum.__hash__ is Python code, too slow for every frame.
+_DEVICE_HEADS: dict[int, str] = {}
+_SERVER_HEADS: dict[int, str] = {}
 _MODEL_TAILS: dict[type, str] = {}
 
 
@@ -85,7 +87,7 @@ def _head(command: int, sender: Sender) -> str:
         f'"device_id": "%08X", "message_id": %d, "direction": "{direction}", "length": %d, '
         '"checksum_ok": true, "payload": %s}'
     )
-    _HEADS[sender][command] = head
+    (_DEVICE_HEADS if sender is Sender.DEVICE else _SERVER_HEADS)[command] = head
     return head
 
 
@@ -102,7 +104,8 @@ def _line(
     tail = _MODEL_TAILS.get(cls)
     if tail is None:
         tail = _MODEL_TAILS[cls] = f'"model": "{cls.__name__}"'
-    head = _HEADS[sender].get(command) or _head(command, sender)
+    heads = _DEVICE_HEADS if sender is Sender.DEVICE else _SERVER_HEADS
+    head = heads.get(command) or _head(command, sender)
     length = len(data) + MIN_LENGTH
     return head % (physical_id, physical_id, message_id, length, payload.to_json_text(tail))
 

@@ -96,6 +96,7 @@ def main(args: argparse.Namespace) -> int:
     ok = True
     decoder = StreamDecoder() if args.stream else None
     out = sys.stdout
+    capture, fromhex, describe = args.capture, bytes.fromhex, describe_frame_line
     for block in _blocks(args):
         lines: list[str] = []
         add = lines.append
@@ -103,13 +104,13 @@ def main(args: argparse.Namespace) -> int:
             # The usual line is plain hex: bytes.fromhex takes it as it is (and skips spaces
             # between bytes); anything else (comments, `0x`, captures, errors) goes the long way.
             try:
-                raw: bytes | None = None if args.capture else bytes.fromhex(text)
+                raw: bytes | None = None if capture else fromhex(text)
             except ValueError:
                 raw = None
             if not raw:
                 if not text.strip() or text.lstrip().startswith("#"):
                     continue
-                if args.capture or text.lstrip().startswith("{"):
+                if capture or text.lstrip().startswith("{"):
                     line, good = _capture_line(text)
                     if line:
                         add(line)
@@ -121,7 +122,7 @@ def main(args: argparse.Namespace) -> int:
                     ok = False
                     continue
             if decoder is None:
-                line, good = describe_frame_line(raw, sender)
+                line, good = describe(raw, sender)
                 add(line)
                 ok = ok and good
                 continue

@@ -167,7 +167,7 @@ class Payload:
                 if index < present:
                     converted[index] = _text(converted[index])
             values = tuple(converted)
-        build = typing.cast("Callable[..., Self]", cls._new)
+        build: Callable[..., Self] = cls._new
         if cls._tail is not None:
             return build(*values, *missing, data[minimum:])
         return build(*values, *missing)
