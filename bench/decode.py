@@ -10,22 +10,38 @@ bytes), 1 settlement 0x03 (37 bytes), 1 registration 0x20. Measured on one core,
 - `minimal_parse`: hex -> bytes, checksum, header unpack, JSON of the same header keys the
   decode CLI prints (everything but `payload`) — the floor any decoder of this output pays.
 
-    python bench/decode.py [--frames 20000] [--repeat 5]
+The headline, `process`, times whole processes as a user runs them: `chargebridge decode`
+reading 100,000 lines of hex from stdin and writing JSON lines into a pipe, against
+`bench/_decode_floor.py` (stdlib only: unhex, checksum, header, a small JSON per frame) on the
+same input. The two run in pairs, in alternating order (A B, B A, ...), after one warm-up each;
+CPU time (user + system, from the kernel's accounting of the reaped child) and wall time are
+taken per run, and the ratio per pair, so that a shared machine's drifting speed cancels out.
+Medians are quoted. `startup` is the same pairing on empty input (import time).
+
+    python bench/decode.py [--process-frames 100000] [--pairs 7] [--frames 20000] [--repeat 5]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import random
+import resource
+import shutil
+import statistics
 import struct
+import subprocess
 import sys
+import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from pathlib import Path
 
 from protocol import (
     Heartbeat,
+    Payload,
     PortPowerReport,
     Registration,
     Sender,
@@ -39,11 +55,19 @@ from protocol import (
 from protocol.describe import describe_frame_line, frame_json, to_json_line
 
 HEAD = struct.Struct("<3sHIHB")
+FLOOR = Path(__file__).resolve().with_name("_decode_floor.py")
+# Both commands run as a user's shell runs them: stdout buffered and byte code cached. Either
+# variable, when set in the bench's own environment, would change the figures (unbuffered:
+# one write per line for the floor; no .pyc: the codec compiled on every start).
+ENV = {
+    k: v for k, v in os.environ.items() if k not in ("PYTHONUNBUFFERED", "PYTHONDONTWRITEBYTECODE")
+}
 
 
 def mix(count: int, seed: int = 1) -> list[bytes]:
     rng = random.Random(seed)
     out: list[bytes] = []
+    payload: Payload
     for i in range(count):
         pid = 0x04000000 | rng.randrange(1 << 24)
         kind = i % 10
@@ -82,12 +106,103 @@ def best(repeat: int, count: int, run: Callable[[], None]) -> float:
     return count / min(times)
 
 
+def cli_command() -> list[str]:
+    """`chargebridge` as installed beside this interpreter (what a user runs), else `-m`."""
+    script = Path(sys.executable).with_name("chargebridge")
+    if script.exists():
+        return [str(script)]
+    return [sys.executable, "-m", "bridge"]
+
+
+def timed_run(argv: Sequence[str], stdin: Path) -> tuple[float, float, int]:
+    """Run one process with `stdin` as its input and its output read through a pipe;
+    (CPU seconds user + system, wall seconds, output lines). Fails on a non-zero exit."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    start = time.perf_counter()
+    with stdin.open("rb") as source:
+        proc = subprocess.Popen(argv, stdin=source, stdout=subprocess.PIPE, env=ENV)
+        assert proc.stdout is not None
+        lines = 0
+        while chunk := proc.stdout.read(1 << 16):
+            lines += chunk.count(b"\n")
+        code = proc.wait()
+    wall = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if code != 0:
+        raise SystemExit(f"{' '.join(argv)} exited with {code}")
+    cpu = after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime
+    return cpu, wall, lines
+
+
+def paired(
+    a: Sequence[str], b: Sequence[str], stdin: Path, pairs: int, expect: int
+) -> dict[str, object]:
+    """A against B, `pairs` times in alternating order after one warm-up of each: medians of
+    each side and of the per-pair ratios A/B."""
+    timed_run(a, stdin)
+    timed_run(b, stdin)
+    runs: dict[str, list[tuple[float, float]]] = {"a": [], "b": []}
+    for index in range(pairs):
+        for side in ("a", "b") if index % 2 == 0 else ("b", "a"):
+            cpu, wall, lines = timed_run(a if side == "a" else b, stdin)
+            if lines != expect:
+                raise SystemExit(f"{side}: {lines} output lines, expected {expect}")
+            runs[side].append((cpu, wall))
+    out: dict[str, object] = {}
+    for pos, figure in enumerate(("cpu_s", "wall_s")):
+        a_values = [run[pos] for run in runs["a"]]
+        b_values = [run[pos] for run in runs["b"]]
+        ratios = [x / y for x, y in zip(a_values, b_values, strict=True)]
+        out[f"cli_{figure}"] = round(statistics.median(a_values), 3)
+        out[f"floor_{figure}"] = round(statistics.median(b_values), 3)
+        out[f"ratio_{figure[:-2]}"] = round(statistics.median(ratios), 3)
+        out[f"ratio_{figure[:-2]}_min_max"] = [round(min(ratios), 3), round(max(ratios), 3)]
+    return out
+
+
+def process_figures(count: int, pairs: int) -> dict[str, object]:
+    """`chargebridge decode` against the floor script, whole processes, `count` frames."""
+    hex_lines = "".join(frame.hex().upper() + "\n" for frame in mix(count))
+    cli = [*cli_command(), "decode"]
+    floor = [sys.executable, str(FLOOR)]
+    folder = Path(tempfile.mkdtemp(prefix="bench-decode-"))
+    try:
+        frames_file = folder / "frames.hex"
+        frames_file.write_text(hex_lines)
+        empty = folder / "empty.hex"
+        empty.write_text("")
+        return {
+            "frames": count,
+            "pairs": pairs,
+            "cli": " ".join(cli[-2:]),
+            "process": paired(cli, floor, frames_file, pairs, count),
+            "startup": paired(cli, floor, empty, pairs, 0),
+        }
+    finally:
+        shutil.rmtree(folder)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--frames", type=int, default=20000)
-    parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--process-frames", type=int, default=100_000)
+    parser.add_argument("--pairs", type=int, default=7)
+    parser.add_argument("--frames", type=int, default=20000, help="in-process figures")
+    parser.add_argument("--repeat", type=int, default=5, help="in-process figures")
+    parser.add_argument("--skip-in-process", action="store_true")
     args = parser.parse_args()
-    frames = mix(args.frames)
+    report: dict[str, object] = process_figures(args.process_frames, args.pairs)
+    report["load_average"] = [round(x, 2) for x in os.getloadavg()]
+    if not args.skip_in_process:
+        report["in_process"] = in_process_figures(args.frames, args.repeat)
+    report["python"] = sys.version.split()[0]
+    report["machine"] = platform.machine()
+    report["cpus"] = os.cpu_count()
+    print(json.dumps(report))
+
+
+def in_process_figures(count: int, repeat: int) -> dict[str, object]:
+    """The codec's layers inside one process (best of `repeat`), for the breakdown."""
+    frames = mix(count)
     hexes = [frame.hex().upper() for frame in frames]
     stream = b"".join(frames)
     device = Sender.DEVICE
@@ -144,14 +259,14 @@ def main() -> None:
             payload.to_json_text()
 
     def per_frame_us(run: Callable[[], None]) -> float:
-        return round(1e6 / best(args.repeat, len(frames), run), 2)
+        return round(1e6 / best(repeat, len(frames), run), 2)
 
     figures: dict[str, object] = {
-        "frames": args.frames,
-        "frame_layer_fps": round(best(args.repeat, len(frames), frame_layer)),
-        "stream_fps": round(best(args.repeat, len(frames), stream_layer)),
-        "full_decode_json_fps": round(best(args.repeat, len(frames), full)),
-        "minimal_parse_fps": round(best(args.repeat, len(frames), minimal)),
+        "frames": count,
+        "frame_layer_fps": round(best(repeat, len(frames), frame_layer)),
+        "stream_fps": round(best(repeat, len(frames), stream_layer)),
+        "full_decode_json_fps": round(best(repeat, len(frames), full)),
+        "minimal_parse_fps": round(best(repeat, len(frames), minimal)),
     }
     full_fps, minimal_fps = figures["full_decode_json_fps"], figures["minimal_parse_fps"]
     assert isinstance(full_fps, int) and isinstance(minimal_fps, int)
@@ -163,9 +278,47 @@ def main() -> None:
         "payload_to_json_text": per_frame_us(payload_text),
         "dict_path_json_encode_object": per_frame_us(json_encode),
     }
-    figures["python"] = sys.version.split()[0]
-    figures["machine"] = platform.machine()
-    print(json.dumps(figures))
+    figures["encoders_us_per_frame"] = encoders(frames, per_frame_us)
+    return figures
+
+
+def encoders(
+    frames: list[bytes], per_frame_us: Callable[[Callable[[], None]], float]
+) -> dict[str, object]:
+    """The decode line built by the codec's generated text against building the dict and
+    encoding it with the standard library, orjson or msgspec (when installed). The libraries
+    write compact JSON (`{"a":1}`), not the CLI's `{"a": 1}`, so neither is a drop-in."""
+    device = Sender.DEVICE
+
+    def lines_with(encode: Callable[[dict[str, object]], object]) -> Callable[[], None]:
+        def run() -> None:
+            for raw in frames:
+                encode(frame_json(decode_frame(raw), device))
+
+        return run
+
+    def generated() -> None:
+        for raw in frames:
+            describe_frame_line(raw, device)
+
+    figures: dict[str, object] = {
+        "generated_text": per_frame_us(generated),
+        "dict_only": per_frame_us(lines_with(lambda obj: obj)),
+        "dict_json": per_frame_us(lines_with(to_json_line)),
+    }
+    try:
+        import orjson
+
+        figures["dict_orjson"] = per_frame_us(lines_with(orjson.dumps))
+    except ImportError:
+        figures["dict_orjson"] = "not installed"
+    try:
+        import msgspec
+
+        figures["dict_msgspec"] = per_frame_us(lines_with(msgspec.json.Encoder().encode))
+    except ImportError:
+        figures["dict_msgspec"] = "not installed"
+    return figures
 
 
 if __name__ == "__main__":

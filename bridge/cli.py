@@ -23,7 +23,9 @@ SUBCOMMANDS: dict[str, str] = {
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(commands: Sequence[str] | None = None) -> argparse.ArgumentParser:
+    """The parser with every sub-command, or only `commands` (each imports its own module, and
+    some of those import pydantic, aiomqtt and the whole bridge: `decode` needs none of it)."""
     parser = argparse.ArgumentParser(
         prog="chargebridge",
         description="MQTT bridge for DNY (AP3000) electric-bicycle charging piles.",
@@ -31,6 +33,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"chargebridge {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, module_name in SUBCOMMANDS.items():
+        if commands is not None and name not in commands:
+            continue
         module = importlib.import_module(f"bridge.commands.{module_name}")
         p = sub.add_parser(name, help=module.HELP, description=module.HELP)
         module.add_arguments(p)
@@ -39,7 +43,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    # The top level has only flags without values, so the first other word is the sub-command.
+    chosen = next((word for word in argv if not word.startswith("-")), None)
+    parser = build_parser([chosen] if chosen in SUBCOMMANDS else None)
     args = parser.parse_args(argv)
     try:
         return int(args._main(args))

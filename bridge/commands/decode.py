@@ -5,8 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Iterable
-from typing import Any
+from collections.abc import Iterator
 
 from protocol import Sender, StreamDecoder
 from protocol.describe import describe_frame, describe_frame_line, describe_item_line, to_json_line
@@ -41,14 +40,28 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _emit(obj: dict[str, Any]) -> None:
-    sys.stdout.write(to_json_line(obj) + "\n")
+def _blocks(args: argparse.Namespace) -> Iterator[list[str]]:
+    """The input lines, one block at a time: every complete line one read of stdin returned.
 
-
-def _inputs(args: argparse.Namespace) -> Iterable[str]:
+    Reading blocks instead of lines lets the output go out in one write per block (no latency
+    added for a live pipe: a block is what has arrived). Bytes that are not UTF-8 become
+    replacement characters, hence `invalid hex` errors, not a crash."""
     if args.hex:
-        return list(args.hex)
-    return (line for line in sys.stdin if line.strip() and not line.lstrip().startswith("#"))
+        yield list(args.hex)
+        return
+    source = getattr(sys.stdin, "buffer", None)
+    if source is None:  # a text stream with no bytes underneath
+        yield sys.stdin.read().splitlines()
+        return
+    pending = b""
+    while chunk := source.read1(1 << 16):
+        pending += chunk
+        end = pending.rfind(b"\n") + 1
+        if end:
+            yield pending[:end].decode("utf-8", "replace").splitlines()
+            pending = pending[end:]
+    if pending:
+        yield pending.decode("utf-8", "replace").splitlines()
 
 
 def _unhex(text: str) -> bytes | None:
@@ -82,29 +95,48 @@ def main(args: argparse.Namespace) -> int:
     sender = Sender(args.sender)
     ok = True
     decoder = StreamDecoder() if args.stream else None
-    for text in _inputs(args):
-        if args.capture or text.lstrip().startswith("{"):
-            line, good = _capture_line(text)
-            if line:
-                sys.stdout.write(line + "\n")
-            ok = ok and good
-            continue
-        raw = _unhex(text)
-        if raw is None:
-            _emit({"error": "invalid hex", "data_hex": "".join(text.split())})
-            ok = False
-            continue
-        if decoder is None:
-            line, good = describe_frame_line(raw, sender)
-            sys.stdout.write(line + "\n")
-            ok = ok and good
-            continue
-        for item in decoder.feed(raw):
-            line, good = describe_item_line(item, sender)
-            sys.stdout.write(line + "\n")
-            ok = ok and good
+    out = sys.stdout
+    capture, fromhex, describe = args.capture, bytes.fromhex, describe_frame_line
+    for block in _blocks(args):
+        lines: list[str] = []
+        add = lines.append
+        for text in block:
+            # The usual line is plain hex: bytes.fromhex takes it as it is (and skips spaces
+            # between bytes); anything else (comments, `0x`, captures, errors) goes the long way.
+            try:
+                raw: bytes | None = None if capture else fromhex(text)
+            except ValueError:
+                raw = None
+            if not raw:
+                if not text.strip() or text.lstrip().startswith("#"):
+                    continue
+                if capture or text.lstrip().startswith("{"):
+                    line, good = _capture_line(text)
+                    if line:
+                        add(line)
+                    ok = ok and good
+                    continue
+                raw = _unhex(text)
+                if raw is None:
+                    add(to_json_line({"error": "invalid hex", "data_hex": "".join(text.split())}))
+                    ok = False
+                    continue
+            if decoder is None:
+                line, good = describe(raw, sender)
+                add(line)
+                ok = ok and good
+                continue
+            for item in decoder.feed(raw):
+                line, good = describe_item_line(item, sender)
+                add(line)
+                ok = ok and good
+        if lines:
+            lines.append("")
+            out.write("\n".join(lines))
+            out.flush()
     if decoder is not None and decoder.buffered:
         left = decoder.buffered.hex().upper()
-        _emit({"error": "incomplete frame at end of input", "data_hex": left})
+        out.write(to_json_line({"error": "incomplete frame at end of input", "data_hex": left}))
+        out.write("\n")
         ok = False
     return 0 if ok else 1

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import enum
 import struct
+import sys
 import typing
 from collections.abc import Callable
 from dataclasses import dataclass, fields
@@ -166,7 +167,7 @@ class Payload:
                 if index < present:
                     converted[index] = _text(converted[index])
             values = tuple(converted)
-        build = typing.cast("Callable[..., Self]", cls._new)
+        build: Callable[..., Self] = cls._new
         if cls._tail is not None:
             return build(*values, *missing, data[minimum:])
         return build(*values, *missing)
@@ -268,9 +269,11 @@ _T = TypeVar("_T", bound=Payload)
 
 def model(cls: type[_T]) -> type[_T]:
     """Read the `Wire` specs of a payload dataclass; precompile layouts, constructor and JSON."""
-    hints = typing.get_type_hints(cls, include_extras=True)
     declared = fields(typing.cast(Any, cls))
-    specs = tuple(FieldSpec(f.name, _wire_of(hints[f.name]), f.default is None) for f in declared)
+    namespace = sys.modules[cls.__module__].__dict__
+    specs = tuple(
+        FieldSpec(f.name, _wire_of(_hint(f.type, namespace)), f.default is None) for f in declared
+    )
     tail = specs[-1].name if specs and specs[-1].wire.kind == TAIL else None
     fixed = specs[:-1] if tail is not None else specs
     cls.SPEC = specs
@@ -291,9 +294,60 @@ def model(cls: type[_T]) -> type[_T]:
         cls._ascii = tuple(i for i, spec in enumerate(fixed) if spec.wire.kind == ASCII)
     elif "decode" not in cls.__dict__ or "encode" not in cls.__dict__:
         raise TypeError(f"{cls.__name__}: irregular layout needs its own decode and encode")
-    cls._new = slot_constructor(cls)
-    cls.to_json, cls.to_json_text = _compile_json(cls.__name__, specs)  # type: ignore[method-assign]
+    # Generated on first use: a process uses a few of the ~60 models, and compiling all of them
+    # at import was a fifth of the start-up of `chargebridge decode`.
+    cls._new = _first_new(cls)
+    cls.to_json = _FirstJson("to_json")  # type: ignore[method-assign,assignment]
+    cls.to_json_text = _FirstJson("to_json_text")  # type: ignore[method-assign,assignment]
     return cls
+
+
+# Evaluated annotations by (module, text): models repeat a few annotations (`U8 | None`)
+# many times; typing.get_type_hints evaluated each again, the bases' ClassVars too.
+_HINTS: dict[tuple[str, str], Any] = {}
+
+
+def _hint(annotation: Any, namespace: dict[str, Any]) -> Any:
+    """A field's annotation evaluated in its module (annotations are strings there)."""
+    if not isinstance(annotation, str):
+        return annotation
+    key = (namespace["__name__"], annotation)
+    hint = _HINTS.get(key)
+    if hint is None:
+        hint = _HINTS[key] = eval(annotation, namespace)  # the module's own source text
+    return hint
+
+
+def _first_new(cls: type) -> Callable[..., Any]:
+    """A stand-in for the slot constructor that generates it at its first call."""
+
+    def first(*args: Any) -> Any:
+        build = slot_constructor(cls)
+        type.__setattr__(cls, "_new", build)
+        return build(*args)
+
+    return first
+
+
+class _Names(dict[int, str]):
+    """An enumeration's names for generated code: `names[code]`, `unknown_XX` for the rest."""
+
+    def __missing__(self, code: int) -> str:
+        return unknown(code)
+
+
+class _FirstJson:
+    """Descriptor standing in for a generated JSON method: the first access generates both
+    methods for the class, puts them in its place and hands out the one asked for."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __get__(self, instance: Any, owner: type[Payload]) -> Any:
+        to_json, to_json_text = _compile_json(owner.__name__, owner.SPEC)
+        type.__setattr__(owner, "to_json", to_json)
+        type.__setattr__(owner, "to_json_text", to_json_text)
+        return getattr(owner if instance is None else instance, self.name)
 
 
 def _compile_json(owner: str, specs: tuple[FieldSpec, ...]) -> tuple[Any, Any]:
@@ -321,9 +375,8 @@ def _compile_json(owner: str, specs: tuple[FieldSpec, ...]) -> tuple[Any, Any]:
         si_key = spec.name + wire.unit.suffix if wire.unit is not None else ""
         name = ""
         if wire.enum is not None:
-            # Names are never empty, so `or` only falls back for unknown codes.
-            env[f"t{index}"] = wire.enum.table
-            name = f"(t{index}.get({{0}}) or unknown({{0}}))"
+            env[f"t{index}"] = _Names(wire.enum.table)
+            name = f"t{index}[{{0}}]"
         owner_var = var if spec.optional else ""
         if wire.kind == INT:
             entries.append((spec.name, var, "int", owner_var, False))
@@ -336,7 +389,7 @@ def _compile_json(owner: str, specs: tuple[FieldSpec, ...]) -> tuple[Any, Any]:
             if si:
                 entries.append((si_key, f"[{si.format('x')} for x in {var}]", "list", "", False))
             if name:
-                names = f"[{name.format('x')} for x in {var}]"
+                names = f"list(map(t{index}.__getitem__, {var}))"
                 entries.append((f"{spec.name}_names", names, "names", "", False))
         elif wire.kind == RECORDS:
             entries.append((spec.name, var, "records", "", False))
@@ -370,20 +423,25 @@ def _compile_json(owner: str, specs: tuple[FieldSpec, ...]) -> tuple[Any, Any]:
     else:
         text_lines.append(_text_statement(entries, guarded=False))
     has_body = bool(entries)
-    if extra is not None:
-        separator = ", " if has_body else ""
+    if has_body:
+        # The usual case in one more %-format, not a concatenation of the long text per part.
+        extra_text = f"', \"extra\": \"' + {extra}.hex().upper() + '\"' if {extra} else ''"
         text_lines += [
-            f"    if {extra}:",
-            f"        out += '{separator}\"extra\": \"' + {extra}.hex().upper() + '\"'",
+            f"    return '%s%s%s}}' % (out, {extra_text if extra else repr('')}, "
+            "', ' + tail if tail else '')"
         ]
-        has_body_expr = f"{has_body} or bool({extra})"
     else:
-        has_body_expr = str(has_body)
-    text_lines += [
-        "    if tail:",
-        f"        out += (', ' if {has_body_expr} else '') + tail",
-        "    return out + '}'",
-    ]
+        if extra is not None:
+            text_lines += [
+                f"    if {extra}:",
+                f"        out += '\"extra\": \"' + {extra}.hex().upper() + '\"'",
+            ]
+        has_body_expr = f"bool({extra})" if extra is not None else "False"
+        text_lines += [
+            "    if tail:",
+            f"        out += (', ' if {has_body_expr} else '') + tail",
+            "    return out + '}'",
+        ]
     source = (
         "def to_json(self):\n"
         + "\n".join(dict_lines)

@@ -11,6 +11,8 @@ from typing import Any
 import pytest
 
 from bridge.cli import main
+from protocol import Sender, encode_frame
+from protocol.describe import describe_frame, to_json_line
 
 HEARTBEAT = "44 4E 59 10 00 3B 37 AB 04 01 00 21 98 08 02 00 00 09 05 EE 02"
 REPLY = "444E590A003B37AB04010021003802"
@@ -116,3 +118,67 @@ def test_stream_mode_reports_garbage_and_leftovers(capsys: pytest.CaptureFixture
     assert objs[0] == {"error": "garbage", "count": 2, "data_hex": "0001"}
     assert objs[1]["command"] == 0x21
     assert objs[2] == {"error": "incomplete frame at end of input", "data_hex": "444E5910"}
+
+
+def decode_process(data: bytes, *argv: str) -> subprocess.CompletedProcess[bytes]:
+    """The real command with `data` on its stdin (a pipe, read in blocks)."""
+    return subprocess.run(
+        [sys.executable, "-m", "bridge", "decode", *argv],
+        input=data,
+        capture_output=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def test_decode_loads_only_the_codec() -> None:
+    # Start-up is most of a short decode: the CLI must not import the bridge's heavy parts.
+    probe = (
+        "import sys; from bridge.cli import main; code = main(['decode', sys.argv[1]]); "
+        "heavy = ('pydantic', 'aiomqtt', 'paho', 'bridge.config', 'bridge.app', 'asyncio'); "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in heavy or m in heavy), "
+        "file=sys.stderr); raise SystemExit(code)"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe, HEARTBEAT],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.strip() == "[]"
+    assert json.loads(result.stdout)["command"] == 0x21
+
+
+def test_output_is_the_dict_path_exactly_for_every_kind_of_line() -> None:
+    # The fast paths (plain hex straight to bytes, frame bytes straight to text, output in
+    # blocks) must print byte for byte what encoding describe_frame's dict prints.
+    frames = [
+        encode_frame(0x04000000 + i, i, command, bytes(range(i % 7, i % 7 + size)))
+        for i, (command, size) in enumerate(
+            [(0x21, 6), (0x21, 15), (0x06, 47), (0x03, 37), (0x20, 6), (0x21, 1), (0x77, 3)] * 40
+        )
+    ]
+    bad_checksum = frames[0][:-1] + bytes([frames[0][-1] ^ 1])
+    raws = [*frames, bad_checksum, frames[1][:10]]
+    expected = [to_json_line(describe_frame(raw, Sender.DEVICE)[0]) for raw in raws]
+    text_lines = [(raw.hex(" ") if i % 3 else raw.hex()).upper() for i, raw in enumerate(raws)]
+    text_lines[4] = "0x" + text_lines[4]
+    data = "\n".join(["# a comment", "", *text_lines, "zz"]).encode()
+    expected.append(to_json_line({"error": "invalid hex", "data_hex": "zz"}))
+    result = decode_process(data)
+    assert result.returncode == 1  # the bad checksum, the short frame, zz
+    assert result.stdout.decode().splitlines() == expected
+    # Many blocks: lines cut across reads of stdin come out whole and in order.
+    many = decode_process((frames[2].hex().upper() + "\r\n").encode() * 3000)
+    assert many.returncode == 0
+    assert many.stdout.decode().splitlines() == [expected[2]] * 3000
+
+
+def test_bytes_that_are_not_utf8_are_invalid_hex(capsys: pytest.CaptureFixture[str]) -> None:
+    result = decode_process(b"\xff\xfe41\n" + HEARTBEAT.encode() + b"\n")
+    assert result.returncode == 1
+    first, second = (json.loads(line) for line in result.stdout.decode().splitlines())
+    assert first["error"] == "invalid hex"
+    assert second["command"] == 0x21

@@ -29,10 +29,17 @@ from protocol import (
     UpgradeRequest,
     WorkModeSet,
     decode_payload,
+    encode_frame,
     encode_payload,
 )
 from protocol.commands.registry import COMMAND_NAMES, DECODERS, DISPATCHED, models_for
-from protocol.describe import frame_json, frame_json_line, to_json_line
+from protocol.describe import (
+    describe_frame,
+    describe_frame_line,
+    frame_json,
+    frame_json_line,
+    to_json_line,
+)
 from tests.protocol.strategies import minimal, payloads
 
 CASES = sorted(
@@ -194,6 +201,14 @@ def test_json_text_is_exactly_the_encoded_dict(
     line, ok = frame_json_line(frame, sender)
     assert line == to_json_line(frame_json(frame, sender))
     assert ok == ("error" not in json.loads(line))
+    # The CLI's path straight from the bytes gives the same line as the dict path, for a
+    # payload that decodes and for one cut short (the error path).
+    raw = encode_frame(frame.physical_id, frame.message_id, command, frame.data)
+    described, good = describe_frame(raw, sender)
+    assert describe_frame_line(raw, sender) == (line, ok) == (to_json_line(described), good)
+    short = encode_frame(frame.physical_id, frame.message_id, command, frame.data[:1])
+    described, good = describe_frame(short, sender)
+    assert describe_frame_line(short, sender) == (to_json_line(described), good)
 
 
 def test_card_swipe_tolerant_card_number_2() -> None:
