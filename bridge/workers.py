@@ -136,7 +136,16 @@ class Worker:
     spec: bytes  # the JSON line on its stdin
     proc: asyncio.subprocess.Process | None = None
     starts: int = 0
-    ready: asyncio.Event = field(default_factory=asyncio.Event)  # first start only
+    up: bool = False  # listening now
+    ready: asyncio.Event = field(default_factory=asyncio.Event)  # up once (first start)
+    changed: asyncio.Condition = field(default_factory=asyncio.Condition)  # starts, up
+
+    async def _set(self, *, up: bool) -> None:
+        async with self.changed:
+            self.up = up
+            if up:
+                self.ready.set()
+            self.changed.notify_all()
 
 
 class Supervisor:
@@ -191,9 +200,10 @@ class Supervisor:
                 proc = await self._start(worker)
                 came_up = await self._came_up(proc)
                 if came_up:
-                    worker.ready.set()
+                    await worker._set(up=True)
                     await self._pump_stdout(proc)
                 returncode = await proc.wait()
+                await worker._set(up=False)
                 if not worker.ready.is_set():
                     raise WorkersFailed(
                         f"gateway worker {worker.name} could not start ({ended(returncode)});"
