@@ -55,7 +55,7 @@ RESTART_DELAY_S = 1.0
 MAX_RESTART_DELAY_S = 30.0
 STABLE_S = 30.0  # a worker up this long starts the back-off anew
 MAX_QUICK_FAILURES = 6  # restarts in a row that did not last STABLE_S; then give up
-STOP_TIMEOUT_S = 20.0  # a worker's orderly shutdown, before SIGKILL
+STOP_TIMEOUT_S = 15.0  # a worker's orderly shutdown, before SIGKILL (systemd unit: 20 s)
 
 
 class WorkersFailed(StartupError):
