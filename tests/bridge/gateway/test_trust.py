@@ -207,8 +207,7 @@ async def test_workers_sharing_the_pin_file_act_on_each_others_pins(tmp_path: Pa
     SqlitePinStore(path, shared=True).close()  # the supervisor creates it
     stores = [SqlitePinStore(path, shared=True) for _ in range(2)]
     one, two = (
-        Gateway(settings(tmp_path), FakePublisher(), Topics("chargebridge"), pins=s)
-        for s in stores
+        Gateway(settings(tmp_path), FakePublisher(), Topics("chargebridge"), pins=s) for s in stores
     )
     try:
         assert answered(connect(one, ICCID_A))
