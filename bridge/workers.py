@@ -157,6 +157,11 @@ class Supervisor:
 
     async def run(self, *, ready: asyncio.Event | None = None) -> None:
         settings = self.settings
+        if not settings.tcp_listeners:
+            raise WorkersFailed(
+                "option workers: the workers share the TCP listeners, and --tcp is none"
+                " (serial links cannot be shared: use --workers 1)"
+            )
         with statedir.locked(settings.state_dir, "gateway"):  # a second supervisor: one line
             await self._run(ready)
 

@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 
 from bridge.config import GatewaySettings, load_settings
+from bridge.errors import StartupError
 from bridge.gateway.trust import SqlitePinStore
 from bridge.workers import Supervisor, worker_settings
 from tests.bridge.helpers import FakeDevice, MqttCollector, mqtt_collector
@@ -248,6 +249,12 @@ async def test_a_worker_that_cannot_start_ends_the_supervisor(
         assert "Traceback" not in err, err
     finally:
         taken.close()
+
+
+async def test_workers_without_a_tcp_listener_are_refused(tmp_path: Path) -> None:
+    base = load_settings(GatewaySettings, {"state_dir": str(tmp_path), "workers": 2, "tcp": "none"})
+    with pytest.raises(StartupError, match="option workers"):
+        await Supervisor(base).run()
 
 
 def test_worker_settings_name_the_worker_and_keep_serial_on_worker_1(tmp_path: Path) -> None:
