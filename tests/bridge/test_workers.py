@@ -299,3 +299,56 @@ def test_pins_shared_by_two_processes_hold_in_both(tmp_path: Path) -> None:
     finally:
         a.close()
         b.close()
+
+
+class _Crashing:
+    """A worker process that says it is up, then dies of SIGKILL at once (a fast unit test of
+    the back-off; the real processes are above)."""
+
+    pid = 0
+    returncode: int | None = None
+    stdin = None
+
+    async def wait(self) -> int:
+        self.returncode = -signal.SIGKILL
+        return self.returncode
+
+
+async def test_a_worker_that_keeps_dying_is_given_up_after_backing_off(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    import bridge.workers as workers
+
+    delays: list[float] = []
+
+    async def no_sleep(delay: float) -> None:
+        delays.append(delay)
+
+    monkeypatch.setattr(workers.asyncio, "sleep", no_sleep)
+
+    class Flaky(Supervisor):
+        async def _start(self, worker: workers.Worker) -> Any:
+            worker.starts += 1
+            worker.proc = _Crashing()  # type: ignore[assignment]
+            return worker.proc
+
+        @staticmethod
+        async def _came_up(proc: Any) -> bool:
+            return True
+
+        @staticmethod
+        async def _pump_stdout(proc: Any) -> None:
+            return None
+
+    base = load_settings(
+        GatewaySettings,
+        {"gateway_id": "vm", "state_dir": str(tmp_path), "workers": 2, "tcp": "127.0.0.1:0"},
+    )
+    with pytest.raises(ExceptionGroup) as raised:
+        await Flaky(base).run()
+    failures = raised.value.exceptions  # both workers, crashing alike
+    assert failures and all(isinstance(f, workers.WorkersFailed) for f in failures)
+    assert "vm-1 failed 6 times in a row (last: signal SIGKILL)" in str(failures[0])
+    assert delays[:5] == [1.0, 2.0, 4.0, 8.0, 16.0]
+    lines = [r.getMessage() for r in caplog.records if "restarting" in r.getMessage()]
+    assert "ended (signal SIGKILL); restarting it in 16 s" in lines[4]
