@@ -92,9 +92,11 @@ async def test_two_workers_share_the_port_and_a_killed_one_comes_back(
     caplog.set_level(logging.INFO, logger="bridge.workers")
     port = free_port()
     async with (
-        mqtt_collector(broker, f"{B}/devices/+") as mqtt,
+        mqtt_collector(broker, f"{B}/devices/+", f"{B}/gateways/+/state") as mqtt,
         supervised(settings(broker, tmp_path / "state", port)) as supervisor,
     ):
+        presence = f"{B}/gateways/wk-1/state"
+        await mqtt.wait(presence, lambda m: m["state"] == "online", timeout=START)
         # 20 chargers from 20 source ports: the kernel's hash spreads them over both.
         held = dict([await online(mqtt, port, i) for i in range(CHARGERS)])
         by_worker = {gw: [d for d, g in held.items() if g == gw] for gw in set(held.values())}
@@ -107,15 +109,26 @@ async def test_two_workers_share_the_port_and_a_killed_one_comes_back(
         os.kill(first.proc.pid, signal.SIGKILL)
         for device in by_worker["wk-1"]:
             await device.closed_by_peer(timeout=START)
-        # Its chargers reconnect (to whichever worker the kernel picks, pins shared).
+        # Its chargers reconnect (to whichever worker the kernel picks, pins shared). A
+        # connection made while the dead worker's listener is being torn down is reset by
+        # the kernel; a charger tries again, as real ones do.
         for device in by_worker["wk-1"]:
-            await device.connect(port, iccid=iccid(device.physical_id - FIRST_PID))
-            await device.send(0x22)
-            await device.recv(timeout=START)
+            for attempt in range(5):
+                try:
+                    await device.connect(port, iccid=iccid(device.physical_id - FIRST_PID))
+                    await device.send(0x22)
+                    await device.recv(timeout=START)
+                    break
+                except ConnectionError:
+                    if attempt == 4:
+                        raise
         ended = [r.getMessage() for r in caplog.records if "ended" in r.getMessage()]
         assert ended == ["gateway worker wk-1 ended (signal SIGKILL); restarting it in 1 s"]
         async with asyncio.timeout(START), first.changed:
             await first.changed.wait_for(lambda: first.starts == 2 and first.up)
+        # Its will said offline; the new wk-1 says online again.
+        await mqtt.wait(presence, lambda m: m["state"] == "offline", timeout=START)
+        await mqtt.wait(presence, lambda m: m["state"] == "online", timeout=START)
         # wk-1 serves chargers again: new ones land on it sooner or later.
         landed = None
         for index in range(CHARGERS, 4 * CHARGERS):
