@@ -72,6 +72,63 @@ def cpu_seconds(pid: int) -> float:
     return sum(cpu_times(pid))
 
 
+def descendants(pid: int) -> list[int]:
+    """`pid` and every process below it (a `--workers N` gateway's workers)."""
+    parents: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError, IndexError, ValueError):
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+                parents.setdefault(ppid, []).append(int(entry.name))
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        todo.extend(parents.get(p, []))
+    return out
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """CPU seconds of a process and its living descendants."""
+    total = 0.0
+    for p in descendants(pid):
+        with contextlib.suppress(OSError):
+            total += cpu_seconds(p)
+    return total
+
+
+def tree_rss_kib(pid: int) -> int:
+    """VmRSS of a process and its living descendants, KiB."""
+    total = 0
+    for p in descendants(pid):
+        with contextlib.suppress(OSError):
+            total += rss_kib(p)
+    return total
+
+
+def listeners(port: int) -> int:
+    """Sockets listening on TCP `port` (IPv4 and IPv6): one per `--workers` worker."""
+    count = 0
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError):
+            for line in Path(table).read_text().splitlines()[1:]:
+                fields = line.split()
+                local, state = fields[1], fields[3]
+                if state == "0A" and int(local.rsplit(":", 1)[1], 16) == port:
+                    count += 1
+    return count
+
+
+def wait_listeners(port: int, n: int, timeout: float = 60.0) -> None:
+    """Block until `n` sockets listen on `port`: connections made before every worker
+    listens would all go to the first one."""
+    deadline = time.monotonic() + timeout
+    while listeners(port) < n:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{listeners(port)} of {n} workers listen on {port}")
+        time.sleep(0.05)
+
+
 def written_bytes(pid: int) -> int:
     """Bytes a process has caused to be written to storage so far (/proc/PID/io)."""
     for line in Path(f"/proc/{pid}/io").read_text().splitlines():
@@ -142,8 +199,8 @@ class Procs:
         return proc
 
     def cpu(self, *names: str) -> dict[str, float]:
-        """CPU seconds used so far by the named children."""
-        return {name: cpu_seconds(self.named[name].pid) for name in names}
+        """CPU seconds used so far by the named children, with their own children."""
+        return {name: tree_cpu_seconds(self.named[name].pid) for name in names}
 
     def log_tail(self, name: str, lines: int = 20) -> str:
         path = self.tmp / f"{name}.log"
@@ -168,7 +225,13 @@ class Procs:
         wait_port(port)
         return port
 
-    def gateway(self, mqtt_port: int, tcp_port: int, *extra: str) -> subprocess.Popen[bytes]:
+    def gateway(
+        self, mqtt_port: int, tcp_port: int, *extra: str, workers: int = 1
+    ) -> subprocess.Popen[bytes]:
+        """`chargebridge gateway`; with `workers` > 1 its `--workers`, returned once every
+        worker listens."""
+        if workers > 1:
+            extra = (*extra, "--workers", str(workers))
         proc = self.spawn(
             [
                 PYTHON, "-m", "bridge", "gateway",
@@ -182,7 +245,10 @@ class Procs:
             ],
             "gateway",
         )  # fmt: skip
-        wait_port(tcp_port)
+        if workers > 1:
+            wait_listeners(tcp_port, workers)
+        else:
+            wait_port(tcp_port)
         return proc
 
     def service(self, mqtt_port: int, *extra: str) -> subprocess.Popen[bytes]:

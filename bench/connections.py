@@ -1,4 +1,4 @@
-"""Connection capacity of one gateway process; prints one JSON object.
+"""Connection capacity of one gateway process (or of `--workers N`); prints one JSON object.
 
 For each fleet size N (default 1k, 5k, 10k, 20k; `--quick`: 1k, 5k) a fresh gateway process
 (`python -m bridge gateway`) and Mosquitto are started, then a separate process runs N
@@ -15,7 +15,11 @@ replies. Reported per N:
 The reference is raw paho-mqtt publishing as many QoS 1 messages, unpaced, to a QoS 1
 subscriber through the same broker; `ratio_to_reference` = ours / raw msgs/s.
 
-    .venv/bin/python bench/connections.py [--quick] [--sizes 1000,20000]
+`--workers 2` starts `chargebridge gateway --workers 2` (RSS and CPU add up the supervisor
+and its workers); `--workers 1,2` runs every size once per value, each with its own reference,
+and `summary` sets them side by side.
+
+    .venv/bin/python bench/connections.py [--quick] [--sizes 1000,20000] [--workers 1,2]
 """
 
 from __future__ import annotations
@@ -36,17 +40,18 @@ from _harness import (
     paho_reference,
     percentile,
     raised_nofile,
-    rss_kib,
+    tree_rss_kib,
 )
+from throughput import workers_list
 
 
-def one_size(n: int, timeout: float) -> dict[str, Any]:
+def one_size(n: int, timeout: float, workers: int = 1) -> dict[str, Any]:
     with Procs() as procs:
         mqtt_port = procs.mosquitto()
         tcp_port = free_port()
-        gateway = procs.gateway(mqtt_port, tcp_port)
+        gateway = procs.gateway(mqtt_port, tcp_port, workers=workers)
         time.sleep(1.0)  # let the gateway finish connecting to the broker and settle its heap
-        rss_before = rss_kib(gateway.pid)
+        rss_before = tree_rss_kib(gateway.pid)
         every = Counter()
         synced = Counter(lambda topic, payload: b'"type":"time_sync"' in payload)
         watches = [
@@ -64,7 +69,7 @@ def one_size(n: int, timeout: float) -> dict[str, Any]:
             t_published = synced.wait(n, timeout)
         except (TimeoutError, RuntimeError) as exc:
             return {"devices": n, "error": str(exc), "gateway_log": procs.log_tail("gateway")}
-        rss_after = rss_kib(gateway.pid)
+        rss_after = tree_rss_kib(gateway.pid)
         published = every.count
         for w in watches:
             w.close()
@@ -77,6 +82,7 @@ def one_size(n: int, timeout: float) -> dict[str, Any]:
         connected_s = t_conn - start
         return {
             "devices": n,
+            "workers": workers,
             "connected": stats["connected"],
             "connect_failures": stats["connect_failures"],
             "accept_per_s": round(n / connected_s, 1),
@@ -101,6 +107,12 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="1k and 5k chargers only")
     parser.add_argument("--sizes", help="comma-separated fleet sizes")
     parser.add_argument("--timeout", type=float, default=180.0)
+    parser.add_argument(
+        "--workers",
+        type=workers_list,
+        default=[1],
+        help="gateway --workers, or several to compare side by side (1,2)",
+    )
     args = parser.parse_args()
     # One socket per charger: a process cannot hold more than its hard open-files limit
     # (20,000 in an unprivileged container), minus the gateway's own ~20 descriptors.
@@ -110,13 +122,30 @@ def main() -> None:
     if args.sizes:
         sizes = [int(x) for x in args.sizes.split(",")]
     with raised_nofile(max(sizes) + 200):
-        runs = [one_size(n, args.timeout) for n in sizes]
+        runs = [one_size(n, args.timeout, w) for n in sizes for w in args.workers]
     emit(
         {
             "benchmark": "connections",
             "machine": machine(),
             "open_files_hard_limit": hard,
             "runs": runs,
+            "summary": [
+                {
+                    key: run.get(key)
+                    for key in (
+                        "devices",
+                        "workers",
+                        "accept_per_s",
+                        "all_acked_s",
+                        "ack_latency_ms",
+                        "rss_per_charger_kib",
+                        "gateway_msgs_per_s",
+                        "ratio_to_reference",
+                        "error",
+                    )
+                }
+                for run in runs
+            ],
         }
     )
 

@@ -15,7 +15,13 @@ The reference, in the same run and through the same broker: raw paho-mqtt publis
 QoS 1 messages at the same rate to a QoS 1 subscriber (one hop, no processing);
 `ratio_to_reference` = our delivered/s / raw msgs/s.
 
-    .venv/bin/python bench/throughput.py [--quick]
+`--workers 2` runs the gateway as `chargebridge gateway --workers 2` (the load's connections
+spread over both by SO_REUSEPORT; CPU figures add up the supervisor and its workers);
+`--workers 1,2` runs everything once per value, one after the other with fresh processes and
+each with its own reference, and `summary` sets them side by side (ratio at `max`, latency at
+1,000 frames/s).
+
+    .venv/bin/python bench/throughput.py [--quick] [--workers 1,2]
 """
 
 from __future__ import annotations
@@ -100,6 +106,14 @@ def arrivals(
     }
 
 
+def workers_list(text: str) -> list[int]:
+    """`1` or `1,2`: gateway worker counts to run one after the other."""
+    values = [int(v) for v in text.split(",") if v.strip()]
+    if not values or any(v < 1 or v > 64 for v in values):
+        raise argparse.ArgumentTypeError(f"{text!r}: worker counts from 1 to 64, e.g. 1,2")
+    return values
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="5 s phases instead of 10 s")
@@ -111,7 +125,41 @@ def main() -> None:
         help="comma-separated phases, frames/s or max (e.g. --rates 1000: CPU per event at an "
         "ordinary rate only)",
     )
+    parser.add_argument(
+        "--workers",
+        type=workers_list,
+        default=[1],
+        help="gateway --workers, or several to compare side by side (1,2)",
+    )
     args = parser.parse_args()
+    runs = [{"workers": n, "phases": one_run(args, n)} for n in args.workers]
+    out: dict[str, Any] = {
+        "benchmark": "throughput",
+        "machine": machine(),
+        "devices": args.devices,
+    }
+    if len(runs) == 1:
+        out.update(runs[0])
+    else:
+        out["runs"] = runs
+    out["summary"] = [summary(run) for run in runs]
+    emit(out)
+
+
+def summary(run: dict[str, Any]) -> dict[str, Any]:
+    """One line per worker count: the ratio to raw paho at `max`, latency at 1,000/s."""
+    by_rate = {phase["rate"]: phase for phase in run["phases"]}
+    top, paced = by_rate.get("max", {}), by_rate.get(1000, {})
+    return {
+        "workers": run["workers"],
+        "max_delivered_per_s": top.get("delivered_per_s"),
+        "max_ratio_to_reference": top.get("ratio_to_reference"),
+        "at_1000_per_s_latency_ms": paced.get("latency_ms"),
+        "at_1000_per_s_cpu_us_per_frame": paced.get("cpu_us_per_frame"),
+    }
+
+
+def one_run(args: argparse.Namespace, workers: int) -> list[dict[str, Any]]:
     seconds = 5 if args.quick else 10
     phases = [(1000, 1000 * seconds), (5000, 5000 * seconds), (0, args.max_frames)]
     wanted = {0 if r == "max" else int(r) for r in args.rates.split(",")}
@@ -119,7 +167,7 @@ def main() -> None:
     with Procs() as procs:
         mqtt_port = procs.mosquitto()
         tcp_port = free_port()
-        procs.gateway(mqtt_port, tcp_port)
+        procs.gateway(mqtt_port, tcp_port, workers=workers)
         procs.service(mqtt_port)
         sessions = SessionStates()
         events = SessionStates("order_no")
@@ -149,14 +197,7 @@ def main() -> None:
             results.append(ours)
         for w in watches:
             w.close()
-    emit(
-        {
-            "benchmark": "throughput",
-            "machine": machine(),
-            "devices": args.devices,
-            "phases": results,
-        }
-    )
+    return results
 
 
 if __name__ == "__main__":

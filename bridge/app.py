@@ -15,6 +15,7 @@ import logging
 import sqlite3
 from collections.abc import Coroutine, Iterator
 from contextlib import contextmanager, suppress
+from pathlib import Path
 from typing import Any
 
 from bridge import statedir
@@ -57,8 +58,19 @@ def gateway_mqtt_settings(settings: GatewaySettings, topics: Topics) -> MqttSett
 
 
 class GatewayApp:
-    def __init__(self, settings: GatewaySettings) -> None:
+    """One gateway process. As one of `--workers N` (bridge/workers.py) its listeners set
+    SO_REUSEPORT (`reuse_port`) and its pins live in the workers' common file (`shared_pins`)."""
+
+    def __init__(
+        self,
+        settings: GatewaySettings,
+        *,
+        reuse_port: bool = False,
+        shared_pins: Path | None = None,
+    ) -> None:
         self.settings = settings
+        self.reuse_port = reuse_port
+        self.shared_pins = shared_pins
         self.topics = Topics(settings.base_topic)
         self.tcp_links: list[TcpLink] = []
         self.serial_links: list[SerialLink] = []
@@ -78,7 +90,11 @@ class GatewayApp:
         statedir.prepare(settings.state_dir)
         outbox = SqliteOutbox(settings.state_dir / OUTBOX_FILENAME, settings.max_queued_messages)
         try:
-            pins = SqlitePinStore(settings.state_dir / PINS_FILENAME, settings.max_devices)
+            pins = SqlitePinStore(
+                self.shared_pins or settings.state_dir / PINS_FILENAME,
+                settings.max_devices,
+                shared=self.shared_pins is not None,
+            )
         except BaseException:
             outbox.close()
             raise
@@ -111,6 +127,7 @@ class GatewayApp:
                         port,
                         max_connections_per_ip=settings.max_connections_per_ip,
                         max_write_buffer=settings.max_write_buffer,
+                        reuse_port=self.reuse_port,
                     )
                     await link.start()  # OSError (port taken) propagates unwrapped
                     self.tcp_links.append(link)

@@ -32,6 +32,7 @@ from bridge.mqtt.settings import MqttSettings
 ENV_PREFIX = "CHARGEBRIDGE_"
 _DEVICE_ID = re.compile(r"[0-9A-Fa-f]{8}")
 _ICCID = re.compile(r"89[0-9A-Fa-f]{18}")
+MAX_WORKERS = 64  # gateway worker processes; more than a box has cores only costs memory
 
 
 class ConfigError(Exception):
@@ -149,6 +150,13 @@ class IntegrationSettings(BaseSettings):
 class GatewaySettings(IntegrationSettings, CommonSettings):
     """Options of the gateway (the half facing the chargers)."""
 
+    workers: int = Field(
+        default=1,
+        ge=1,
+        le=MAX_WORKERS,
+        description="gateway processes sharing the device listeners (SO_REUSEPORT), worker k "
+        "named {gateway_id}-{k}; 1 = one process, nothing else started (docs/scaling.md)",
+    )
     tcp: StrList = Field(
         default=["0.0.0.0:7054"],
         description="device TCP listener HOST:PORT, repeatable; `none` disables",

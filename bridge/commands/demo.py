@@ -108,6 +108,8 @@ def announce_completion(
 
 async def serve(settings: DemoSettings) -> None:
     _check_kind(settings.kind)
+    if settings.workers != 1:
+        raise OSError("option workers: the demo runs one gateway process (--workers is for run)")
     console = Console(stderr=False)
     topics = Topics(settings.base_topic)
     fallback = "web" not in settings.model_fields_set  # only the default port may move

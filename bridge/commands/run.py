@@ -2,7 +2,8 @@
 
 They still talk only through MQTT topics, exactly as when run apart. Without a configured
 broker (`--mqtt`, `CHARGEBRIDGE_MQTT` or `mqtt` in the config file) an embedded broker is
-started on 127.0.0.1:`broker_port`.
+started on 127.0.0.1:`broker_port`. With `--workers N` this process keeps the broker and the
+charging service and supervises N gateway worker processes connecting to that broker.
 """
 
 from __future__ import annotations
@@ -16,13 +17,14 @@ from contextlib import asynccontextmanager
 from pydantic import Field
 
 from bridge import statedir
-from bridge.app import run_gateway, run_service
+from bridge.app import run_service
 from bridge.broker import BrokerPortInUse, EmbeddedBroker
 from bridge.charging.settings import ChargingSettings
 from bridge.charging.store import StoreError
 from bridge.commands.common import run_role
 from bridge.config import GatewaySettings, add_settings_arguments
 from bridge.web import dashboard
+from bridge.workers import run_gateways
 
 HELP = "run gateway + charging service in one process (embedded broker unless --mqtt is given)"
 
@@ -75,7 +77,7 @@ async def run_both(
             tg.create_task(run_service(settings, ready=service_ready), name="charging-service")
             if one_after_the_other:
                 await service_ready.wait()
-            tg.create_task(run_gateway(settings, ready=gateway_ready), name="gateway")
+            tg.create_task(run_gateways(settings, ready=gateway_ready), name="gateway")
     except* StoreError as group:
         raise group.exceptions[0] from None  # one line naming the store and the fix, exit 1
 

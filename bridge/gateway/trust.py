@@ -14,6 +14,11 @@ or a little arithmetic, and nothing touches the disk unless a pin changes:
   flood cannot flood MQTT; the refused frames are counted in the gateway stats.
 
 Serial lines carry no ICCID: pins do not apply there (the allowlist's ids do).
+
+With `--workers N` the worker processes share one pin file (`SqlitePinStore(shared=True)`):
+a worker reads the file only when its memory cannot settle a frame (an id it has no pin for,
+or an ICCID that differs from the pin it remembers), so a pin or `unpin` made by one worker
+holds in every other at once, and the common case stays a dict lookup.
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ from protocol.ids import device_id
 log = logging.getLogger(__name__)
 
 PINS_FILENAME = "gateway-pins.sqlite3"  # one gateway per state dir, like the outbox
+SHARED_BUSY_TIMEOUT_S = 2.0  # wait for another worker's write to the shared pin file
 MAX_NOTICES = 10_000  # (device, reason) pairs remembered for rate-limiting security events
 
 
@@ -47,6 +53,8 @@ class PinStore:
     """Pinned ICCIDs by physical id, in memory (unit tests, gateways built without a state
     dir); `SqlitePinStore` persists them. Bounded by `max_pins`: when full, a new physical id
     is not pinned (its frames are still served), so junk ids cannot evict the fleet's pins."""
+
+    shared = False  # another process may change the pins (see `fresh`)
 
     def __init__(self, max_pins: int = MAX_DEVICES) -> None:
         self.max_pins = max_pins
@@ -70,6 +78,10 @@ class PinStore:
             self._removed(physical_id)
         return iccid
 
+    def fresh(self, physical_id: int) -> str | None:
+        """The pin as it is now, also if another process sharing the store changed it."""
+        return self.pins.get(physical_id)
+
     def _stored(self, physical_id: int, iccid: str) -> None:
         """Persist one new pin (nothing to do in memory)."""
 
@@ -83,14 +95,20 @@ class PinStore:
 class SqlitePinStore(PinStore):
     """Pins in SQLite under `--state-dir`, read once at start and written through, one small
     transaction per change: pins change when a charger is first seen or unpinned, never per
-    frame."""
+    frame.
 
-    def __init__(self, path: Path, max_pins: int = MAX_DEVICES) -> None:
+    `shared`: several gateway processes use the file at once (`--workers`). WAL lets them read
+    while one writes, the busy timeout waits out another's (tiny) write, a new pin never
+    replaces one another process made meanwhile, and `fresh` reads the file."""
+
+    def __init__(self, path: Path, max_pins: int = MAX_DEVICES, *, shared: bool = False) -> None:
         super().__init__(max_pins)
         self.path = path
+        self.shared = shared
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            self._db = sqlite3.connect(path, isolation_level=None, timeout=0.5)
+            timeout = SHARED_BUSY_TIMEOUT_S if shared else 0.5
+            self._db = sqlite3.connect(path, isolation_level=None, timeout=timeout)
         except (OSError, sqlite3.Error) as exc:
             raise PinStoreError(f"cannot open the pin store {path}: {exc}") from None
         try:
@@ -110,11 +128,41 @@ class SqlitePinStore(PinStore):
             ) from None
         self.pins = {int(pid): str(iccid) for pid, iccid in rows}
 
+    def fresh(self, physical_id: int) -> str | None:
+        if not self.shared:
+            return self.pins.get(physical_id)
+        try:
+            row = self._db.execute(
+                "SELECT iccid FROM pins WHERE physical_id = ?", (physical_id,)
+            ).fetchone()
+        except sqlite3.Error as exc:
+            log.error("pin store read failed", extra={"path": str(self.path), "error": str(exc)})
+            return self.pins.get(physical_id)
+        if row is None:
+            self.pins.pop(physical_id, None)
+            return None
+        iccid = str(row[0])
+        if physical_id in self.pins or len(self.pins) < self.max_pins:
+            self.pins[physical_id] = iccid
+        return iccid
+
+    def unpin(self, physical_id: int) -> str | None:
+        self.fresh(physical_id)  # a pin another worker made is forgotten too
+        return super().unpin(physical_id)
+
     def _stored(self, physical_id: int, iccid: str) -> None:
+        if not self.shared:
+            self._write(
+                "INSERT OR REPLACE INTO pins (physical_id, iccid, pinned_at) VALUES (?, ?, ?)",
+                (physical_id, iccid, time.time()),
+            )
+            return
+        # Another worker may have pinned this id since we looked: its pin stands.
         self._write(
-            "INSERT OR REPLACE INTO pins (physical_id, iccid, pinned_at) VALUES (?, ?, ?)",
+            "INSERT OR IGNORE INTO pins (physical_id, iccid, pinned_at) VALUES (?, ?, ?)",
             (physical_id, iccid, time.time()),
         )
+        self.fresh(physical_id)
 
     def _removed(self, physical_id: int) -> None:
         self._write("DELETE FROM pins WHERE physical_id = ?", (physical_id,))
@@ -172,6 +220,10 @@ class Trust:
             if not tcp:
                 return None
             pinned = self.pins.pins.get(physical_id)
+            if pinned is not None and pinned == cs.iccid:
+                return None
+            if self.pins.shared:  # another worker may have pinned or unpinned it meanwhile
+                pinned = self.pins.fresh(physical_id)
             if pinned is None or pinned == cs.iccid:
                 return None
             return "pin_mismatch"

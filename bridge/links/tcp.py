@@ -47,7 +47,11 @@ class _TcpDeviceProtocol(DeviceStreamProtocol):
 
 
 class TcpLink:
-    """One listening socket (`host:port`; port 0 picks a free port, see `addresses`)."""
+    """One listening socket (`host:port`; port 0 picks a free port, see `addresses`).
+
+    With `reuse_port` the socket sets SO_REUSEPORT, so that several gateway processes
+    (`--workers N`, docs/scaling.md) each bind their own socket to the same address and the
+    kernel spreads new connections over them (by a hash of the connection's addresses)."""
 
     def __init__(
         self,
@@ -57,12 +61,14 @@ class TcpLink:
         *,
         max_connections_per_ip: int = 1000,
         max_write_buffer: int = 65536,
+        reuse_port: bool = False,
     ) -> None:
         self.handler = handler
         self.host = host
         self.port = port
         self.max_connections_per_ip = max_connections_per_ip
         self.max_write_buffer = max_write_buffer
+        self.reuse_port = reuse_port
         self.per_ip: Counter[str] = Counter()
         self.server: asyncio.Server | None = None
 
@@ -74,6 +80,7 @@ class TcpLink:
             self.port,
             backlog=BACKLOG,
             reuse_address=True,
+            reuse_port=self.reuse_port or None,
         )
         log.info("listening for devices", extra={"addresses": self.addresses})
 

@@ -130,7 +130,12 @@ class MqttClient:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(flush_timeout):
                     await self._empty.wait()
-        self._task.cancel()
+        # Python 3.11's `asyncio.wait_for` (inside aiomqtt's subscribe and publish) swallows a
+        # cancellation that arrives as its reply does: cancel again until the loop has ended,
+        # or a SIGTERM during a (re)connection would wait here forever.
+        while not self._task.done():
+            self._task.cancel()
+            await asyncio.wait({self._task}, timeout=1.0)
         with contextlib.suppress(asyncio.CancelledError):
             await self._task
         self._task = None

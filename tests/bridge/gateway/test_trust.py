@@ -200,6 +200,29 @@ async def test_pins_survive_a_restart_and_are_bounded(tmp_path: Path) -> None:
     assert SqlitePinStore(path).pins == {PID: ICCID_A, PID + 1: ICCID_B}
 
 
+async def test_workers_sharing_the_pin_file_act_on_each_others_pins(tmp_path: Path) -> None:
+    """Two gateways on one shared pin file stand for two `--workers`: a charger pinned
+    through one is refused another ICCID by the other, and an unpin through either holds."""
+    path = tmp_path / "pins.sqlite3"
+    SqlitePinStore(path, shared=True).close()  # the supervisor creates it
+    stores = [SqlitePinStore(path, shared=True) for _ in range(2)]
+    one, two = (
+        Gateway(settings(tmp_path), FakePublisher(), Topics("chargebridge"), pins=s) for s in stores
+    )
+    try:
+        assert answered(connect(one, ICCID_A))
+        assert not answered(connect(two, ICCID_B))  # pinned by the other worker
+        assert answered(connect(two, ICCID_A))  # the pinned SIM, reconnected to this one
+        resp = await two._request(DEVICE_ID, "unpin", b"{}")
+        assert resp.ok and resp.model_dump()["iccid"] == ICCID_A
+        assert answered(connect(one, ICCID_B))  # one knew the old pin; the file says none
+        assert not answered(connect(two, ICCID_A))
+        assert stores[0].pins == stores[1].pins == {PID: ICCID_B}
+    finally:
+        for store in stores:
+            store.close()
+
+
 def test_an_unusable_pin_file_is_one_clear_error(tmp_path: Path) -> None:
     path = tmp_path / "pins.sqlite3"
     path.write_bytes(b"this is no database" * 100)
