@@ -22,6 +22,32 @@ class DeviceRequestTopic:
 class Topics:
     base: str = "chargebridge"
 
+    # --- gateways (presence and counters, one pair per gateway process) ----
+    def gateway_state(self, gateway_id: str) -> str:
+        """Retained presence; the gateway's MQTT will sets it `offline`."""
+        return f"{self.base}/gateways/{gateway_id}/state"
+
+    def gateway_stats(self, gateway_id: str) -> str:
+        return f"{self.base}/gateways/{gateway_id}/stats"
+
+    @property
+    def all_gateway_states(self) -> str:
+        return f"{self.base}/gateways/+/state"
+
+    @property
+    def all_gateway_stats(self) -> str:
+        return f"{self.base}/gateways/+/stats"
+
+    def parse_gateway_topic(self, topic: str) -> tuple[str, str] | None:
+        """`{b}/gateways/{id}/state|stats` -> (gateway_id, "state"|"stats"), or None."""
+        prefix = f"{self.base}/gateways/"
+        if not topic.startswith(prefix):
+            return None
+        parts = topic[len(prefix) :].split("/")
+        if len(parts) != 2 or not parts[0] or parts[1] not in ("state", "stats"):
+            return None
+        return parts[0], parts[1]
+
     # --- bridge (gateway) -------------------------------------------------
     @property
     def bridge_state(self) -> str:
@@ -86,6 +112,14 @@ class Topics:
         if len(parts) != 3 or parts[1] != "request" or not parts[0] or not parts[2]:
             return None
         return DeviceRequestTopic(parts[0], parts[2])
+
+    def parse_device(self, topic: str) -> str | None:
+        """`{b}/devices/{id}` (the retained device state) -> device_id, or None."""
+        prefix = f"{self.base}/devices/"
+        if not topic.startswith(prefix):
+            return None
+        device_id = topic[len(prefix) :]
+        return device_id if device_id and "/" not in device_id else None
 
     def parse_device_topic(self, topic: str) -> tuple[str, str] | None:
         """`{b}/devices/{id}/{rest...}` -> (device_id, rest), or None."""
