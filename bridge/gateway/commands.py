@@ -128,6 +128,7 @@ class Commands:
         if self.peers is not None and not await self.peers.answers(parsed.device_id):
             # Another gateway answers (docs/scaling.md). Each gateway keeps its own pins,
             # so an `unpin` is carried out by every one of them, answered by one.
+            self.stats.requests_left_to_peers += 1
             if parsed.command == "unpin":
                 await self.request(parsed.device_id, parsed.command, payload)
             return

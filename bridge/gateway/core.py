@@ -112,7 +112,12 @@ class Gateway:
         self.power = Power(settings, self.registry, self.publishing, self.dispatcher, self.clock)
         self.upgrades = Upgrades(settings, self.publishing, self.dispatcher)
         self.peers = Peers(
-            settings.gateway_id, topics, self.registry, self.publishing, self.connections
+            settings.gateway_id,
+            topics,
+            self.registry,
+            self.publishing,
+            self.connections,
+            self.stats,
         )
         self.commands.peers = self.peers
         self.commands.power = self.power

@@ -36,6 +36,7 @@ from pydantic import ValidationError
 from bridge.gateway.connections import Connections
 from bridge.gateway.publishing import Publishing
 from bridge.gateway.registry import Device, Registry
+from bridge.gateway.stats import GatewayStats
 from bridge.mqtt.payloads import DEVICE_ID_RE, DeviceState
 from bridge.mqtt.topics import Topics
 
@@ -69,6 +70,7 @@ class Peers:
         registry: Registry,
         publishing: Publishing,
         connections: Connections,
+        stats: GatewayStats,
         *,
         grace_s: float = REQUEST_GRACE_S,
     ) -> None:
@@ -77,14 +79,12 @@ class Peers:
         self.registry = registry
         self.publishing = publishing
         self.connections = connections
+        self.stats = stats
         self.grace_s = grace_s
         self.online: set[str] = set()  # other gateways whose presence is `online`
         self.gone: dict[str, None] = {}  # gateways seen `offline`, oldest first (bounded)
         self.holders: dict[int, str] = {}  # physical id -> other gateway holding it online
         self._ids: dict[str, str] = {}  # interned gateway ids
-        self.swept = 0  # device states republished offline for dead gateways
-        self.handed_over = 0
-        self.bad_states = 0  # presence or device states that could not be read
         # how to make the broker replay `{b}/devices/+` (the MQTT client's `resubscribe`)
         self.resubscribe: Resubscribe | None = getattr(publishing.mqtt, "resubscribe", None)
         self._sweep_task: asyncio.Task[None] | None = None
@@ -168,7 +168,7 @@ class Peers:
             except (ValueError, UnicodeDecodeError):
                 body = None
             if not isinstance(body, dict):
-                self.bad_states += 1
+                self.stats.peer_states_unreadable += 1
                 return
             state = body.get("state")
         if state == "online":
@@ -206,10 +206,10 @@ class Peers:
             holder = body["gateway_id"]
             online = body["online"]
         except (ValueError, UnicodeDecodeError, KeyError, TypeError):
-            self.bad_states += 1
+            self.stats.peer_states_unreadable += 1
             return
         if not isinstance(holder, str) or not isinstance(online, bool):
-            self.bad_states += 1
+            self.stats.peer_states_unreadable += 1
             return
         dev = self.registry.devices.get(pid)
         mine = dev is not None and dev.online
@@ -228,7 +228,7 @@ class Peers:
                 self._restore(dev)  # ours is the newer connection
                 return
             if mine:
-                self.handed_over += 1
+                self.stats.chargers_handed_over += 1
                 self.connections.hand_over(dev, holder)
             else:
                 # What we know of it is stale: never republish it (it would name us).
@@ -261,11 +261,11 @@ class Peers:
         try:
             state = DeviceState.model_validate_json(payload)
         except ValidationError:
-            self.bad_states += 1
+            self.stats.peer_states_unreadable += 1
             return
         if not state.online:
             return
-        self.swept += 1
+        self.stats.chargers_swept_offline += 1
         offline = state.model_copy(update={"online": False})
         self.publishing.submit(self.topics.device(device_id), offline, retain=True)
         log.info(

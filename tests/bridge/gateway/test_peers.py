@@ -106,6 +106,7 @@ async def test_an_unheld_charger_is_answered_offline_by_the_elected_responder_on
     await asyncio.gather(request(small, OTHER), request(big, OTHER))
     assert [r["result"] for r in responses(small_mqtt, OTHER)] == ["offline"]
     assert responses(big_mqtt, OTHER) == []
+    assert (small.stats.requests_left_to_peers, big.stats.requests_left_to_peers) == (0, 1)
     # a malformed request for it is answered once too (by the same rule), never twice
     await asyncio.gather(request(small, "nothex"), request(big, "nothex"))
     assert [r["result"] for r in responses(small_mqtt, "nothex")] == ["invalid"]
@@ -162,6 +163,7 @@ async def test_a_newer_connection_elsewhere_takes_the_charger_silently(tmp_path:
     assert link.transport.closed
     gw.connection_lost(link.conn)
     assert PID not in gw.registry.devices
+    assert gw.stats.chargers_handed_over == 1
     gw.publishing.republish(gw.registry)  # as after an MQTT reconnect
     published = [m.topic for m in mqtt.messages[before:]]
     assert not [t for t in published if t.startswith(f"{B}/devices/{DEVICE_ID}")], published
@@ -226,7 +228,7 @@ async def test_the_elected_survivor_sweeps_a_dead_gateways_chargers(tmp_path: Pa
     assert swept.topic == f"{B}/devices/{OTHER}" and swept.retain
     assert (swept.payload["online"], swept.payload["gateway_id"]) == (False, "a-gw")
     assert swept.payload["port_count"] == 2  # the rest of the state is kept
-    assert gw.peers.swept == 1
+    assert gw.stats.chargers_swept_offline == 1
 
 
 async def test_only_the_elected_survivor_sweeps(tmp_path: Path) -> None:
@@ -243,7 +245,7 @@ async def test_only_the_elected_survivor_sweeps(tmp_path: Path) -> None:
     presence(gw, "a-gw", "offline")  # b-gw is the elected survivor
     await asyncio.sleep(0)
     device_state(gw, OTHER, "a-gw", True, "2026-01-01T00:00:00.000Z")
-    assert replays == [] and gw.peers.swept == 0
+    assert replays == [] and gw.stats.chargers_swept_offline == 0
     assert not [m for m in mqtt.messages if m.topic.startswith(f"{B}/devices/")]
 
 
@@ -256,7 +258,7 @@ async def test_bad_presence_and_device_states_are_counted_not_fatal(tmp_path: Pa
         (f"{B}/devices/{OTHER}", b'{"gateway_id": 5, "online": true}'),
     ):
         assert gw.peers.observe(topic, payload)
-    assert gw.peers.bad_states == 4
+    assert gw.stats.peer_states_unreadable == 4
     assert not gw.peers.online and not gw.peers.holders
     assert gw.peers.observe(f"{B}/gateways/x/stats", b"{}")  # someone else's counters
     assert not gw.peers.observe(f"{B}/devices/{OTHER}/request/locate", b"{}")
