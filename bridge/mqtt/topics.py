@@ -48,15 +48,6 @@ class Topics:
             return None
         return parts[0], parts[1]
 
-    # --- bridge (gateway) -------------------------------------------------
-    @property
-    def bridge_state(self) -> str:
-        return f"{self.base}/bridge/state"
-
-    @property
-    def bridge_stats(self) -> str:
-        return f"{self.base}/bridge/stats"
-
     # --- devices ----------------------------------------------------------
     def device(self, device_id: str) -> str:
         return f"{self.base}/devices/{device_id}"
@@ -140,6 +131,25 @@ class Topics:
     @property
     def charging_stats(self) -> str:
         return f"{self.base}/charging/stats"
+
+    @property
+    def charging_state(self) -> str:
+        """Retained presence of the charging service as a whole: `online` with the live
+        instances, `offline` by the will of the last one (docs/scaling.md)."""
+        return f"{self.base}/charging/state"
+
+    def charging_instance(self, instance_id: str) -> str:
+        """Retained presence of one service instance; its own will sets it `offline`."""
+        return f"{self.base}/charging/instances/{instance_id}"
+
+    @property
+    def all_charging_instances(self) -> str:
+        return f"{self.base}/charging/instances/+"
+
+    def parse_charging_instance(self, topic: str) -> str | None:
+        prefix = f"{self.base}/charging/instances/"
+        rest = topic[len(prefix) :] if topic.startswith(prefix) else ""
+        return rest if rest and "/" not in rest else None
 
     @property
     def webhook_stats(self) -> str:

@@ -1,4 +1,4 @@
-"""Configurable limits, each counted in `bridge/stats`: connections per IP, devices, and device
+"""Configurable limits, each counted in the gateway stats: connections per IP, devices, and device
 commands per minute."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from tests.bridge.gateway.conftest import B
 from tests.bridge.gateway.test_commands import DEV, online, request
 from tests.bridge.helpers import PID, FakeDevice, MqttCollector, tcp_port
 
-STATS = f"{B}/bridge/stats"
+STATS = f"{B}/gateways/test-gw/stats"
 
 
 @pytest.mark.gateway(max_connections_per_ip=2)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import protocol as p
-from bridge.mqtt.payloads import BridgeStats
+from bridge.mqtt.payloads import GatewayStatsPayload
 from tests.bridge.gateway.conftest import B
 from tests.bridge.helpers import FakeDevice, MqttCollector, mqtt_collector
 from tests.broker import Mosquitto
@@ -46,16 +46,16 @@ async def test_late_subscriber_gets_retained_device_and_port_states(
     assert (port1.json()["status"], port2.json()["status"]) == ("charging", "idle")
 
 
-async def test_bridge_stats_retained_and_counting(
+async def test_gateway_stats_retained_and_counting(
     broker: Mosquitto, device: FakeDevice, mqtt: MqttCollector
 ) -> None:
     await device.send(0x22)
     await device.recv()
-    await mqtt.wait(f"{B}/bridge/stats", lambda m: m["frames_out"] >= 1)
-    async with mqtt_collector(broker, f"{B}/bridge/stats") as late:
-        message = await late.wait_message(f"{B}/bridge/stats")
+    await mqtt.wait(f"{B}/gateways/test-gw/stats", lambda m: m["frames_out"] >= 1)
+    async with mqtt_collector(broker, f"{B}/gateways/test-gw/stats") as late:
+        message = await late.wait_message(f"{B}/gateways/test-gw/stats")
     assert message.retain
-    stats = BridgeStats.model_validate(message.json())
+    stats = GatewayStatsPayload.model_validate(message.json())
     assert stats.frames_in >= 1 and stats.bytes_in >= 14 and stats.bytes_out >= 18
     assert stats.connections == 1 and stats.devices_online == 1
     assert stats.updated_at.endswith("Z")
@@ -99,7 +99,7 @@ async def test_states_come_back_after_the_broker_lost_its_store(
     broker.wipe_store()
     broker.start()
     async with mqtt_collector(broker, f"{B}/#") as late:
-        await late.wait(f"{B}/bridge/state", lambda m: m == {"state": "online"}, timeout=40)
+        await late.wait(f"{B}/gateways/test-gw/state", lambda m: m["state"] == "online", timeout=40)
         state = await late.wait_message(DEV)
         port = await late.wait_message(f"{DEV}/ports/1")
     assert state.json()["online"] is True and port.json()["status"] == "charging"
