@@ -11,7 +11,7 @@ import bridge.mqtt.payloads as payloads
 from bridge.mqtt.payloads import (
     DEVICE_ID_RE,
     ORDER_NO_RE,
-    BridgeState,
+    GatewayState,
     MqttPayload,
     Payload,
     StartChargingRequest,
@@ -30,7 +30,8 @@ def _error(model: type[BaseModel], json: str) -> str:
 
 def test_payload_is_a_deprecated_name_of_mqtt_payload() -> None:
     assert Payload is MqttPayload
-    assert BridgeState(state="online").to_json() == b'{"state":"online"}'
+    offline = GatewayState(state="offline", gateway_id="gw-1")
+    assert offline.to_json() == b'{"state":"offline","gateway_id":"gw-1"}'
 
 
 def test_the_package_exports_what_it_declares() -> None:
