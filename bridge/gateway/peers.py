@@ -214,9 +214,17 @@ class Peers:
         dev = self.registry.devices.get(pid)
         mine = dev is not None and dev.online
         if holder == self.gateway_id:
-            self.holders.pop(pid, None)
-            if mine and not online:
-                self._restore(dev)  # marked offline for us (a sweep while we were away)
+            if mine:
+                self.holders.pop(pid, None)  # it came to us from another gateway
+                if not online:
+                    self._restore(dev)  # marked offline for us (a sweep while we were away)
+            elif online and pid not in self.holders:
+                # We do not hold it: a state left from before a crash of ours (or the echo of
+                # one since superseded, which costs one more `offline`).
+                if dev is not None:
+                    self._restore(dev)
+                else:
+                    self._republish_offline(device_id, payload)
             return
         if not online:
             self.holders.pop(pid, None)
@@ -224,7 +232,8 @@ class Peers:
                 self._restore(dev)  # a stale offline from the gateway it left
             return
         if dev is not None:
-            if mine and not self._newer(body.get("connected_at"), holder, dev):
+            stale_claim = holder in self.gone  # a dead gateway's state: nobody holds it there
+            if mine and (stale_claim or not self._newer(body.get("connected_at"), holder, dev)):
                 self._restore(dev)  # ours is the newer connection
                 return
             if mine:
@@ -234,8 +243,8 @@ class Peers:
                 # What we know of it is stale: never republish it (it would name us).
                 del self.registry.devices[pid]
         if holder in self.gone:
-            if self._elected():
-                self._sweep_one(device_id, payload)
+            if self._elected() and self._republish_offline(device_id, payload):
+                self.stats.chargers_swept_offline += 1
             return
         if pid in self.holders or len(self.holders) < MAX_REMOTE_DEVICES:
             self.holders[pid] = self._intern(holder)
@@ -256,22 +265,23 @@ class Peers:
 
     # ------------------------------------------------------------------ dead gateways
 
-    def _sweep_one(self, device_id: str, payload: bytes) -> None:
-        """Republish a dead gateway's retained `online` device state as `online: false`."""
+    def _republish_offline(self, device_id: str, payload: bytes) -> bool:
+        """Publish a retained `online` device state again as `online: false`, the rest of it
+        unchanged (no gateway keeps the payloads); True if it did."""
         try:
             state = DeviceState.model_validate_json(payload)
         except ValidationError:
             self.stats.peer_states_unreadable += 1
-            return
+            return False
         if not state.online:
-            return
-        self.stats.chargers_swept_offline += 1
+            return False
         offline = state.model_copy(update={"online": False})
         self.publishing.submit(self.topics.device(device_id), offline, retain=True)
         log.info(
-            "charger of a dead gateway marked offline",
+            "charger shown offline for a gateway that does not hold it",
             extra={"device_id": device_id, "gateway_id": state.gateway_id},
         )
+        return True
 
     def _sweep(self) -> None:
         """Have the broker replay every retained device state (one at a time)."""

@@ -262,3 +262,48 @@ async def test_bad_presence_and_device_states_are_counted_not_fatal(tmp_path: Pa
     assert not gw.peers.online and not gw.peers.holders
     assert gw.peers.observe(f"{B}/gateways/x/stats", b"{}")  # someone else's counters
     assert not gw.peers.observe(f"{B}/devices/{OTHER}/request/locate", b"{}")
+
+
+async def test_a_state_naming_this_gateway_for_a_charger_it_does_not_hold_is_corrected(
+    tmp_path: Path,
+) -> None:
+    """After a crash and restart under the same id the broker still retains `online: true`
+    naming this gateway for chargers that have not come back: it shows them offline."""
+    gw, mqtt, _ = gateway(tmp_path, gateway_id="a-gw")
+    device_state(gw, OTHER, "a-gw", True, "2026-01-01T00:00:00.000Z")
+    [fixed] = device_states(mqtt, OTHER)
+    assert (fixed["online"], fixed["gateway_id"], fixed["port_count"]) == (False, "a-gw", 2)
+
+
+async def test_a_dead_gateways_claim_never_takes_a_charger(tmp_path: Path) -> None:
+    """Even with a newer `connected_at` (clocks apart), a state of a gateway whose presence is
+    `offline` is stale: the holder restores its own state instead of letting go."""
+    gw, mqtt, _ = gateway(tmp_path, gateway_id="a-gw")
+    presence(gw, "b-gw", "online")
+    presence(gw, "b-gw", "offline")
+    link, dev = online_device(gw)
+    device_state(gw, DEVICE_ID, "b-gw", True, "2099-01-01T00:00:00.000Z")
+    assert dev.online and not link.transport.closed
+    assert (device_states(mqtt)[-1]["gateway_id"], device_states(mqtt)[-1]["online"]) == (
+        "a-gw",
+        True,
+    )
+
+
+async def test_a_charger_that_came_here_is_no_longer_taken_as_held_elsewhere(
+    tmp_path: Path,
+) -> None:
+    """Its old holder lets go silently, so our own state (echoed back) is what says it moved;
+    once it leaves us too, the elected responder answers for it again."""
+    gw, mqtt, _ = gateway(tmp_path, gateway_id="a-gw")
+    presence(gw, "b-gw", "online")
+    device_state(gw, DEVICE_ID, "b-gw", True, "2001-01-01T00:00:00.000Z")
+    assert gw.peers.held_elsewhere(PID)
+    link, _dev = online_device(gw)
+    ours = device_states(mqtt)[-1]
+    assert gw.peers.observe(f"{B}/devices/{DEVICE_ID}", json.dumps(ours).encode())
+    assert not gw.peers.held_elsewhere(PID)
+    gw.connection_lost(link.conn)
+    gw.peers.grace_s = 0.01
+    await request(gw, DEVICE_ID)
+    assert [r["result"] for r in responses(mqtt, DEVICE_ID)] == ["offline"]
