@@ -45,13 +45,10 @@ __all__ = ["MAX_QUEUED_PER_DEVICE", "FrameTap", "Gateway", "Publisher", "subscri
 
 
 def subscriptions(topics: Topics) -> list[tuple[str, int]]:
-    """What a gateway subscribes to: other gateways' presence first (so that their device
-    states, replayed next, are read knowing who is alive), device states, device requests."""
-    return [
-        (topics.all_gateway_states, 1),
-        (topics.all_devices, 1),
-        (topics.all_device_requests, 1),
-    ]
+    """What a gateway subscribes to from the start: other gateways' presence first, then
+    device requests. Device states (`{b}/devices/+`) are added by `peers` once another gateway
+    shows up, so a gateway alone costs nothing more than before."""
+    return [(topics.all_gateway_states, 1), (topics.all_device_requests, 1)]
 
 
 class Gateway:

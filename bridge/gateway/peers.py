@@ -1,9 +1,9 @@
 """Other gateways on the same base topic: who holds which charger, who answers, who cleans up.
 
-Every gateway subscribes to `{b}/gateways/+/state` (presence, retained, with the will) and to
-`{b}/devices/+` (device state, retained, naming the holder in `gateway_id` and the holding
-connection's start in `connected_at`). From them it keeps only what the three rules below need
-(docs/scaling.md):
+Every gateway subscribes to `{b}/gateways/+/state` (presence, retained, with the will) and,
+once another gateway shows up, to `{b}/devices/+` (device state, retained, naming the holder in
+`gateway_id` and the holding connection's start in `connected_at`). From them it keeps only
+what the three rules below need (docs/scaling.md):
 
 - **who answers a device request**: the gateway holding the charger; when none does, one
   elected responder (the smallest online gateway id) answers `offline`, after a short grace
@@ -85,9 +85,13 @@ class Peers:
         self.gone: dict[str, None] = {}  # gateways seen `offline`, oldest first (bounded)
         self.holders: dict[int, str] = {}  # physical id -> other gateway holding it online
         self._ids: dict[str, str] = {}  # interned gateway ids
-        # how to make the broker replay `{b}/devices/+` (the MQTT client's `resubscribe`)
+        # The MQTT client's `subscribe` (device states, once another gateway shows up) and
+        # `resubscribe` (the broker replays the retained device states for a sweep).
+        self.subscribe: Resubscribe | None = getattr(publishing.mqtt, "subscribe", None)
         self.resubscribe: Resubscribe | None = getattr(publishing.mqtt, "resubscribe", None)
+        self.watching = False  # subscribed to `{b}/devices/+`
         self._sweep_task: asyncio.Task[None] | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
         self._sweep_again = False
         self._news = asyncio.Event()  # set (and renewed) on a device state while one waits
         self._waiting = 0
@@ -161,19 +165,23 @@ class Peers:
     def _presence(self, gateway_id: str, payload: bytes) -> None:
         if gateway_id == self.gateway_id:
             return  # our own (or our will, replaced by `online` when we reconnect)
-        state: Any = None
-        if payload:
-            try:
-                body = json.loads(payload)
-            except (ValueError, UnicodeDecodeError):
-                body = None
-            if not isinstance(body, dict):
-                self.stats.peer_states_unreadable += 1
-                return
-            state = body.get("state")
+        if not payload:
+            # Cleared: an operator forgot a gateway that will not come back (docs/scaling.md).
+            self.online.discard(gateway_id)
+            self.gone.pop(gateway_id, None)
+            return
+        try:
+            body = json.loads(payload)
+        except (ValueError, UnicodeDecodeError):
+            body = None
+        if not isinstance(body, dict):
+            self.stats.peer_states_unreadable += 1
+            return
+        state = body.get("state")
         if state == "online":
             self.online.add(self._intern(gateway_id))
             self.gone.pop(gateway_id, None)
+            self._watch()
             return
         was_online = gateway_id in self.online
         self.online.discard(gateway_id)
@@ -188,8 +196,10 @@ class Peers:
                 "gateway offline",
                 extra={"gateway_id": gateway_id, "chargers": len(held), "sweeper": self.responder},
             )
-            if self._elected():
-                self._sweep()
+        if not self.watching:
+            self._watch()  # the subscription replays the retained states: the sweep
+        elif was_online and self._elected():
+            self._sweep()
 
     def _device_state(self, device_id: str, payload: bytes) -> None:
         if not DEVICE_ID_RE.match(device_id):
@@ -283,6 +293,22 @@ class Peers:
         )
         return True
 
+    def _watch(self) -> None:
+        """Subscribe to the device states, from the first other gateway seen on."""
+        if self.watching or self.subscribe is None:
+            return
+        self.watching = True
+        loop = asyncio.get_running_loop()
+        self._tasks.add(task := loop.create_task(self._subscribe(), name="peer-device-states"))
+        task.add_done_callback(self._tasks.discard)
+
+    async def _subscribe(self) -> None:
+        assert self.subscribe is not None
+        try:
+            await self.subscribe(self.topics.all_devices)
+        except Exception as exc:
+            log.warning("could not subscribe to device states", extra={"error": repr(exc)})
+
     def _sweep(self) -> None:
         """Have the broker replay every retained device state (one at a time)."""
         if self.resubscribe is None:
@@ -306,7 +332,7 @@ class Peers:
                 return
 
     async def stop(self) -> None:
-        task = self._sweep_task
-        if task is not None and not task.done():
+        tasks = [t for t in (self._sweep_task, *self._tasks) if t is not None and not t.done()]
+        for task in tasks:
             task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)

@@ -416,6 +416,19 @@ class MqttClient:
         else:
             await client.subscribe(list(topics))
 
+    async def subscribe(self, topic: str, qos: int = 1) -> None:
+        """Add a subscription, kept across reconnections, and subscribe at once when
+        connected (the broker then sends its retained messages for `topic`)."""
+        if any(t == topic for t, _ in self.subscriptions):
+            return
+        self.subscriptions.append((topic, qos))
+        client = self._client
+        if client is not None:
+            try:
+                await self._subscribe(client, [(topic, qos)])
+            except aiomqtt.MqttError as exc:  # the next connection subscribes from the list
+                log.warning("subscribing to %s failed: %s", topic, exc)
+
     async def resubscribe(self, topic: str) -> bool:
         """Subscribe again to one of `subscriptions`: the broker replaces the subscription and
         sends its retained messages again (MQTT 3.1.1 3.8.4; MQTT 5 retain handling 0), so a

@@ -212,6 +212,7 @@ async def test_the_elected_survivor_sweeps_a_dead_gateways_chargers(tmp_path: Pa
         return True
 
     gw.peers.resubscribe = resubscribe
+    gw.peers.watching = True  # subscribed to the device states already
     presence(gw, "a-gw", "online")
     presence(gw, "c-gw", "online")
     device_state(gw, OTHER, "a-gw", True, "2026-01-01T00:00:00.000Z")
@@ -240,6 +241,7 @@ async def test_only_the_elected_survivor_sweeps(tmp_path: Path) -> None:
         return True
 
     gw.peers.resubscribe = resubscribe
+    gw.peers.watching = True  # subscribed to the device states already
     presence(gw, "a-gw", "online")
     presence(gw, "b-gw", "online")
     presence(gw, "a-gw", "offline")  # b-gw is the elected survivor
@@ -307,3 +309,23 @@ async def test_a_charger_that_came_here_is_no_longer_taken_as_held_elsewhere(
     gw.peers.grace_s = 0.01
     await request(gw, DEVICE_ID)
     assert [r["result"] for r in responses(mqtt, DEVICE_ID)] == ["offline"]
+
+
+async def test_device_states_are_subscribed_once_another_gateway_shows_up(tmp_path: Path) -> None:
+    """A gateway alone subscribes to no device states (it costs nothing more than before)."""
+    gw, _, _ = gateway(tmp_path, gateway_id="a-gw")
+    subscribed: list[str] = []
+
+    async def subscribe(topic: str) -> None:
+        subscribed.append(topic)
+
+    gw.peers.subscribe = subscribe
+    assert gw.peers.observe(f"{B}/gateways/a-gw/state", b'{"state": "online"}')  # our own
+    assert gw.peers.observe(f"{B}/gateways/old/state", b"")  # cleared: forgotten
+    await asyncio.sleep(0)
+    assert subscribed == [] and not gw.peers.watching
+    presence(gw, "b-gw", "online")
+    presence(gw, "c-gw", "online")
+    await asyncio.sleep(0)
+    assert subscribed == [f"{B}/devices/+"]
+    await gw.peers.stop()
