@@ -27,7 +27,7 @@ from bridge.charging.store import ChargingStore, StoreError, open_store
 from bridge.charging.store.sqlite import SqliteStore
 from bridge.config import GatewaySettings
 from bridge.errors import StartupError
-from bridge.gateway.core import Gateway
+from bridge.gateway.core import Gateway, subscriptions
 from bridge.gateway.trust import PINS_FILENAME, SqlitePinStore
 from bridge.homeassistant import HomeAssistantUnit
 from bridge.links.serial import SerialLink
@@ -110,7 +110,7 @@ class GatewayApp:
         settings = self.settings
         mqtt = self.mqtt = MqttClient(
             gateway_mqtt_settings(settings, self.topics),
-            subscriptions=[(self.topics.all_device_requests, 1)],
+            subscriptions=subscriptions(self.topics),
             outbox=outbox,
             retain_as_published=True,  # a retained request is refused when published, too
         )

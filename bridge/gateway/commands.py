@@ -20,6 +20,7 @@ from bridge.gateway import events, requests
 from bridge.gateway.clock import Clock
 from bridge.gateway.dispatcher import CommandTimeout, DeviceOffline, Dispatcher, Reply
 from bridge.gateway.flows import Flows
+from bridge.gateway.peers import Peers
 from bridge.gateway.power import Power
 from bridge.gateway.publishing import Publishing, log_failure
 from bridge.gateway.registry import Device, Registry
@@ -73,6 +74,7 @@ class Commands:
         # wired by the Gateway once they exist
         self.power: Power | None = None
         self.upgrades: Upgrades | None = None
+        self.peers: Peers | None = None
         self.trust = trust
 
     # ------------------------------------------------------------------ replies
@@ -122,6 +124,13 @@ class Commands:
                 "retained" if retain else "empty payload",
                 extra={"topic": topic},
             )
+            return
+        if self.peers is not None and not await self.peers.answers(parsed.device_id):
+            # Another gateway answers (docs/scaling.md). Each gateway keeps its own pins,
+            # so an `unpin` is carried out by every one of them, answered by one.
+            self.stats.requests_left_to_peers += 1
+            if parsed.command == "unpin":
+                await self.request(parsed.device_id, parsed.command, payload)
             return
         try:
             resp = await self.request(parsed.device_id, parsed.command, payload)
@@ -218,8 +227,8 @@ class Commands:
                 got = await self.dispatcher.execute(
                     dev, step.command, step.data, expect_reply=step.expect_reply, context=step.sent
                 )
-            except DeviceOffline:
-                return response(request_id, False, "offline", "device is not connected", **fields)
+            except DeviceOffline as exc:
+                return response(request_id, False, "offline", str(exc), **fields)
             except CommandTimeout:
                 return response(
                     request_id,

@@ -65,7 +65,8 @@ class Connections:
         self.taps: list[FrameTap] = []
         self.on_upstream: FrameHandler = _ignore
         self.on_reply: FrameHandler = _ignore
-        self.on_offline: Callable[[int], None] = lambda _pid: None
+        # (physical id, why): fail the commands waiting on a device that is gone
+        self.on_offline: Callable[[int, str], None] = lambda _pid, _why: None
         self._debug_ids = set(debug_devices)
         self.read_gate = ReadGate(registry, publishing.mqtt, clock)
 
@@ -138,11 +139,32 @@ class Connections:
         if not dev.online:
             return
         dev.online = False
-        self.on_offline(dev.physical_id)
+        self.on_offline(dev.physical_id, "device is not connected")
         gateway_id = self.publishing.gateway_id
         self.publishing.event(dev, "device", events.offline(dev, gateway_id, reason))
         self.publishing.device_state(dev)
         log.info("device offline", extra={"device_id": dev.device_id, "reason": reason})
+
+    def hand_over(self, dev: Device, gateway_id: str) -> None:
+        """Another gateway holds `dev` on a newer connection (docs/scaling.md): let go of it
+        without publishing anything, since its state there is the current one. The device is
+        forgotten (nothing republishes it), what waits on it answers `offline` saying where
+        it went, and the stale TCP connection is closed (the charger left it)."""
+        why = f"handed over to gateway {gateway_id}"
+        conn = dev.conn
+        dev.conn = None
+        dev.online = False
+        self.registry.devices.pop(dev.physical_id, None)
+        self.on_offline(dev.physical_id, why)
+        log.info("device handed over", extra={"device_id": dev.device_id, "to": gateway_id})
+        if conn is None:
+            return
+        cs = self.registry.conns.get(conn.id)
+        if cs is not None:
+            cs.devices.discard(dev.physical_id)
+            if conn.replaceable and not conn.closed:
+                cs.close_reason = "handed_over"
+                conn.close()
 
     def _on_frame(self, cs: ConnState, frame: Frame, now: float) -> None:
         self.stats.frames_in += 1
@@ -194,6 +216,7 @@ class Connections:
         if dev.conn is not conn:
             old = dev.conn
             dev.conn = conn
+            dev.connected_at = self.clock.time()
             cs.devices.add(dev.physical_id)
             if old is not None:
                 old_cs = self.registry.conns.get(old.id)

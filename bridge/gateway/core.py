@@ -10,6 +10,7 @@ metrics use:
 - `commands.Commands`: the MQTT request API and the replies to our commands;
 - `publishing.Publishing`: events and retained states;
 - `loops.Loops`: `gateways/{gateway_id}/stats` and the idle sweep;
+- `peers.Peers`: other gateways on the base topic (who answers, hand-over, dead gateways);
 - `power.Power`: `adjust_power` and the site power cap (`site_power_limit_w`);
 - `upgrade.Upgrades`: `upgrade_firmware` transfers.
 
@@ -28,6 +29,7 @@ from bridge.gateway.dispatcher import Dispatcher
 from bridge.gateway.duties import Answers, Duties
 from bridge.gateway.flows import Flows
 from bridge.gateway.loops import Loops
+from bridge.gateway.peers import Peers
 from bridge.gateway.power import Power
 from bridge.gateway.publishing import Publisher, Publishing
 from bridge.gateway.registry import Registry
@@ -39,7 +41,14 @@ from bridge.mqtt.payloads import CommandResponse
 from bridge.mqtt.topics import Topics
 from protocol import StreamItem
 
-__all__ = ["MAX_QUEUED_PER_DEVICE", "FrameTap", "Gateway", "Publisher"]
+__all__ = ["MAX_QUEUED_PER_DEVICE", "FrameTap", "Gateway", "Publisher", "subscriptions"]
+
+
+def subscriptions(topics: Topics) -> list[tuple[str, int]]:
+    """What a gateway subscribes to from the start: other gateways' presence first, then
+    device requests. Device states (`{b}/devices/+`) are added by `peers` once another gateway
+    shows up, so a gateway alone costs nothing more than before."""
+    return [(topics.all_gateway_states, 1), (topics.all_device_requests, 1)]
 
 
 class Gateway:
@@ -99,6 +108,15 @@ class Gateway:
         )
         self.power = Power(settings, self.registry, self.publishing, self.dispatcher, self.clock)
         self.upgrades = Upgrades(settings, self.publishing, self.dispatcher)
+        self.peers = Peers(
+            settings.gateway_id,
+            topics,
+            self.registry,
+            self.publishing,
+            self.connections,
+            self.stats,
+        )
+        self.commands.peers = self.peers
         self.commands.power = self.power
         self.commands.upgrades = self.upgrades
         self.duties.power = self.power
@@ -143,6 +161,10 @@ class Gateway:
     async def handle_request(
         self, topic: str, payload: bytes, properties: Any = None, *, retain: bool = False
     ) -> None:
+        """A message on one of the gateway's `subscriptions`: presence and device states
+        feed `peers`; device requests are served (by this gateway only if it answers)."""
+        if self.peers.observe(topic, payload):
+            return
         await self.commands.handle_request(topic, payload, properties, retain=retain)
 
     async def _request(self, device_id: str, command: str, payload: bytes) -> CommandResponse:
@@ -167,6 +189,7 @@ class Gateway:
         """Publish every device offline and the bridge offline, then wait for the broker."""
         self.flows.stop()
         await self.power.stop()
+        await self.peers.stop()
         for dev in self.registry.devices.values():
             if dev.online:
                 self.connections.offline(dev, "shutdown")

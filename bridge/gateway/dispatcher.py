@@ -20,7 +20,10 @@ from protocol import Frame, Payload
 
 
 class DeviceOffline(Exception):
-    pass
+    """The device is not (or no longer) connected here; the message says why."""
+
+    def __init__(self, message: str = "device is not connected") -> None:
+        super().__init__(message)
 
 
 class CommandTimeout(Exception):
@@ -117,8 +120,9 @@ class Dispatcher:
         reply.set_result(got)
         return True, None
 
-    def device_gone(self, physical_id: int) -> None:
-        """Fail what waits on a device whose connection closed."""
+    def device_gone(self, physical_id: int, why: str = "device is not connected") -> None:
+        """Fail what waits on a device whose connection closed (or that another gateway
+        holds now): the request answers `offline` with `why`, never silence."""
         for key, reply in self._pending.items():
             if key[0] == physical_id and not reply.done():
-                reply.set_exception(DeviceOffline())
+                reply.set_exception(DeviceOffline(why))

@@ -84,6 +84,7 @@ class Device:
     signal: int | None = None
     temperature_c: float | None = None
     last_seen: float | None = None  # unix time
+    connected_at: float | None = None  # unix time the current connection bound it
     last_rx: float = 0.0  # monotonic
     seen_0x21: bool = False
     device_type: int | None = None  # from 0x20 (A.2)
@@ -138,6 +139,7 @@ class Device:
             temperature_c=self.temperature_c,
             last_seen=iso_utc(self.last_seen) if self.last_seen is not None else None,
             gateway_id=gateway_id,
+            connected_at=iso_utc(self.connected_at) if self.connected_at is not None else None,
             device_type=_name(device_type_name, self.device_type),
             device_type_code=self.device_type,
             host_type=_name(host_type_name, self.host_type),

@@ -34,6 +34,10 @@ class GatewayStats:
     security_events_suppressed: int = 0
     pins: int = 0
     requests_ignored: int = 0
+    requests_left_to_peers: int = 0
+    chargers_handed_over: int = 0
+    chargers_swept_offline: int = 0
+    peer_states_unreadable: int = 0
     started: float = field(default_factory=time.monotonic)
 
     def counters(self, connections: int, devices_online: int) -> dict[str, int]:

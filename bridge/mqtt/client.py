@@ -388,12 +388,8 @@ class MqttClient:
     async def _serve(self, client: aiomqtt.Client) -> None:
         sender = asyncio.create_task(self._sender(client), name="mqtt-sender")
         try:
-            for topic, qos in self.subscriptions:
-                if self.retain_as_published and self.settings.v5:
-                    options = SubscribeOptions(qos=qos, retainAsPublished=True)
-                    await client.subscribe(topic, options=options)
-                else:
-                    await client.subscribe(topic, qos)
+            if self.subscriptions:
+                await self._subscribe(client, self.subscriptions)
             if self.on_connect is not None:
                 # Incoming messages wait in aiomqtt's queue until this is done. Race it
                 # against the connection: publishes awaited in it cannot finish offline.
@@ -416,6 +412,38 @@ class MqttClient:
             sender.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await sender
+
+    async def _subscribe(self, client: aiomqtt.Client, topics: list[tuple[str, int]]) -> None:
+        """One SUBSCRIBE for all `topics`: one round trip before messages flow."""
+        if self.retain_as_published and self.settings.v5:
+            options = [(t, SubscribeOptions(qos=q, retainAsPublished=True)) for t, q in topics]
+            await client.subscribe(options)
+        else:
+            await client.subscribe(list(topics))
+
+    async def subscribe(self, topic: str, qos: int = 1) -> None:
+        """Add a subscription, kept across reconnections, and subscribe at once when
+        connected (the broker then sends its retained messages for `topic`)."""
+        if any(t == topic for t, _ in self.subscriptions):
+            return
+        self.subscriptions.append((topic, qos))
+        client = self._client
+        if client is not None:
+            try:
+                await self._subscribe(client, [(topic, qos)])
+            except aiomqtt.MqttError as exc:  # the next connection subscribes from the list
+                log.warning("subscribing to %s failed: %s", topic, exc)
+
+    async def resubscribe(self, topic: str) -> bool:
+        """Subscribe again to one of `subscriptions`: the broker replaces the subscription and
+        sends its retained messages again (MQTT 3.1.1 3.8.4; MQTT 5 retain handling 0), so a
+        reader can look at retained state it did not keep. False when not connected."""
+        qos = dict(self.subscriptions)[topic]
+        client = self._client
+        if client is None or not self.connected.is_set():
+            return False
+        await self._subscribe(client, [(topic, qos)])
+        return True
 
     async def _deliver(self, client: aiomqtt.Client, message: aiomqtt.Message) -> None:
         if self.settings.manual_ack and message.qos > 0:

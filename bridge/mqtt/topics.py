@@ -104,6 +104,14 @@ class Topics:
             return None
         return DeviceRequestTopic(parts[0], parts[2])
 
+    def parse_device(self, topic: str) -> str | None:
+        """`{b}/devices/{id}` (the retained device state) -> device_id, or None."""
+        prefix = f"{self.base}/devices/"
+        if not topic.startswith(prefix):
+            return None
+        device_id = topic[len(prefix) :]
+        return device_id if device_id and "/" not in device_id else None
+
     def parse_device_topic(self, topic: str) -> tuple[str, str] | None:
         """`{b}/devices/{id}/{rest...}` -> (device_id, rest), or None."""
         prefix = f"{self.base}/devices/"

@@ -27,7 +27,12 @@ class DeviceState(MqttPayload):
     signal: int | None
     temperature_c: float | None
     last_seen: str | None
-    gateway_id: str
+    gateway_id: str = Field(description="the gateway holding (or that last held) the charger")
+    connected_at: str | None = Field(
+        default=None,
+        description="when the charger's current connection to that gateway began (its first "
+        "frame there); with several gateways the newest connection holds the charger",
+    )
     device_type: str | None = Field(
         default=None, description="0x20 device type name (A.2), e.g. new_485_dual_mode"
     )

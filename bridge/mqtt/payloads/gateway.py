@@ -110,5 +110,21 @@ class GatewayStatsPayload(MqttPayload):
     requests_ignored: int = Field(
         description="device requests ignored because they were retained or empty"
     )
+    requests_left_to_peers: int = Field(
+        default=0,
+        description="device requests not answered here because another gateway on the base "
+        "topic answers them (it holds the charger, or it is the elected responder)",
+    )
+    chargers_handed_over: int = Field(
+        default=0,
+        description="chargers let go because they connected to another gateway since",
+    )
+    chargers_swept_offline: int = Field(
+        default=0,
+        description="chargers of a dead gateway this gateway showed `online: false`",
+    )
+    peer_states_unreadable: int = Field(
+        default=0, description="other gateways' presence or device states that were not JSON"
+    )
     uptime_s: int
     updated_at: str

@@ -47,6 +47,7 @@ async def test_late_subscriber_gets_retained_device_and_port_states(
         "temperature_c",
         "last_seen",
         "gateway_id",
+        "connected_at",
         "device_type",
         "device_type_code",
         "host_type",
