@@ -329,11 +329,12 @@ class PostgresStore(SqlStore):
             new = [r for r in sessions if r.base is None]
             old = [r for r in sessions if r.base is not None]
             written: set[str] = set()
+            # Arrays go in binary (%b): the text format escapes every quote of the JSON.
             if new:
                 cur.execute(
                     "INSERT INTO sessions (session_id, payload, device_id, version, active, "
-                    "touched) SELECT * FROM unnest(%s::text[], %s::text[], %s::text[], "
-                    "%s::bigint[], %s::bool[], %s::float8[]) ON CONFLICT DO NOTHING "
+                    "touched) SELECT * FROM unnest(%b::text[], %b::text[], %b::text[], "
+                    "%b::bigint[], %b::bool[], %b::float8[]) ON CONFLICT DO NOTHING "
                     "RETURNING session_id",
                     columns(
                         new, "session_id", "payload", "device_id", "version", "active", "touched"
@@ -343,8 +344,8 @@ class PostgresStore(SqlStore):
             if old:
                 cur.execute(
                     "UPDATE sessions AS s SET payload = v.payload, version = v.version, "
-                    "active = v.active, touched = v.touched FROM unnest(%s::text[], "
-                    "%s::text[], %s::bigint[], %s::bool[], %s::float8[], %s::bigint[]) "
+                    "active = v.active, touched = v.touched FROM unnest(%b::text[], "
+                    "%b::text[], %b::bigint[], %b::bool[], %b::float8[], %b::bigint[]) "
                     "AS v(session_id, payload, version, active, touched, base) "
                     "WHERE s.session_id = v.session_id AND s.version = v.base "
                     "RETURNING s.session_id",
@@ -353,7 +354,7 @@ class PostgresStore(SqlStore):
                 written.update(sid for (sid,) in cur.fetchall())
             if deleted:
                 cur.execute(
-                    "DELETE FROM sessions AS s USING unnest(%s::text[], %s::bigint[]) "
+                    "DELETE FROM sessions AS s USING unnest(%b::text[], %b::bigint[]) "
                     "AS v(session_id, base) WHERE s.session_id = v.session_id "
                     "AND s.version = v.base RETURNING s.session_id",
                     ([sid for sid, _ in deleted], [base for _, base in deleted]),
