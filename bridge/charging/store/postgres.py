@@ -303,7 +303,7 @@ class PostgresStore(SqlStore):
         fps = sorted(by_fp)  # one order for everyone: concurrent claims cannot deadlock
         expires = [self.limits.expires(by_fp[fp], now) for fp in fps]
         rows = self._db.execute(
-            "INSERT INTO fingerprints SELECT * FROM unnest(%s::bytea[], %s::float8[]) "
+            "INSERT INTO fingerprints SELECT * FROM unnest(%b::bytea[], %b::float8[]) "
             "ON CONFLICT DO NOTHING RETURNING key",
             (fps, expires),
         )
