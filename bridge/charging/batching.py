@@ -231,13 +231,12 @@ class Sessions:
         self.stats_changed.set()  # active_sessions changed
 
     def claim(self, batch: Batch, key: str) -> bool:
-        """Record `key` (a request id) as handled; False if it was already (by any instance)."""
-        if self.shared is not None:
-            return key in self.shared.claim([key], self.clock())
-        if self.has_seen(batch, key):
-            return False
-        batch.seen[key] = None
-        return True
+        """Shared store: record `key` (a request id) as handled in the batch's transaction;
+        False if it was already (by any instance). The one instance of an SQLite store
+        handles requests as before (a client may reuse an id once it has its answer)."""
+        if self.shared is None:
+            return True
+        return key in self.shared.claim([key], self.clock())
 
     def restore(self, batch: Batch) -> None:
         """Undo a batch whose write failed (shared store: run again after a refresh)."""

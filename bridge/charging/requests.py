@@ -7,9 +7,10 @@ event (published by the gateway before the command's response) is what normally 
 session on; the command's result is applied only when no such event did (a timeout, an
 offline device, a full queue), so a start or stop is applied once.
 
-A request is carried out once per `request_id`, however often (and to whichever service
-instance) it is delivered: the id is claimed in the store within the batch's transaction. Its
-response and device command follow the batch's commit (`Batch.after`).
+On a shared store (several instances) a request is carried out once per `request_id`,
+however often and to whichever instance it is delivered: the id is claimed in the store
+within the batch's transaction. Responses and device commands follow the batch's commit
+(`Batch.after`).
 """
 
 from __future__ import annotations
