@@ -3,8 +3,8 @@
 `GatewayApp(settings).serve(ready=...)` serves the gateway until cancelled, `run_service` the
 charging service; `run` (gateway + charging service in one process) and `demo` compose them
 with their own parts. Gateway shutdown order: stop accepting devices, publish every device and
-the bridge offline, flush to the broker, close the device connections, disconnect, close the
-durable outbox (what the broker did not take stays there for the next start). The charging
+the gateway's presence offline, flush to the broker, close the device connections, disconnect,
+close the durable outbox (what the broker did not take stays there for the next start). The charging
 service disconnects, cancels the commands still waiting, then closes its store.
 """
 
@@ -19,6 +19,7 @@ from typing import Any
 
 from bridge import statedir
 from bridge.capture import CaptureUnit
+from bridge.charging.presence import ServicePresence, instance_id
 from bridge.charging.service import (
     ChargingService,
     default_instance_id,
@@ -38,7 +39,7 @@ from bridge.links.tcp import TcpLink
 from bridge.metrics import MetricsUnit
 from bridge.mqtt.client import MqttClient, MqttSettings, Will, payload_bytes
 from bridge.mqtt.outbox import SqliteOutbox
-from bridge.mqtt.payloads import BridgeState
+from bridge.mqtt.payloads import GatewayState
 from bridge.mqtt.topics import Topics
 from bridge.webhooks.unit import webhook_units
 
@@ -53,8 +54,8 @@ def gateway_mqtt_settings(settings: GatewaySettings, topics: Topics) -> MqttSett
         client_id=f"chargebridge-gateway-{settings.gateway_id}",
         clean_start=True,
         will=Will(
-            topic=topics.bridge_state,
-            payload=BridgeState(state="offline").to_json(),
+            topic=topics.gateway_state(settings.gateway_id),
+            payload=GatewayState(state="offline", gateway_id=settings.gateway_id).to_json(),
             retain=True,
         ),
     )
@@ -197,7 +198,8 @@ async def run_service(settings: ChargingSettings, *, ready: asyncio.Event | None
     the instance's (`--instance-id`, part of its client id), and `instance_id` is set."""
     shared = shared_url(settings.store)
     if not settings.instance_id:
-        settings = settings.model_copy(update={"instance_id": default_instance_id(shared)})
+        default = default_instance_id(shared, settings.gateway_id)
+        settings = settings.model_copy(update={"instance_id": default})
     role = f"service-{settings.instance_id}" if shared else "service"
     with statedir.locked(settings.state_dir, role):
         await _run_service(settings, ready)
@@ -245,6 +247,9 @@ async def _run_service(settings: ChargingSettings, ready: asyncio.Event | None) 
             for name, unit in webhook_units(settings):  # --webhook: docs/integrations.md
                 tg.create_task(unit, name=name)
             await mqtt.connected.wait()
+            # `{b}/charging/state` online only once the service is connected (docs/scaling.md)
+            presence = ServicePresence(settings, instance_id(settings))
+            tg.create_task(presence.run(), name="charging-presence")
             log.info("charging service ready on %s", mqtt.settings.redacted_url())
             if ready is not None:
                 ready.set()

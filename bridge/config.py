@@ -90,7 +90,7 @@ class CommonSettings(BaseSettings):
     stats_interval: float = Field(
         default=5.0,
         gt=0,
-        description="minimum seconds between two statistics messages (bridge/stats, "
+        description="minimum seconds between two statistics messages (gateways/{id}/stats, "
         "charging/stats); they are sent only when something changed",
     )
     web: str = Field(
@@ -205,7 +205,7 @@ class GatewaySettings(IntegrationSettings, CommonSettings):
         default=100_000,
         gt=0,
         description="devices known at once; when all are online, frames from a new physical id "
-        "are ignored (counted in bridge/stats as device_limit_frames)",
+        "are ignored (counted in the gateway stats as device_limit_frames)",
     )
     max_commands_per_minute: int = Field(
         default=60,

@@ -55,9 +55,24 @@ class Channel:
 def _channels() -> tuple[Channel, ...]:
     t = Topics("{base}")
     dev = "{device_id}"
+    gw = "{gateway_id}"
     out: list[Channel] = [
-        Channel(t.bridge_state, "out", True, (p.BridgeState,), "Bridge state", "gateway"),
-        Channel(t.bridge_stats, "out", True, (p.BridgeStats,), "Bridge statistics", "gateway"),
+        Channel(
+            t.gateway_state(gw),
+            "out",
+            True,
+            (p.GatewayState,),
+            "Gateway presence (the MQTT will sets `offline`)",
+            "gateway",
+        ),
+        Channel(
+            t.gateway_stats(gw),
+            "out",
+            True,
+            (p.GatewayStatsPayload,),
+            "Gateway statistics",
+            "gateway",
+        ),
         Channel(t.device(dev), "out", True, (p.DeviceState,), "Device state", "gateway"),
         Channel(t.port(dev, "{port}"), "out", True, (p.PortState,), "Port state", "gateway"),
         Channel(
@@ -138,6 +153,22 @@ def _channels() -> tuple[Channel, ...]:
             True,
             (p.ChargingStatsPayload,),
             "Charging statistics",
+            "charging",
+        ),
+        Channel(
+            t.charging_state,
+            "out",
+            True,
+            (p.ChargingState,),
+            "Charging service presence (any instance online; `offline` by will)",
+            "charging",
+        ),
+        Channel(
+            t.charging_instance("{instance_id}"),
+            "out",
+            True,
+            (p.ChargingInstanceState,),
+            "One charging-service instance's presence (`offline` by its will)",
             "charging",
         ),
     ]

@@ -15,8 +15,13 @@ section 3, and publishes retained discovery configs under `--homeassistant-prefi
   (mode `full`, the service's defaults) and Stop charging buttons. Home Assistant resolves
   `via_device` only when it creates a device, so a port's configs are sent only after its
   charger's (a port state arriving first waits), also when everything is announced again;
-- availability is `{b}/bridge/state` AND the device's `online` flag (`availability_mode: all`),
-  except for the connectivity sensor, which must stay available to show `off`;
+- availability is the presence of the gateway holding the charger,
+  `{b}/gateways/{gateway_id}/state` with the `gateway_id` of the charger's retained state (this
+  unit's own gateway until one is known), AND the device's `online` flag
+  (`availability_mode: all`), except for the connectivity sensor, which must stay available to
+  show `off`. When the charger moves to another gateway its configs are sent again naming the
+  new one. What goes through the charging service (Start/Stop charging, Last charging request)
+  also needs `{b}/charging/state` online: without a live service those buttons do nothing;
 - every template is guarded with `value_json is defined`: clearing a retained state (how a
   device is forgotten) makes Home Assistant render it once with no JSON before the entity
   is removed;
@@ -81,10 +86,13 @@ def request_id(device_id: str, action: str = "", port: int | None = None) -> str
 class Discovery:
     """Builds the discovery configs of one bridge (pure: no I/O)."""
 
-    def __init__(self, topics: Topics, discovery: DiscoveryTopics) -> None:
+    def __init__(
+        self, topics: Topics, discovery: DiscoveryTopics, gateway_id: str = "chargebridge"
+    ) -> None:
         self.topics = topics
         self.disc = discovery
         self.node = discovery.node_id
+        self.gateway_id = gateway_id  # whose presence counts until a charger names its own
 
     # ------------------------------------------------------------------ common parts
 
@@ -92,15 +100,33 @@ class Discovery:
         suffix = "" if port is None else f"_port{port}"
         return f"{self.node}_{device_id}{suffix}"
 
-    def _availability(self, device_id: str | None) -> Config:
-        bridge = {
-            "topic": self.topics.bridge_state,
+    def holder(self, state: Config | None) -> str:
+        """The gateway holding a charger: the one its retained state names, else ours."""
+        named = state.get("gateway_id") if state else None
+        return named if isinstance(named, str) and named else self.gateway_id
+
+    def _presence(self, topic: str) -> Config:
+        return {
+            "topic": topic,
             "value_template": "{{ value_json.state if value_json is defined else 'offline' }}",
             "payload_available": "online",
             "payload_not_available": "offline",
         }
+
+    def _availability(
+        self, device_id: str | None, gateway_id: str, *, charging: bool = False
+    ) -> Config:
+        """The holding gateway's presence; with `device_id` also the device's `online`; with
+        `charging` also the charging service's presence. All must be online."""
+        entries = [self._presence(self.topics.gateway_state(gateway_id))]
+        if charging:
+            entries.append(self._presence(self.topics.charging_state))
         if device_id is None:
-            return {"availability": [bridge]}
+            return (
+                {"availability": entries, "availability_mode": "all"}
+                if len(entries) > 1
+                else {"availability": entries}
+            )
         device = {
             "topic": self.topics.device(device_id),
             "value_template": (
@@ -110,7 +136,7 @@ class Discovery:
             "payload_available": "online",
             "payload_not_available": "offline",
         }
-        return {"availability": [bridge, device], "availability_mode": "all"}
+        return {"availability": [*entries, device], "availability_mode": "all"}
 
     def _entity(
         self, device_id: str, port: int | None, key: str, name: str, device: Config
@@ -155,14 +181,15 @@ class Discovery:
         """Topic -> config of the charger-level entities."""
         dev = self.charger_device(device_id, state)
         state_topic = self.topics.device(device_id)
-        avail = self._availability(device_id)
+        gateway_id = self.holder(state)
+        avail = self._availability(device_id, gateway_id)
         own = request_id(device_id)
         out: list[tuple[str, Config]] = [
             (
                 "binary_sensor",
                 {
                     **self._entity(device_id, None, "connectivity", "Connectivity", dev),
-                    **self._availability(None),
+                    **self._availability(None, gateway_id),
                     "state_topic": state_topic,
                     "value_template": (
                         "{{ ('ON' if value_json.online else 'OFF') "
@@ -215,7 +242,7 @@ class Discovery:
                     # The device commands' responses (API.md section 5): `success`,
                     # `offline`, `timeout`, ...; the whole response as attributes.
                     **self._entity(device_id, None, "last_command", "Last command", dev),
-                    **self._availability(None),
+                    **self._availability(None, gateway_id),
                     "state_topic": self.topics.device_response(device_id, "+"),
                     "value_template": "{{ value_json.result if value_json is defined and "
                     "value_json.result is defined else this.state }}",
@@ -232,7 +259,7 @@ class Discovery:
                     # The charging service answers every requester on one topic per action;
                     # our buttons' request ids name the charger, so each charger keeps its own.
                     **self._entity(device_id, None, "last_charging", "Last charging request", dev),
-                    **self._availability(None),
+                    **self._availability(None, gateway_id, charging=True),
                     "state_topic": self.topics.charging_response("+"),
                     "value_template": (
                         "{% set mine = value_json is defined and value_json.request_id is "
@@ -271,7 +298,7 @@ class Discovery:
         return self._by_topic(out)
 
     def port_configs(
-        self, device_id: str, port: int, state: Config | None = None
+        self, device_id: str, port: int, state: Config | None = None, gateway_id: str = ""
     ) -> dict[str, Config]:
         """Topic -> config of one port's entities. Voltage, current, temperature and session
         energy read the retained port state when it carries them (`energy_kwh` present:
@@ -279,7 +306,8 @@ class Discovery:
         dev = self.port_device(device_id, port)
         port_topic = self.topics.port(device_id, port)
         events = self.topics.event(device_id, "port")
-        avail = self._availability(device_id)
+        avail = self._availability(device_id, gateway_id or self.gateway_id)
+        via_service = self._availability(device_id, gateway_id or self.gateway_id, charging=True)
         from_state = state is not None and "energy_kwh" in state
 
         def measured(key: str, name: str, field: str, **extra: Any) -> Config:
@@ -389,7 +417,7 @@ class Discovery:
                     # Through the charging service (API.md section 6): it makes the order
                     # number and applies the port's defaults (mode `full`: until full).
                     **self._entity(device_id, port, "start", "Start charging", dev),
-                    **avail,
+                    **via_service,
                     "command_topic": self.topics.charging_request("start"),
                     "payload_press": request("start"),
                     "icon": "mdi:ev-station",
@@ -402,7 +430,7 @@ class Discovery:
                     # static press payload cannot carry; the charging service's stop request
                     # finds the port's session itself.
                     **self._entity(device_id, port, "stop", "Stop charging", dev),
-                    **avail,
+                    **via_service,
                     "command_topic": self.topics.charging_request("stop"),
                     "payload_press": request("stop"),
                     "icon": "mdi:power-plug-off",
@@ -433,12 +461,16 @@ class HomeAssistantUnit:
     def __init__(self, settings: GatewaySettings) -> None:
         self.topics = Topics(settings.base_topic)
         self.disc = DiscoveryTopics(settings.homeassistant_prefix, node_id(settings.base_topic))
-        self.discovery = Discovery(self.topics, self.disc)
+        self.discovery = Discovery(self.topics, self.disc, settings.gateway_id)
         self.published: dict[str, bytes] = {}  # config topic -> retained payload
         # Home Assistant links a port to its charger (`via_device`) only if the charger's
         # device exists when the port's is created: a port's configs wait for its charger's.
         self.announced: set[str] = set()  # devices whose charger configs are out
         self.pending: dict[str, dict[int, Config]] = {}  # device -> port -> port state
+        # The gateway each charger's availability names, and its ports' last states, to
+        # send the port configs again when the charger moves to another gateway.
+        self.holders: dict[str, str] = {}
+        self.port_states: dict[str, dict[int, Config]] = {}
         self.mqtt = MqttClient(
             settings.mqtt_settings(
                 client_id=f"chargebridge-homeassistant-{settings.gateway_id}", clean_start=True
@@ -488,10 +520,15 @@ class HomeAssistantUnit:
                 return
             state = _json_object(payload)
             if state is not None:
+                holder = self.discovery.holder(state)
+                moved = self.holders.get(device_id, holder) != holder
+                self.holders[device_id] = holder
                 self._publish(self.discovery.device_configs(device_id, state))
                 self.announced.add(device_id)
-                for port, waiting in sorted(self.pending.pop(device_id, {}).items()):
-                    self._publish(self.discovery.port_configs(device_id, port, waiting))
+                waiting = self.pending.pop(device_id, {})
+                again = self.port_states.get(device_id, {}) if moved else {}
+                for port, known in sorted({**again, **waiting}.items()):
+                    self._publish_port(device_id, port, known)
         elif rest.startswith("ports/") and rest[6:].isdigit():
             port = int(rest[6:])
             port_state = _json_object(payload) if payload else None
@@ -500,7 +537,7 @@ class HomeAssistantUnit:
             elif port_state is None:
                 return
             elif device_id in self.announced:
-                self._publish(self.discovery.port_configs(device_id, port, port_state))
+                self._publish_port(device_id, port, port_state)
             else:
                 self.pending.setdefault(device_id, {})[port] = port_state
 
@@ -508,6 +545,11 @@ class HomeAssistantUnit:
         parsed = self.disc.parse_config(config_topic)
         owner = self.discovery.owner(parsed[1]) if parsed else None
         return owner is not None and owner[1] is not None
+
+    def _publish_port(self, device_id: str, port: int, port_state: Config) -> None:
+        self.port_states.setdefault(device_id, {})[port] = port_state
+        holder = self.holders.get(device_id, "")
+        self._publish(self.discovery.port_configs(device_id, port, port_state, holder))
 
     def _publish(self, configs: dict[str, Config]) -> None:
         for topic, config in configs.items():
@@ -524,8 +566,11 @@ class HomeAssistantUnit:
         if port is None:
             self.announced.discard(device_id)
             self.pending.pop(device_id, None)
+            self.holders.pop(device_id, None)
+            self.port_states.pop(device_id, None)
         else:
             self.pending.get(device_id, {}).pop(port, None)
+            self.port_states.get(device_id, {}).pop(port, None)
         for topic in list(self.published):
             parsed = self.disc.parse_config(topic)
             owner = self.discovery.owner(parsed[1]) if parsed else None

@@ -3,7 +3,12 @@
 Served at `http://HOST:PORT/metrics` by a small HTTP server on the gateway's own event loop, so
 a scrape reads the gateway's counters without locks. What is exported:
 
-- the gateway's counters of `{b}/bridge/stats` (`chargebridge_gateway_*`), read at scrape time;
+- the gateway's counters of `{b}/gateways/{gateway_id}/stats` (`chargebridge_gateway_*`), read
+  at scrape time, and `chargebridge_gateway_info{gateway_id}` (1) naming the gateway;
+- presence as the broker shows it: `chargebridge_gateways_online` / `chargebridge_gateways_known`
+  (every gateway's `{b}/gateways/+/state` on the base topic, so one scrape sees the others too),
+  `chargebridge_charging_up` (1 while `{b}/charging/state` is online) and
+  `chargebridge_charging_instances` (its live instances);
 - `chargebridge_frames_total{direction, command, name}`: frames per DNY command, from a frame tap;
 - `chargebridge_command_latency_seconds{command}`: time from sending a command (0x80 and up)
   to the device's reply with the same message id (a resend keeps the first send time);
@@ -61,8 +66,13 @@ class _GatewayCollector(Collector):
         counters = gateway.stats.counters(
             len(gateway.registry.conns), gateway.registry.online_count()
         )
+        info = GaugeMetricFamily(
+            "chargebridge_gateway_info", "the gateway serving these metrics", labels=["gateway_id"]
+        )
+        info.add_metric([gateway.publishing.gateway_id], 1.0)
+        yield info
         for name, value in counters.items():
-            doc = f"gateway {name.replace('_', ' ')} (see {{b}}/bridge/stats)"
+            doc = f"gateway {name.replace('_', ' ')} (see {{b}}/gateways/{{gateway_id}}/stats)"
             family = GaugeMetricFamily if name in GAUGES else CounterMetricFamily
             yield family(f"chargebridge_gateway_{name}", doc, value=value)
         yield GaugeMetricFamily(
@@ -84,6 +94,29 @@ class _GatewayCollector(Collector):
             "chargebridge_mqtt_connected",
             "1 while the gateway is connected to the broker",
             value=1.0 if self.unit.mqtt.connected.is_set() else 0.0,
+        )
+        states = self.unit.gateway_states
+        yield GaugeMetricFamily(
+            "chargebridge_gateways_online",
+            "gateways on the base topic whose retained presence is online",
+            value=sum(1 for state in states.values() if state == "online"),
+        )
+        yield GaugeMetricFamily(
+            "chargebridge_gateways_known",
+            "gateways on the base topic with a retained presence",
+            value=len(states),
+        )
+        presence = self.unit.charging_state
+        yield GaugeMetricFamily(
+            "chargebridge_charging_up",
+            "1 while the charging service's presence (any instance) is online",
+            value=1.0 if presence.get("state") == "online" else 0.0,
+        )
+        instances = presence.get("instances")
+        yield GaugeMetricFamily(
+            "chargebridge_charging_instances",
+            "live charging-service instances",
+            value=len(instances) if isinstance(instances, list) else 0,
         )
         for name, value in self.unit.charging.items():
             if not isinstance(value, int | float) or isinstance(value, bool):
@@ -113,6 +146,9 @@ class MetricsUnit:
         self.topics = Topics(settings.base_topic)
         self.charging: dict[str, Any] = {}
         self.webhooks: dict[str, Any] = {}
+        self.gateway_states: dict[str, str] = {}  # gateway id -> state, from the broker
+        self.charging_state: dict[str, Any] = {}
+        self.presence_updated = asyncio.Event()
         self.charging_updated = asyncio.Event()
         self.registry = CollectorRegistry()
         self.frames = Counter(
@@ -135,7 +171,12 @@ class MetricsUnit:
             settings.mqtt_settings(
                 client_id=f"chargebridge-metrics-{settings.gateway_id}", clean_start=True
             ),
-            subscriptions=[(self.topics.charging_stats, 1), (self.topics.webhook_stats, 1)],
+            subscriptions=[
+                (self.topics.charging_stats, 1),
+                (self.topics.webhook_stats, 1),
+                (self.topics.all_gateway_states, 1),
+                (self.topics.charging_state, 1),
+            ],
         )
         gateway.taps.append(self.tap)
 
@@ -173,12 +214,27 @@ class MetricsUnit:
         try:
             async with server, self._stats_client:
                 async for message in self._stats_client.messages:
-                    if str(message.topic) == self.topics.webhook_stats:
+                    topic = str(message.topic)
+                    if topic == self.topics.webhook_stats:
                         self.webhooks = _json_dict(message.payload) or {}
-                    else:
+                    elif topic == self.topics.charging_stats:
                         self._charging_stats(message.payload)
+                    else:
+                        self._presence(topic, message.payload)
         finally:
             self.gateway.taps.remove(self.tap)
+
+    def _presence(self, topic: str, payload: Any) -> None:
+        """A gateway's or the charging service's retained presence; empty clears it."""
+        data = _json_dict(payload) or {}
+        gateway = self.topics.parse_gateway_topic(topic)
+        if topic == self.topics.charging_state:
+            self.charging_state = data
+        elif gateway is not None and data:
+            self.gateway_states[gateway[0]] = str(data.get("state"))
+        elif gateway is not None:
+            self.gateway_states.pop(gateway[0], None)
+        self.presence_updated.set()
 
     def _charging_stats(self, payload: Any) -> None:
         try:

@@ -505,9 +505,10 @@ def service_client_id(settings: ChargingSettings, *, shared: bool = False) -> st
     return f"{settings.client_id}-{settings.instance_id}"
 
 
-def default_instance_id(shared: bool) -> str:
-    """`service` for the one instance of an SQLite store, else `{hostname}-{pid}`."""
-    return f"{socket.gethostname()}-{os.getpid()}" if shared else "service"
+def default_instance_id(shared: bool, gateway_id: str) -> str:
+    """`{hostname}-{pid}` on a shared store; the gateway id (the host name by default) for
+    the one instance of an SQLite store."""
+    return f"{socket.gethostname()}-{os.getpid()}" if shared else gateway_id
 
 
 def service_subscriptions(t: Topics, *, shared: bool = False) -> list[tuple[str, int]]:

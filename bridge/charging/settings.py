@@ -29,7 +29,7 @@ class ChargingSettings(WebhookSettings, CommonSettings):
         pattern=r"^[A-Za-z0-9._-]{0,64}$",
         description="name of this service instance, unique among those sharing one "
         "PostgreSQL store (part of its MQTT client id; keep it fixed across restarts); "
-        "default: hostname-pid, or `service` with SQLite (one instance only)",
+        "default: hostname-pid, or the gateway id with SQLite (one instance only)",
     )
     mqtt_session_expiry_s: int = Field(
         default=7 * 24 * 3600,

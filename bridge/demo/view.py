@@ -1,5 +1,7 @@
 """The demo's live view. It is an ordinary MQTT subscriber: it shows exactly what an operator
-would see with `mosquitto_sub`, built only from retained state and stats topics.
+would see with `mosquitto_sub`, built only from retained state and stats topics: the presence
+and counters of every gateway (`{b}/gateways/+/state|stats`, summed over all of them), the
+charging service's presence, sessions, devices and ports.
 
 `LiveState` is pure (messages in, snapshot out) so it is tested without a terminal; the
 renderers draw it with rich on a terminal, or as one plain line per period otherwise.
@@ -30,8 +32,9 @@ class LiveState:
     ports: dict[tuple[str, int], dict[str, Any]] = field(default_factory=dict)
     sessions: dict[str, dict[str, Any]] = field(default_factory=dict)
     charging_stats: dict[str, Any] = field(default_factory=dict)
-    bridge_stats: dict[str, Any] = field(default_factory=dict)
-    bridge_state: str = "unknown"
+    gateway_states: dict[str, str] = field(default_factory=dict)  # gateway id -> state
+    gateway_stats: dict[str, dict[str, Any]] = field(default_factory=dict)
+    charging_state: str = "unknown"
 
     def apply(self, topic: str, payload: bytes) -> None:
         """Fold one MQTT message in; an empty payload clears retained state."""
@@ -45,10 +48,18 @@ class LiveState:
                 return
             data = loaded
         t = self.topics
-        if topic == t.bridge_state:
-            self.bridge_state = str(data.get("state", "unknown"))
-        elif topic == t.bridge_stats:
-            self.bridge_stats = data
+        if (gateway := t.parse_gateway_topic(topic)) is not None:
+            gateway_id, kind = gateway
+            if kind == "state" and data:
+                self.gateway_states[gateway_id] = str(data.get("state", "unknown"))
+            elif kind == "state":
+                self.gateway_states.pop(gateway_id, None)
+            elif data:
+                self.gateway_stats[gateway_id] = data
+            else:
+                self.gateway_stats.pop(gateway_id, None)
+        elif topic == t.charging_state:
+            self.charging_state = str(data.get("state", "unknown")) if data else "unknown"
         elif topic == t.charging_stats:
             self.charging_stats = data
         elif (session_id := t.parse_session(topic)) is not None:
@@ -71,8 +82,9 @@ class LiveState:
     def subscriptions(self) -> list[str]:
         t = self.topics
         return [
-            t.bridge_state,
-            t.bridge_stats,
+            t.all_gateway_states,
+            t.all_gateway_stats,
+            t.charging_state,
             t.charging_stats,
             t.all_sessions,
             t.all_devices,
@@ -85,6 +97,19 @@ class LiveState:
     def completed_sessions(self) -> list[dict[str, Any]]:
         return [s for s in self.sessions.values() if s.get("status") == "completed"]
 
+    def gateway_total(self, counter: str) -> int:
+        """One counter summed over every gateway's stats."""
+        return sum(int(s.get(counter) or 0) for s in self.gateway_stats.values())
+
+    @property
+    def gateways_line(self) -> str:
+        """`gateway online` for one gateway (the usual `run`), else `gateways 2/3 online`."""
+        states = self.gateway_states
+        if len(states) == 1:
+            return f"gateway {next(iter(states.values()))}"
+        online = sum(1 for v in states.values() if v == "online")
+        return f"gateways {online}/{len(states)} online"
+
     def summary_line(self) -> str:
         """Counts from the retained sessions themselves, so they are never stale."""
         online = sum(1 for d in self.devices.values() if d.get("online"))
@@ -92,11 +117,12 @@ class LiveState:
         energy = sum(float(s.get("energy_kwh") or 0.0) for s in completed)
         power = sum(float(s.get("power_w") or 0.0) for s in self.active_sessions())
         return (
-            f"{time.strftime('%H:%M:%S')} bridge {self.bridge_state} | "
+            f"{time.strftime('%H:%M:%S')} {self.gateways_line} | "
+            f"service {self.charging_state} | "
             f"chargers {online}/{len(self.devices)} online | "
             f"sessions {len(self.active_sessions())} active, {len(completed)} completed | "
             f"{power:.0f} W now, {energy:.3f} kWh delivered | "
-            f"frames in {self.bridge_stats.get('frames_in', 0)}"
+            f"frames in {self.gateway_total('frames_in')}"
         )
 
 
@@ -161,7 +187,7 @@ def render(state: LiveState) -> Group:
             str(s.get("duration_s", "")),
         )
 
-    cs, bs = state.charging_stats, state.bridge_stats
+    cs, total = state.charging_stats, state.gateway_total
     stats = Table.grid(padding=(0, 2))
     stats.add_row(
         f"sessions created {cs.get('sessions_created', 0)}",
@@ -171,10 +197,10 @@ def render(state: LiveState) -> Group:
         f"avg processing {float(cs.get('average_processing_time_ms', 0) or 0):.2f} ms",
     )
     stats.add_row(
-        f"connections {bs.get('connections', 0)}",
-        f"frames in {bs.get('frames_in', 0)}",
-        f"frames out {bs.get('frames_out', 0)}",
-        f"commands {bs.get('commands_sent', 0)}",
-        f"decode errors {bs.get('decode_errors', 0)}",
+        f"connections {total('connections')}",
+        f"frames in {total('frames_in')}",
+        f"frames out {total('frames_out')}",
+        f"commands {total('commands_sent')}",
+        f"decode errors {total('decode_errors')}",
     )
     return Group(Text(state.summary_line(), style="bold"), devices, sessions, stats)

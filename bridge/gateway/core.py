@@ -9,7 +9,7 @@ metrics use:
 - `flows.Flows`: settlements (answered once the broker has the event) and card swipes;
 - `commands.Commands`: the MQTT request API and the replies to our commands;
 - `publishing.Publishing`: events and retained states;
-- `loops.Loops`: `bridge/stats` and the idle sweep;
+- `loops.Loops`: `gateways/{gateway_id}/stats` and the idle sweep;
 - `power.Power`: `adjust_power` and the site power cap (`site_power_limit_w`);
 - `upgrade.Upgrades`: `upgrade_firmware` transfers.
 
@@ -133,8 +133,8 @@ class Gateway:
 
     # ------------------------------------------------------------------ MQTT
 
-    def bridge_state(self, state: Literal["online", "offline"]) -> None:
-        self.publishing.bridge_state(state)
+    def gateway_state(self, state: Literal["online", "offline"]) -> None:
+        self.publishing.gateway_state(state)
 
     async def on_mqtt_connect(self) -> None:
         """After every (re)connection the bridge and every device state are published again."""
@@ -170,5 +170,5 @@ class Gateway:
         for dev in self.registry.devices.values():
             if dev.online:
                 self.connections.offline(dev, "shutdown")
-        self.publishing.bridge_state("offline")
+        self.publishing.gateway_state("offline")
         await self.publishing.flush(flush_timeout_s)

@@ -1,4 +1,5 @@
-"""Background loops: `bridge/stats` publishing and the idle sweep (deadlines of connections).
+"""Background loops: the gateway's stats (`{b}/gateways/{gateway_id}/stats`) and the idle
+sweep (deadlines of connections).
 
 Each loop is one pass (`publish_stats`, `sweep_idle`) repeated forever, so tests run a pass
 with an injected clock instead of waiting. `start()`/`stop()` run both as tasks for callers
@@ -37,13 +38,18 @@ class Loops:
         self._tasks: list[asyncio.Task[None]] = []
 
     def publish_stats(self) -> bool:
-        """Publish `bridge/stats` if the counters changed since the last time; True if so."""
+        """Publish this gateway's stats if the counters changed since the last time; True if so."""
         self.stats.events_dropped = self.publishing.mqtt.dropped
         current = self.stats.counters(len(self.registry.conns), self.registry.online_count())
         if current == self._last_stats:
             return False
-        snapshot = self.stats.snapshot(current["connections"], current["devices_online"])
-        self.publishing.submit(self.publishing.topics.bridge_stats, snapshot, retain=True)
+        gateway_id = self.publishing.gateway_id
+        snapshot = self.stats.snapshot(
+            current["connections"], current["devices_online"], gateway_id
+        )
+        self.publishing.submit(
+            self.publishing.topics.gateway_stats(gateway_id), snapshot, retain=True
+        )
         self._last_stats = current
         return True
 
@@ -73,7 +79,7 @@ class Loops:
                     self.connections.offline(dev, "idle")
 
     async def stats_forever(self) -> None:
-        """Publish `bridge/stats` when the counters changed, at most every `stats_interval`."""
+        """Publish this gateway's stats when they changed, at most every `stats_interval`."""
         while True:
             self.publish_stats()
             await asyncio.sleep(self.settings.stats_interval)

@@ -1,4 +1,5 @@
-"""Publishing: events, retained device/port/bridge states, all through one `Publisher`.
+"""Publishing: events, retained device/port states and the gateway's presence, all through one
+`Publisher`.
 
 Everything the gateway tells MQTT goes through here, so what is retained and what is an event
 is decided in one place. A publish is fire-and-forget except the settlement (see `flows`),
@@ -13,7 +14,7 @@ from typing import Any, Literal, Protocol
 
 from bridge.gateway.registry import Device, Registry
 from bridge.mqtt.client import MessageDropped
-from bridge.mqtt.payloads import BridgeState, EventBase, Payload, PortState
+from bridge.mqtt.payloads import EventBase, GatewayState, Payload, PortState, iso_utc
 from bridge.mqtt.topics import Topics
 
 log = logging.getLogger(__name__)
@@ -107,13 +108,18 @@ class Publishing:
         dev.ports[state.port] = state
         self.submit(self.topics.port(dev.device_id, state.port), state, retain=True)
 
-    def bridge_state(self, state: Literal["online", "offline"]) -> None:
-        self.submit(self.topics.bridge_state, BridgeState(state=state), retain=True)
+    def gateway_state(self, state: Literal["online", "offline"]) -> None:
+        """This gateway's presence, `{b}/gateways/{gateway_id}/state` (the will's topic)."""
+        since = iso_utc() if state == "online" else None
+        presence = GatewayState(state=state, gateway_id=self.gateway_id, since=since)
+        self.submit(self.topics.gateway_state(self.gateway_id), presence, retain=True)
 
     def republish(self, registry: Registry) -> None:
         """After every (re)connection: the will may have replaced our `online`, and a broker
-        that lost its store lost our retained states too, so they are published again."""
-        self.bridge_state("online")
+        that lost its store lost our retained states too, so they are published again.
+        The MQTT client runs this after its subscriptions are in place, so `online` also
+        says that requests are being received."""
+        self.gateway_state("online")
         for dev in registry.devices.values():
             self.device_state(dev)
             for state in dev.ports.values():

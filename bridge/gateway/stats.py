@@ -1,11 +1,11 @@
-"""Gateway counters, published retained on `{b}/bridge/stats`."""
+"""Gateway counters, published retained on `{b}/gateways/{gateway_id}/stats`."""
 
 from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass, field
 
-from bridge.mqtt.payloads import BridgeStats, iso_utc
+from bridge.mqtt.payloads import GatewayStatsPayload, iso_utc
 
 
 @dataclass(slots=True)
@@ -43,8 +43,11 @@ class GatewayStats:
         values.update(connections=connections, devices_online=devices_online)
         return values
 
-    def snapshot(self, connections: int, devices_online: int) -> BridgeStats:
-        return BridgeStats(
+    def snapshot(
+        self, connections: int, devices_online: int, gateway_id: str = ""
+    ) -> GatewayStatsPayload:
+        return GatewayStatsPayload(
+            gateway_id=gateway_id,
             **self.counters(connections, devices_online),
             uptime_s=int(time.monotonic() - self.started),
             updated_at=iso_utc(),

@@ -22,14 +22,31 @@ class DeviceRequestTopic:
 class Topics:
     base: str = "chargebridge"
 
-    # --- bridge (gateway) -------------------------------------------------
-    @property
-    def bridge_state(self) -> str:
-        return f"{self.base}/bridge/state"
+    # --- gateways (presence and counters, one pair per gateway process) ----
+    def gateway_state(self, gateway_id: str) -> str:
+        """Retained presence; the gateway's MQTT will sets it `offline`."""
+        return f"{self.base}/gateways/{gateway_id}/state"
+
+    def gateway_stats(self, gateway_id: str) -> str:
+        return f"{self.base}/gateways/{gateway_id}/stats"
 
     @property
-    def bridge_stats(self) -> str:
-        return f"{self.base}/bridge/stats"
+    def all_gateway_states(self) -> str:
+        return f"{self.base}/gateways/+/state"
+
+    @property
+    def all_gateway_stats(self) -> str:
+        return f"{self.base}/gateways/+/stats"
+
+    def parse_gateway_topic(self, topic: str) -> tuple[str, str] | None:
+        """`{b}/gateways/{id}/state|stats` -> (gateway_id, "state"|"stats"), or None."""
+        prefix = f"{self.base}/gateways/"
+        if not topic.startswith(prefix):
+            return None
+        parts = topic[len(prefix) :].split("/")
+        if len(parts) != 2 or not parts[0] or parts[1] not in ("state", "stats"):
+            return None
+        return parts[0], parts[1]
 
     # --- devices ----------------------------------------------------------
     def device(self, device_id: str) -> str:
@@ -106,6 +123,25 @@ class Topics:
     @property
     def charging_stats(self) -> str:
         return f"{self.base}/charging/stats"
+
+    @property
+    def charging_state(self) -> str:
+        """Retained presence of the charging service as a whole: `online` with the live
+        instances, `offline` by the will of the last one (docs/scaling.md)."""
+        return f"{self.base}/charging/state"
+
+    def charging_instance(self, instance_id: str) -> str:
+        """Retained presence of one service instance; its own will sets it `offline`."""
+        return f"{self.base}/charging/instances/{instance_id}"
+
+    @property
+    def all_charging_instances(self) -> str:
+        return f"{self.base}/charging/instances/+"
+
+    def parse_charging_instance(self, topic: str) -> str | None:
+        prefix = f"{self.base}/charging/instances/"
+        rest = topic[len(prefix) :] if topic.startswith(prefix) else ""
+        return rest if rest and "/" not in rest else None
 
     @property
     def webhook_stats(self) -> str:

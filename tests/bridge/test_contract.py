@@ -46,6 +46,8 @@ def test_topics_are_those_clients_use() -> None:
         "{command}": "reboot",
         "{action}": "stop",
         "{capture_id}": "c1",
+        "{gateway_id}": "gw-1",
+        "{instance_id}": "node-a",
     }
 
     def filled(topic: str) -> str:
@@ -54,7 +56,10 @@ def test_topics_are_those_clients_use() -> None:
         return topic
 
     expected = {
-        real.bridge_state,
+        real.gateway_state("gw-1"),
+        real.gateway_stats("gw-1"),
+        real.charging_state,
+        real.charging_instance("node-a"),
         real.device("04AB373B"),
         real.port("04AB373B", 2),
         real.event("04AB373B", "order"),
@@ -68,18 +73,28 @@ def test_topics_are_those_clients_use() -> None:
     }
     assert expected <= {filled(t) for t in topics}
     assert real.parse_device_request(filled("{base}/devices/{device_id}/request/raw")) is not None
+    assert real.parse_gateway_topic(filled("{base}/gateways/{gateway_id}/stats")) == (
+        "gw-1",
+        "stats",
+    )
+    assert (
+        real.parse_charging_instance(filled("{base}/charging/instances/{instance_id}")) == "node-a"
+    )
+    assert not any("/bridge/state" in t or "/bridge/stats" in t for t in topics)
 
 
 def test_direction_and_retain_follow_api_md_section_3() -> None:
     by_topic = {c.topic: c for c in contract.CHANNELS}
     retained = {t for t, c in by_topic.items() if c.retained}
     assert retained == {
-        "{base}/bridge/state",
-        "{base}/bridge/stats",
+        "{base}/gateways/{gateway_id}/state",
+        "{base}/gateways/{gateway_id}/stats",
         "{base}/devices/{device_id}",
         "{base}/devices/{device_id}/ports/{port}",
         "{base}/sessions/{session_id}",
         "{base}/charging/stats",
+        "{base}/charging/state",
+        "{base}/charging/instances/{instance_id}",
     }
     requests = {t for t, c in by_topic.items() if c.direction == "in"}
     assert len(requests) == len(payloads.DEVICE_COMMAND_REQUESTS) + 3 + 1  # + charging, capture

@@ -35,6 +35,32 @@ def test_state_follows_retained_topics_and_clears_on_empty_payload() -> None:
     assert s.devices["04AB373B"]["online"] is True
 
 
+def test_gateways_and_the_service_come_from_their_presence_topics() -> None:
+    t = Topics("cb")
+    s = LiveState(t)
+    assert {t.all_gateway_states, t.all_gateway_stats, t.charging_state} <= set(s.subscriptions)
+    msg(s, t.gateway_state("gw-a"), {"state": "online", "gateway_id": "gw-a"})
+    msg(s, t.gateway_stats("gw-a"), {"frames_in": 5, "connections": 1})
+    assert "gateway online |" in s.summary_line() and "frames in 5" in s.summary_line()
+    msg(s, t.gateway_state("gw-b"), {"state": "offline", "gateway_id": "gw-b"})
+    msg(s, t.gateway_stats("gw-b"), {"frames_in": 7, "connections": 2})
+    msg(s, t.charging_state, {"state": "online", "instances": ["svc"]})
+    line = s.summary_line()
+    assert "gateways 1/2 online" in line and "service online" in line
+    assert "frames in 12" in line and s.gateway_total("connections") == 3
+    s.apply(t.gateway_state("gw-b"), b"")  # a cleared presence: the gateway is gone
+    s.apply(t.gateway_stats("gw-b"), b"")
+    assert "gateway online |" in s.summary_line() and "frames in 5" in s.summary_line()
+
+
+def test_a_bad_message_is_ignored() -> None:
+    t = Topics("cb")
+    s = LiveState(t)
+    msg(s, t.device("04AB373B"), {"device_id": "04AB373B", "online": True})
+    s.apply(t.device("04AB373B"), b"not json")  # ignored, not a crash
+    assert s.devices["04AB373B"]["online"] is True
+
+
 def test_render_shows_devices_and_sessions() -> None:
     t = Topics()
     s = LiveState(t)

@@ -162,7 +162,9 @@ async def running_system(broker: Mosquitto, workdir: Path) -> AsyncIterator[Syst
         system.gateway.start()
         system.service.start()
         try:
-            await mqtt.wait(f"{B}/bridge/state", lambda m: m == {"state": "online"}, timeout=30)
+            await mqtt.wait(
+                f"{B}/gateways/faults-gw/state", lambda m: m["state"] == "online", timeout=30
+            )
             await system.stats()  # the service republishes its statistics once current
             yield system
         finally:

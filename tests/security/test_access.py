@@ -69,14 +69,16 @@ async def test_monitor_reads_only_and_operator_starts_charging(
         await monitor.subscribe(f"{B}/#", qos=1)
         async with asyncio.timeout(10):
             async for message in monitor.messages:
-                if str(message.topic) == f"{B}/bridge/state":
+                if str(message.topic) == f"{B}/gateways/test-gw/state":
                     break
         # ... and writes nothing: commands, charging requests, forged state
         start = {"request_id": "monitor", "device_id": DEV, "port": 1}
         await monitor.publish(f"{B}/charging/request/start", json.dumps(start), qos=1)
         direct = {"request_id": "monitor-direct", "port": 1, "mode": "full"}
         await monitor.publish(f"{B}/devices/{DEV}/request/start_charging", json.dumps(direct))
-        await monitor.publish(f"{B}/bridge/state", b'{"state":"offline"}', qos=1, retain=True)
+        await monitor.publish(
+            f"{B}/gateways/test-gw/state", b'{"state":"offline"}', qos=1, retain=True
+        )
 
         # the operator starts a session through the charging service
         start = {"request_id": "operator", "device_id": DEV, "port": 1}
@@ -103,7 +105,7 @@ async def test_monitor_reads_only_and_operator_starts_charging(
         assert "operator" in request_ids
         assert not request_ids & {"monitor", "monitor-direct"}
         assert not any(m.topic == f"{B}/sessions/FORGED" for m in seen.messages)
-        states = [m.json() for m in seen.messages if m.topic == f"{B}/bridge/state"]
+        states = [m.json() for m in seen.messages if m.topic == f"{B}/gateways/test-gw/state"]
         assert {"state": "offline"} not in states
         await device.close()
 
@@ -116,10 +118,10 @@ async def test_bridge_connects_over_tls_with_the_test_ca(tmp_path: Path) -> None
             broker, tmp_path / "gw", mqtt=broker.tls_url, mqtt_ca_file=str(broker.ca_file)
         )
         async with (
-            mqtt_collector(broker, f"{B}/bridge/state") as seen,
+            mqtt_collector(broker, f"{B}/gateways/test-gw/state") as seen,
             running_gateway(settings) as gateway,
         ):
-            await seen.wait(f"{B}/bridge/state", lambda m: m == {"state": "online"})
+            await seen.wait(f"{B}/gateways/test-gw/state", lambda m: m["state"] == "online")
             assert gateway.gateway is not None
             assert gateway.gateway.mqtt.settings.tls
         # without the CA the certificate is not trusted; plain MQTT is not spoken there

@@ -61,7 +61,7 @@ async def test_an_impostor_cannot_take_a_pinned_physical_id(
         mqtt_collector(broker, f"{B}/#") as mqtt,
         running_gateway(gateway_settings(broker, tmp_path)) as app,
     ):
-        await mqtt.wait(f"{B}/bridge/state", lambda m: m == {"state": "online"})
+        await mqtt.wait(f"{B}/gateways/test-gw/state", lambda m: m["state"] == "online")
         real = await online(app)
         impostors = []
         for iccid in (OTHER_ICCID, None):  # another SIM, and none at all
@@ -72,7 +72,9 @@ async def test_an_impostor_cannot_take_a_pinned_physical_id(
             impostors.append(impostor)
         event = await mqtt.wait(f"{DEV}/event/device", lambda m: m["type"] == "security")
         assert (event["reason"], event["iccid"]) == ("pin_mismatch", OTHER_ICCID)
-        stats = await mqtt.wait(f"{B}/bridge/stats", lambda m: m.get("frames_pin_mismatch", 0) >= 4)
+        stats = await mqtt.wait(
+            f"{B}/gateways/test-gw/stats", lambda m: m.get("frames_pin_mismatch", 0) >= 4
+        )
         assert stats["pins"] == 1
         # The real charger still holds the id: a command reaches it, not the impostors.
         await mqtt.client.publish(f"{DEV}/request/query_status", b"{}", qos=1)
@@ -133,12 +135,12 @@ async def test_retained_and_empty_requests_are_never_executed(
         mqtt_collector(broker, f"{B}/#") as mqtt,
         running_gateway(gateway_settings(broker, tmp_path)) as app,
     ):
-        await mqtt.wait(f"{B}/bridge/state", lambda m: m == {"state": "online"})
+        await mqtt.wait(f"{B}/gateways/test-gw/state", lambda m: m["state"] == "online")
         dev = await online(app)
         await mqtt.client.publish(f"{DEV}/request/reboot", b"{}", qos=1, retain=True)
-        await mqtt.wait(f"{B}/bridge/stats", lambda m: m.get("requests_ignored") == 1)
+        await mqtt.wait(f"{B}/gateways/test-gw/stats", lambda m: m.get("requests_ignored") == 1)
         await mqtt.client.publish(f"{DEV}/request/reboot", b"", qos=1, retain=True)  # clear it
-        await mqtt.wait(f"{B}/bridge/stats", lambda m: m.get("requests_ignored") == 2)
+        await mqtt.wait(f"{B}/gateways/test-gw/stats", lambda m: m.get("requests_ignored") == 2)
         assert await first_command(dev, mqtt) == 0x81  # not 0x87
         assert [m.topic for m in mqtt.messages if m.topic.endswith("/response/reboot")] == []
         await dev.close()
@@ -156,6 +158,6 @@ async def test_a_retained_request_replayed_on_reconnection_is_not_executed(
         dev = await online(app)
         broker.start()
         async with mqtt_collector(broker, f"{B}/#") as mqtt:
-            await mqtt.wait(f"{B}/bridge/stats", lambda m: m.get("requests_ignored") == 1)
+            await mqtt.wait(f"{B}/gateways/test-gw/stats", lambda m: m.get("requests_ignored") == 1)
             assert await first_command(dev, mqtt) == 0x81  # not 0x87
         await dev.close()

@@ -111,7 +111,7 @@ async def test_gateway_refuses_oversized_requests(broker: Mosquitto, tmp_path: P
         mqtt_collector(broker, f"{B}/#") as mqtt,
         running_gateway(gateway_settings(broker, tmp_path)),
     ):
-        await mqtt.wait(f"{B}/bridge/state", lambda m: m == {"state": "online"})
+        await mqtt.wait(f"{B}/gateways/test-gw/state", lambda m: m["state"] == "online")
         await mqtt.client.publish(f"{B}/devices/04AB373B/request/reboot", oversized_body(), qos=1)
         response = await mqtt.wait(f"{B}/devices/04AB373B/response/reboot")
         assert (response["ok"], response["result"]) == (False, "invalid")
@@ -168,14 +168,17 @@ async def test_flood_of_silent_and_junk_connections(broker: Mosquitto, tmp_path:
     and still serves a real device from a fourth address."""
     port = free_port()
     args = ["--mqtt", broker.url, "--tcp", f"0.0.0.0:{port}", "--state-dir", str(tmp_path)]
+    args += ["--gateway-id", "flood-gw"]
     gateway = Role("gateway", [*args, "--stats-interval", "0.2"], tmp_path / "gateway.log")
     gateway.start()
     assert gateway.proc is not None
     pid = gateway.proc.pid
     writers: list[asyncio.StreamWriter] = []
     try:
-        async with mqtt_collector(broker, f"{B}/bridge/#") as mqtt:
-            await mqtt.wait(f"{B}/bridge/state", lambda m: m == {"state": "online"}, timeout=20)
+        async with mqtt_collector(broker, f"{B}/gateways/flood-gw/#") as mqtt:
+            await mqtt.wait(
+                f"{B}/gateways/flood-gw/state", lambda m: m["state"] == "online", timeout=20
+            )
             before = rss_kib(pid)
             junk = os.urandom(2048) + b"DNY\xff\xff" + b"DN"
 
@@ -194,7 +197,7 @@ async def test_flood_of_silent_and_junk_connections(broker: Mosquitto, tmp_path:
             mid = await device.send(0x22)
             assert (await device.recv()).message_id == mid
             stats = await mqtt.wait(
-                f"{B}/bridge/stats",
+                f"{B}/gateways/flood-gw/stats",
                 lambda m: m["connections"] == 3001 and m["devices_online"] == 1,
                 timeout=30,
             )

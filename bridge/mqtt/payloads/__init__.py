@@ -3,7 +3,8 @@
 The one place payload shapes are defined, split by subject:
 
 - `common`: the base `MqttPayload`, identifiers and units, `describe` for validation errors;
-- `gateway`: `{b}/bridge/state` and `{b}/bridge/stats`;
+- `gateway`: presence and counters, `{b}/gateways/{id}/state|stats`, and the charging
+  service's presence `{b}/charging/state`, `{b}/charging/instances/{id}`;
 - `device`: retained device and port state, and the device events;
 - `commands`: device command requests and responses;
 - `charging`: the charging service's requests, responses, session and statistics.
@@ -109,7 +110,12 @@ from bridge.mqtt.payloads.device import (
     order_event_adapter,
     port_event_adapter,
 )
-from bridge.mqtt.payloads.gateway import BridgeState, BridgeStats
+from bridge.mqtt.payloads.gateway import (
+    ChargingInstanceState,
+    ChargingState,
+    GatewayState,
+    GatewayStatsPayload,
+)
 
 __all__ = [
     "CHARGING_REQUESTS",
@@ -124,17 +130,17 @@ __all__ = [
     "AdjustPowerRequest",
     "AlarmEvent",
     "BalanceCents",
-    "BridgeState",
-    "BridgeStats",
     "CabinetHeartbeatEvent",
     "CardReplyRequest",
     "CardSwipeEvent",
     "ChargeFinishedEvent",
+    "ChargingInstanceState",
     "ChargingQueryRequest",
     "ChargingRequest",
     "ChargingResponsePayload",
     "ChargingSessionPayload",
     "ChargingStartRequest",
+    "ChargingState",
     "ChargingStatsPayload",
     "ChargingStopRequest",
     "ChargingTarget",
@@ -150,6 +156,8 @@ __all__ = [
     "ExtensionVersionsEvent",
     "FrameEvent",
     "FskParamsEvent",
+    "GatewayState",
+    "GatewayStatsPayload",
     "HeartbeatEvent",
     "HeartbeatPort",
     "HostStatusEvent",

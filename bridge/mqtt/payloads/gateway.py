@@ -1,5 +1,7 @@
-"""What the gateway publishes about itself (API.md section 3): `{b}/bridge/state` and
-`{b}/bridge/stats`, both retained."""
+"""What the gateway publishes about itself (API.md section 3), one pair per gateway process:
+`{b}/gateways/{gateway_id}/state` and `{b}/gateways/{gateway_id}/stats`, both retained. The
+charging service's presence (`{b}/charging/state`, `{b}/charging/instances/{id}`) is here too:
+it has the same shape and the same consumers (dashboards, Home Assistant availability)."""
 
 from __future__ import annotations
 
@@ -10,15 +12,50 @@ from pydantic import Field
 from bridge.mqtt.payloads.common import MqttPayload
 
 
-class BridgeState(MqttPayload):
-    """`{b}/bridge/state`, retained; the MQTT will publishes `offline`."""
+class GatewayState(MqttPayload):
+    """`{b}/gateways/{gateway_id}/state`, retained; the MQTT will publishes `offline`."""
 
     state: Literal["online", "offline"]
+    gateway_id: str
+    since: str | None = Field(
+        default=None,
+        description="when the gateway came online on its current broker connection "
+        "(absent from the will's `offline`)",
+    )
+
+    def to_json(self) -> bytes:
+        return self.model_dump_json(exclude_none=True).encode()
 
 
-class BridgeStats(MqttPayload):
-    """`{b}/bridge/stats`, retained: gateway counters since start."""
+class ChargingInstanceState(MqttPayload):
+    """`{b}/charging/instances/{instance_id}`, retained: one charging-service instance;
+    its MQTT will publishes `offline`."""
 
+    state: Literal["online", "offline"]
+    instance_id: str
+    since: str | None = Field(
+        default=None, description="when the instance came online (absent when offline)"
+    )
+
+    def to_json(self) -> bytes:
+        return self.model_dump_json(exclude_none=True).encode()
+
+
+class ChargingState(MqttPayload):
+    """`{b}/charging/state`, retained: the charging service as a whole, `online` while any
+    instance is (every live instance keeps it up to date); the will of each instance
+    publishes `offline`, which the survivors at once replace (docs/scaling.md)."""
+
+    state: Literal["online", "offline"]
+    instances: list[str] = Field(
+        default_factory=list, description="ids of the live instances, sorted"
+    )
+
+
+class GatewayStatsPayload(MqttPayload):
+    """`{b}/gateways/{gateway_id}/stats`, retained: gateway counters since start."""
+
+    gateway_id: str
     connections: int = Field(description="open device connections (TCP and serial)")
     devices_online: int
     frames_in: int = Field(description="valid frames received, resends included")

@@ -15,7 +15,8 @@ const state = {
   devices: new Map(), // device_id -> device state
   ports: new Map(), // device_id -> Map(port -> port state)
   sessions: new Map(), // session_id -> session
-  gateways: new Map(), // gateway_id -> {state, since}
+  gateways: new Map(), // gateway_id -> {state, gateway_id, since}: every gateway on the base topic
+  service: null, // {state, instances}: the charging service's presence
   stats: null,
   results: new Map(), // device_id -> {text, kind}
   pending: new Map(), // request_id -> {deviceId, label, timer}
@@ -88,10 +89,10 @@ function onMessage(topic, bytes) {
     }
   } else if (head === "charging" && id === "stats") {
     state.stats = data;
-  } else if (head === "bridge" && id === "state" && data) {
-    state.gateways.set(data.gateway_id || "", data); // v1 payloads name no gateway
-  } else if (head === "gateways" && sub === "state" && data) {
-    state.gateways.set(id, data);
+  } else if (head === "charging" && id === "state") {
+    state.service = data;
+  } else if (head === "gateways" && sub === "state" && parts.length === 3) {
+    data ? state.gateways.set(id, data) : state.gateways.delete(id); // cleared: gone for good
   } else if ((head === "devices" && sub === "response") || (head === "charging" && id === "response")) {
     if (data) onResponse(data);
     return;
@@ -253,11 +254,12 @@ async function connect() {
   state.devices.clear();
   state.ports.clear();
   state.gateways.clear();
+  state.service = null;
   const b = state.base;
   await c.subscribe([
     `${b}/devices/+`, `${b}/devices/+/ports/+`, `${b}/devices/+/event/port`,
     `${b}/devices/+/response/+`, `${b}/sessions/+`, `${b}/charging/stats`,
-    `${b}/charging/response/+`, `${b}/bridge/state`, `${b}/gateways/+/state`,
+    `${b}/charging/response/+`, `${b}/gateways/+/state`, `${b}/charging/state`,
   ]);
   $("login").hidden = true;
   $("main").hidden = false;
@@ -293,8 +295,16 @@ function render() {
 }
 
 function renderGateways() {
-  const parts = [...state.gateways.entries()].map(([id, g]) =>
-    `${id ? "gateway " + esc(id) : "bridge"}: ${esc(g.state)}`);
+  const parts = [...state.gateways.entries()]
+    .sort(([a], [b]) => a.localeCompare(b))
+    .map(([id, g]) => `<span class="${g.state === "online" ? "online" : "offline"}">` +
+      `gateway ${esc(id)}: ${esc(g.state)}</span>`);
+  const s = state.service;
+  if (s) {
+    const n = Array.isArray(s.instances) ? s.instances.length : 0;
+    parts.push(`<span class="${s.state === "online" ? "online" : "offline"}">` +
+      `charging service: ${esc(s.state)}${n > 1 ? ` (${n} instances)` : ""}</span>`);
+  }
   $("gateways").innerHTML = parts.join(" · ");
 }
 

@@ -55,7 +55,8 @@ def test_asyncapi_lists_every_topic_and_resolves_its_refs() -> None:
     assert doc["asyncapi"] == "2.6.0"
     channels = doc["channels"]
     for topic in (
-        "{base}/bridge/state",
+        "{base}/gateways/{gateway_id}/state",
+        "{base}/charging/state",
         "{base}/devices/{device_id}",
         "{base}/devices/{device_id}/ports/{port}",
         "{base}/devices/{device_id}/event/order",

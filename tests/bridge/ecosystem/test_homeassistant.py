@@ -12,13 +12,13 @@ import asyncio
 import json
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, cast
 
 import jinja2
 import pytest
 
 import protocol as p
-from bridge.homeassistant import PORT_STATUS_OPTIONS, Discovery
+from bridge.homeassistant import PORT_STATUS_OPTIONS, Discovery, HomeAssistantUnit
 from bridge.mqtt.payloads import ChargingStartRequest, ChargingStopRequest
 from bridge.mqtt.topics import DiscoveryTopics, Topics
 from tests.bridge.ecosystem.support import register, report_power, wait_prefix
@@ -178,8 +178,10 @@ async def test_discovery_of_a_two_port_charger(
         DEV: mqtt.all(DEV)[-1],
         f"{DEV}/ports/1": mqtt.all(f"{DEV}/ports/1")[-1],
         f"{DEV}/ports/2": mqtt.all(f"{DEV}/ports/2")[-1],
-        f"{B}/bridge/state": {"state": "online"},
+        f"{B}/gateways/test-gw/state": mqtt.all(f"{B}/gateways/test-gw/state")[-1],
+        f"{B}/charging/state": {"state": "online", "instances": ["svc"]},
     }
+    assert latest[f"{B}/gateways/test-gw/state"]["state"] == "online"
     rendered = {}
     for topic, config in configs.items():
         check_shape(topic, config, identifiers)
@@ -352,3 +354,61 @@ def test_port_measurements_read_the_port_state_when_it_carries_them() -> None:
         assert plain[topic]["state_topic"] == f"{DEV}/event/port"
         assert rich[topic]["unique_id"] == plain[topic]["unique_id"]
     assert set(rich) == set(plain)
+
+
+def availability_topics(config: dict[str, Any]) -> list[str]:
+    return [entry["topic"] for entry in config["availability"]]
+
+
+def test_availability_is_the_holding_gateways_presence_and_the_services() -> None:
+    """Every entity needs the presence of the gateway named in the charger's state (ours
+    until one is named); what goes through the charging service needs its presence too."""
+    discovery = Discovery(Topics(B), DiscoveryTopics(), "own-gw")
+    held = discovery.device_configs(DEVICE_ID, {"online": True, "gateway_id": "gw-b"})
+    unnamed = discovery.device_configs(DEVICE_ID, {"online": True})
+    gw_b, own = f"{B}/gateways/gw-b/state", f"{B}/gateways/own-gw/state"
+    for topic, config in held.items():
+        topics = availability_topics(config)
+        assert topics[0] == gw_b and availability_topics(unnamed[topic])[0] == own
+        assert (f"{B}/charging/state" in topics) == topic.endswith("_last_charging/config")
+        assert (DEV in topics) != topic.endswith(
+            ("_connectivity/config", "_last_command/config", "_last_charging/config")
+        )
+        assert len(topics) == 1 or config["availability_mode"] == "all"
+    ports = discovery.port_configs(DEVICE_ID, 1, {"port": 1, "status": "idle"}, "gw-b")
+    for topic, config in ports.items():
+        charging = topic.endswith(("_p1_start/config", "_p1_stop/config"))
+        assert availability_topics(config) == [
+            gw_b,
+            *([f"{B}/charging/state"] if charging else []),
+            DEV,
+        ]
+        assert config["availability_mode"] == "all"
+    offline = next(iter(ports.values()))["availability"][0]["value_template"]
+    assert render(offline, {"state": "offline", "gateway_id": "gw-b"}) == "offline"
+    assert render_empty(offline) == "offline"
+
+
+async def test_a_charger_that_moves_gets_configs_naming_its_new_gateway(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The unit in memory (no broker): when the charger's state names another gateway, the
+    charger's and its ports' configs are sent again with that gateway's presence."""
+    nowhere = cast(Mosquitto, SimpleNamespace(url="mqtt://127.0.0.1:9"))
+    settings = gateway_settings(nowhere, tmp_path, homeassistant=True)
+    unit = HomeAssistantUnit(settings)
+    sent: dict[str, bytes] = {}
+    monkeypatch.setattr(unit, "_send", lambda topic, body: sent.__setitem__(topic, body))
+    state = {"device_id": DEVICE_ID, "online": True, "gateway_id": "gw-a"}
+    await unit.handle(DEV, json.dumps(state).encode())
+    await unit.handle(f"{DEV}/ports/1", json.dumps({"port": 1, "status": "idle"}).encode())
+    assert len(sent) == CHARGER_CONFIGS + PORT_CONFIGS
+    assert all(f"{B}/gateways/gw-a/state" in body.decode() for body in sent.values())
+    sent.clear()
+    await unit.handle(DEV, json.dumps({**state, "voltage_v": 230.0}).encode())
+    assert not sent  # same gateway, same configs: nothing to send
+    await unit.handle(DEV, json.dumps({**state, "gateway_id": "gw-b"}).encode())
+    assert len(sent) == CHARGER_CONFIGS + PORT_CONFIGS
+    for body in sent.values():
+        topics = availability_topics(json.loads(body))
+        assert f"{B}/gateways/gw-b/state" in topics and f"{B}/gateways/gw-a/state" not in topics

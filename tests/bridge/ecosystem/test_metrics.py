@@ -102,3 +102,39 @@ async def test_other_paths_and_junk_requests(gateway: GatewayApp) -> None:
     status, _ = await http_get(gateway, b"\x00\xff junk\r\n\r\n")
     assert status.endswith("404 Not Found")
     assert (await scrape(gateway))[("chargebridge_gateway_devices_online", ())] == 0
+
+
+@pytest.mark.gateway(metrics="127.0.0.1:0")
+async def test_presence_of_every_gateway_and_of_the_service(
+    gateway: GatewayApp, mqtt: MqttCollector
+) -> None:
+    """One scrape shows what the broker shows: this gateway and another one on the base
+    topic, and the charging service with its instances."""
+    assert gateway.metrics is not None
+    other = {"state": "offline", "gateway_id": "gw-other"}
+    await mqtt.client.publish(f"{B}/gateways/gw-other/state", json.dumps(other), retain=True)
+    service = {"state": "online", "instances": ["svc-a", "svc-b"]}
+    await mqtt.client.publish(f"{B}/charging/state", json.dumps(service), qos=1, retain=True)
+    unit = gateway.metrics
+    async with asyncio.timeout(TIMEOUT):
+        while len(unit.gateway_states) < 2 or not unit.charging_state:
+            await unit.presence_updated.wait()
+            unit.presence_updated.clear()
+    m = await scrape(gateway)
+    assert m[("chargebridge_gateway_info", (("gateway_id", "test-gw"),))] == 1
+    assert m[("chargebridge_gateways_known", ())] == 2
+    assert m[("chargebridge_gateways_online", ())] == 1  # ours; gw-other is offline
+    assert m[("chargebridge_charging_up", ())] == 1
+    assert m[("chargebridge_charging_instances", ())] == 2
+    await mqtt.client.publish(f"{B}/charging/state", b'{"state":"offline"}', qos=1, retain=True)
+    async with asyncio.timeout(TIMEOUT):
+        while unit.charging_state.get("state") != "offline":
+            await unit.presence_updated.wait()
+            unit.presence_updated.clear()
+    m = await scrape(gateway)
+    assert (m[("chargebridge_charging_up", ())], m[("chargebridge_charging_instances", ())]) == (
+        0,
+        0,
+    )
+    await mqtt.client.publish(f"{B}/charging/state", b"", qos=1, retain=True)
+    await mqtt.client.publish(f"{B}/gateways/gw-other/state", b"", qos=1, retain=True)

@@ -33,8 +33,8 @@ async def gateway(
     marker = request.node.get_closest_marker("gateway")
     overrides = marker.kwargs if marker else {}
     async with running_gateway(gateway_settings(broker, tmp_path, **overrides)) as app:
-        # bridge/state online is published after the request subscription is in place
-        await mqtt.wait(f"{B}/bridge/state", lambda m: m == {"state": "online"})
+        # presence online is published after the request subscription is in place
+        await mqtt.wait(f"{B}/gateways/test-gw/state", lambda m: m["state"] == "online")
         yield app
 
 

@@ -227,7 +227,9 @@ async def test_status_events_only_on_change_but_state_and_stats_still_kept(
         await device.send(0x21, heartbeat(*statuses))
         await device.recv()
     await mqtt.wait(f"{DEV}/ports/2", lambda m: m["status"] == "plugged_full")
-    stats = await mqtt.latest(f"{B}/bridge/stats", lambda m: m["status_events_suppressed"] == 3)
+    stats = await mqtt.latest(
+        f"{B}/gateways/test-gw/stats", lambda m: m["status_events_suppressed"] == 3
+    )
     assert stats["frames_in"] >= 3
     events = [(e["port"], e["status"]) for e in mqtt.all(f"{DEV}/event/port")]
     # First heartbeat: both ports; second: nothing; third: port 2 only.

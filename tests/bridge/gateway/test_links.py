@@ -34,7 +34,7 @@ async def test_two_devices_on_one_serial_line(
     settings = gateway_settings(broker, tmp_path, tcp=["none"], serial=[line.path])
     try:
         async with running_gateway(settings) as app:
-            await mqtt.wait(f"{B}/bridge/state", lambda m: m["state"] == "online")
+            await mqtt.wait(f"{B}/gateways/test-gw/state", lambda m: m["state"] == "online")
             async with asyncio.timeout(10):
                 await app.serial_links[0].connected.wait()
             line.send(PID, 5, 0x22)
@@ -128,7 +128,7 @@ async def test_junk_and_a_flood_of_junk_connections(
     assert (await device.recv()).message_id == mid
     # the 100 closed junk connections are gone, the 100 open ones and the device remain
     stats = await mqtt.wait(
-        f"{B}/bridge/stats",
+        f"{B}/gateways/test-gw/stats",
         lambda m: m["garbage_bytes"] > 60_000_000 and m["connections"] == 101 and m["frames_in"],
     )
     assert stats["decode_errors"] >= 200  # each junk client sent bad frames
@@ -156,7 +156,7 @@ async def test_peer_that_never_reads_is_dropped(gateway: GatewayApp, mqtt: MqttC
                 await writer.drain()
     except (ConnectionError, OSError):
         pass  # dropped while we were still writing
-    stats = await mqtt.wait(f"{B}/bridge/stats", lambda m: m["connections_dropped"] >= 1)
+    stats = await mqtt.wait(f"{B}/gateways/test-gw/stats", lambda m: m["connections_dropped"] >= 1)
     assert stats["connections_dropped"] >= 1
     writer.close()
 
@@ -166,7 +166,7 @@ async def test_connections_per_ip_are_limited(gateway: GatewayApp, mqtt: MqttCol
     devices = [FakeDevice(PID + i) for i in range(5)]
     for d in devices:
         await d.connect(tcp_port(gateway))
-    stats = await mqtt.wait(f"{B}/bridge/stats", lambda m: m["connections_dropped"] == 2)
+    stats = await mqtt.wait(f"{B}/gateways/test-gw/stats", lambda m: m["connections_dropped"] == 2)
     assert stats["connections"] == 3
     for d in devices:
         await d.close()
@@ -219,6 +219,6 @@ async def test_one_connection_cannot_claim_unbounded_physical_ids(
     answered = {(await device.recv()).physical_id for _ in range(256)}
     assert len(answered) == 256
     await device.expect_silence(0.5)  # ids beyond the 256th were ignored
-    stats = await mqtt.wait(f"{B}/bridge/stats", lambda m: m["frames_in"] == 300)
+    stats = await mqtt.wait(f"{B}/gateways/test-gw/stats", lambda m: m["frames_in"] == 300)
     assert stats["devices_online"] == 256
     await device.close()

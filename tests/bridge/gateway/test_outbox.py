@@ -198,9 +198,11 @@ async def test_a_heartbeat_flood_keeps_the_outbox_at_its_bound_and_the_settlemen
     async with mqtt_collector(broker, EVENTS, persistent_id="bound-watch") as watcher:
         event = await watcher.wait(f"{DEV}/event/order", lambda m: m["type"] == "settled")
         assert event["order_no"] == order.hex().upper()
-    async with mqtt_collector(broker, f"{B}/bridge/stats") as stats:
+    async with mqtt_collector(broker, f"{B}/gateways/test-gw/stats") as stats:
         # (the republished states after the reconnect may push a few more out)
-        counted = await stats.wait(f"{B}/bridge/stats", lambda m: m["events_dropped"] >= dropped)
+        counted = await stats.wait(
+            f"{B}/gateways/test-gw/stats", lambda m: m["events_dropped"] >= dropped
+        )
         assert counted["events_dropped"] <= client.dropped
     assert (gateway.settings.state_dir / OUTBOX_FILENAME).exists()
 

@@ -27,26 +27,35 @@ async def wait_exit(proc: subprocess.Popen[bytes], timeout: float = 10) -> int:
     return await asyncio.wait_for(asyncio.to_thread(proc.wait), timeout)
 
 
-async def test_will_marks_bridge_offline_when_the_process_is_killed(
+async def test_will_marks_the_gateway_offline_when_the_process_is_killed(
     broker: Mosquitto, tmp_path: Path
 ) -> None:
-    proc = start_gateway("--mqtt", broker.url, "--tcp", "127.0.0.1:0", "--state-dir", str(tmp_path))
+    state = f"{B}/gateways/killed-gw/state"
+    proc = start_gateway(
+        *("--mqtt", broker.url, "--tcp", "127.0.0.1:0", "--state-dir", str(tmp_path)),
+        *("--gateway-id", "killed-gw"),
+    )
     try:
-        async with mqtt_collector(broker, f"{B}/bridge/state") as mqtt:
-            await mqtt.wait(f"{B}/bridge/state", lambda m: m == {"state": "online"}, timeout=20)
+        async with mqtt_collector(broker, f"{B}/#") as mqtt:
+            online = await mqtt.wait(state, lambda m: m["state"] == "online", timeout=20)
+            assert online["gateway_id"] == "killed-gw" and online["since"].endswith("Z")
+            await mqtt.wait(f"{B}/gateways/killed-gw/stats", lambda m: m["uptime_s"] >= 0)
             proc.send_signal(signal.SIGKILL)
             await wait_exit(proc)
-            await mqtt.wait(f"{B}/bridge/state", lambda m: m == {"state": "offline"})
+            await mqtt.wait(state, lambda m: m["state"] == "offline")
+            # the gateway publishes nothing on the v1 topics any more
+            assert not any("/bridge/" in m.topic for m in mqtt.messages)
         # and it stays so for whoever looks later (retained)
-        async with mqtt_collector(broker, f"{B}/bridge/state") as late:
-            message = await late.wait_message(f"{B}/bridge/state")
-            assert message.retain and message.json() == {"state": "offline"}
+        async with mqtt_collector(broker, state) as late:
+            message = await late.wait_message(state)
+            assert message.retain
+            assert message.json() == {"state": "offline", "gateway_id": "killed-gw"}
     finally:
         proc.kill()
         proc.wait()
 
 
-async def test_sigterm_publishes_devices_and_bridge_offline(
+async def test_sigterm_publishes_devices_and_the_gateway_offline(
     broker: Mosquitto, tmp_path: Path, mqtt: MqttCollector
 ) -> None:
     port = free_port()
@@ -60,7 +69,7 @@ async def test_sigterm_publishes_devices_and_bridge_offline(
         env={"CHARGEBRIDGE_GATEWAY_ID": "proc-gw"},
     )
     try:
-        await mqtt.wait(f"{B}/bridge/state", lambda m: m == {"state": "online"}, timeout=20)
+        await mqtt.wait(f"{B}/gateways/proc-gw/state", lambda m: m["state"] == "online", timeout=20)
         device = FakeDevice()
         await device.connect(port)
         await device.send(0x22)
@@ -73,7 +82,10 @@ async def test_sigterm_publishes_devices_and_bridge_offline(
         )
         assert (event["reason"], event["gateway_id"]) == ("shutdown", "proc-gw")
         await mqtt.wait(f"{B}/devices/04AB373B", lambda m: not m["online"])
-        await mqtt.wait(f"{B}/bridge/state", lambda m: m == {"state": "offline"})
+        await mqtt.wait(
+            f"{B}/gateways/proc-gw/state",
+            lambda m: m == {"state": "offline", "gateway_id": "proc-gw"},
+        )
         await device.closed_by_peer()
     finally:
         proc.kill()

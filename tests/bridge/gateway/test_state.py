@@ -1,11 +1,21 @@
-"""Retained state: device, ports, bridge stats, as a subscriber arriving later sees them."""
+"""Retained state: device, ports, each gateway's presence and stats, as a subscriber arriving
+later sees them."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import protocol as p
-from bridge.mqtt.payloads import BridgeStats
+from bridge.mqtt.payloads import GatewayStatsPayload
 from tests.bridge.gateway.conftest import B
-from tests.bridge.helpers import FakeDevice, MqttCollector, mqtt_collector
+from tests.bridge.helpers import (
+    FakeDevice,
+    MqttCollector,
+    gateway_settings,
+    mqtt_collector,
+    running_gateway,
+    tcp_port,
+)
 from tests.broker import Mosquitto
 
 DEV = f"{B}/devices/04AB373B"
@@ -46,16 +56,16 @@ async def test_late_subscriber_gets_retained_device_and_port_states(
     assert (port1.json()["status"], port2.json()["status"]) == ("charging", "idle")
 
 
-async def test_bridge_stats_retained_and_counting(
+async def test_gateway_stats_retained_and_counting(
     broker: Mosquitto, device: FakeDevice, mqtt: MqttCollector
 ) -> None:
     await device.send(0x22)
     await device.recv()
-    await mqtt.wait(f"{B}/bridge/stats", lambda m: m["frames_out"] >= 1)
-    async with mqtt_collector(broker, f"{B}/bridge/stats") as late:
-        message = await late.wait_message(f"{B}/bridge/stats")
+    await mqtt.wait(f"{B}/gateways/test-gw/stats", lambda m: m["frames_out"] >= 1)
+    async with mqtt_collector(broker, f"{B}/gateways/test-gw/stats") as late:
+        message = await late.wait_message(f"{B}/gateways/test-gw/stats")
     assert message.retain
-    stats = BridgeStats.model_validate(message.json())
+    stats = GatewayStatsPayload.model_validate(message.json())
     assert stats.frames_in >= 1 and stats.bytes_in >= 14 and stats.bytes_out >= 18
     assert stats.connections == 1 and stats.devices_online == 1
     assert stats.updated_at.endswith("Z")
@@ -99,7 +109,39 @@ async def test_states_come_back_after_the_broker_lost_its_store(
     broker.wipe_store()
     broker.start()
     async with mqtt_collector(broker, f"{B}/#") as late:
-        await late.wait(f"{B}/bridge/state", lambda m: m == {"state": "online"}, timeout=40)
+        await late.wait(f"{B}/gateways/test-gw/state", lambda m: m["state"] == "online", timeout=40)
         state = await late.wait_message(DEV)
         port = await late.wait_message(f"{DEV}/ports/1")
     assert state.json()["online"] is True and port.json()["status"] == "charging"
+
+
+async def test_two_gateways_on_one_base_topic_keep_their_own_presence_and_stats(
+    broker: Mosquitto, tmp_path: Path
+) -> None:
+    """Two gateway ids, one base topic: each has its own retained state and stats, counts
+    only its own chargers, and one stopping leaves the other online."""
+    a = gateway_settings(broker, tmp_path / "a", gateway_id="gw-a")
+    b = gateway_settings(broker, tmp_path / "b", gateway_id="gw-b")
+    state = {gw: f"{B}/gateways/{gw}/state" for gw in ("gw-a", "gw-b")}
+    stats = {gw: f"{B}/gateways/{gw}/stats" for gw in ("gw-a", "gw-b")}
+    async with mqtt_collector(broker, f"{B}/#") as mqtt, running_gateway(b) as gateway_b:
+        async with running_gateway(a):
+            for gw in ("gw-a", "gw-b"):
+                online = await mqtt.wait(state[gw], lambda m: m["state"] == "online")
+                assert online["gateway_id"] == gw and online["since"].endswith("Z")
+            device = FakeDevice()
+            await device.connect(tcp_port(gateway_b))
+            await device.send(0x22)
+            await device.recv()
+            counted = await mqtt.wait(stats["gw-b"], lambda m: m["devices_online"] == 1)
+            assert counted["gateway_id"] == "gw-b"
+            idle = await mqtt.latest(stats["gw-a"], lambda m: True)
+            assert (idle["gateway_id"], idle["devices_online"], idle["frames_in"]) == ("gw-a", 0, 0)
+        await mqtt.wait(state["gw-a"], lambda m: m == {"state": "offline", "gateway_id": "gw-a"})
+        async with mqtt_collector(broker, f"{B}/gateways/+/state") as late:
+            first = await late.wait_message(state["gw-a"])
+            second = await late.wait_message(state["gw-b"])
+        assert first.retain and first.json()["state"] == "offline"
+        assert second.retain and second.json()["state"] == "online"
+        assert not any(m.topic.startswith(f"{B}/bridge/") for m in mqtt.messages)
+        await device.close()

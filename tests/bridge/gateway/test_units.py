@@ -257,7 +257,7 @@ async def test_stats_are_published_only_when_they_changed(tmp_path: Path) -> Non
     assert gw.loops.publish_stats() is False
     FakeLink(gw).send(0x21, heartbeat())
     assert gw.loops.publish_stats() is True
-    stats = mqtt.on("/bridge/stats")[-1]
+    stats = mqtt.on("/stats")[-1]
     assert stats.retain and stats.payload["frames_in"] == 1
 
 

@@ -154,6 +154,10 @@ async def test_monitor_sees_chargers_and_a_live_session_but_cannot_start(
         )
         await log_in(page, s.dashboard.url, "monitor")
 
+        # The gateway and the charging service, from their presence topics.
+        header = page.locator("#gateways")
+        await header.filter(has_text="gateway test-gw: online").wait_for(timeout=WAIT_MS)
+        await header.filter(has_text="charging service: online").wait_for(timeout=WAIT_MS)
         # Every simulated charger is listed, online, with its ports.
         for dev_id in (first, second):
             card = page.locator(f'[data-device="{dev_id}"]')

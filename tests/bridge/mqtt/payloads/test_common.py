@@ -11,7 +11,8 @@ import bridge.mqtt.payloads as payloads
 from bridge.mqtt.payloads import (
     DEVICE_ID_RE,
     ORDER_NO_RE,
-    BridgeState,
+    ChargingState,
+    GatewayState,
     MqttPayload,
     Payload,
     StartChargingRequest,
@@ -30,7 +31,14 @@ def _error(model: type[BaseModel], json: str) -> str:
 
 def test_payload_is_a_deprecated_name_of_mqtt_payload() -> None:
     assert Payload is MqttPayload
-    assert BridgeState(state="online").to_json() == b'{"state":"online"}'
+    assert ChargingState(state="online").to_json() == b'{"state":"online","instances":[]}'
+
+
+def test_presence_payloads_leave_out_what_an_offline_will_cannot_know() -> None:
+    will = GatewayState(state="offline", gateway_id="gw-1")
+    assert will.to_json() == b'{"state":"offline","gateway_id":"gw-1"}'
+    online = GatewayState(state="online", gateway_id="gw-1", since="2026-01-02T03:04:05.678Z")
+    assert GatewayState.model_validate_json(online.to_json()) == online
 
 
 def test_the_package_exports_what_it_declares() -> None:
