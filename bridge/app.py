@@ -21,9 +21,14 @@ from typing import Any
 from bridge import statedir
 from bridge.capture import CaptureUnit
 from bridge.charging.presence import ServicePresence, instance_id
-from bridge.charging.service import ChargingService, service_mqtt_settings, service_subscriptions
+from bridge.charging.service import (
+    ChargingService,
+    default_instance_id,
+    service_mqtt_settings,
+    service_subscriptions,
+)
 from bridge.charging.settings import ChargingSettings
-from bridge.charging.store import ChargingStore, StoreError, open_store
+from bridge.charging.store import ChargingStore, StoreError, open_store, shared_url
 from bridge.charging.store.sqlite import SqliteStore
 from bridge.config import GatewaySettings
 from bridge.errors import StartupError
@@ -205,8 +210,15 @@ async def run_service(settings: ChargingSettings, *, ready: asyncio.Event | None
     """Run the charging service until cancelled; `ready` is set once connected and current.
 
     The state dir is locked before the store is opened or anything connects: a second service
-    on it stops with one line instead of knocking this one's fixed client id off the broker."""
-    with statedir.locked(settings.state_dir, "service"):
+    on it stops with one line instead of knocking this one's fixed client id off the broker.
+    On a PostgreSQL store any number of instances run (docs/scaling.md): the lock is then
+    the instance's (`--instance-id`, part of its client id), and `instance_id` is set."""
+    shared = shared_url(settings.store)
+    if not settings.instance_id:
+        default = default_instance_id(shared, settings.gateway_id)
+        settings = settings.model_copy(update={"instance_id": default})
+    role = f"service-{settings.instance_id}" if shared else "service"
+    with statedir.locked(settings.state_dir, role):
         await _run_service(settings, ready)
 
 
@@ -233,8 +245,8 @@ async def _run_service(settings: ChargingSettings, ready: asyncio.Event | None) 
     with store_readable(settings):
         store = await asyncio.to_thread(open_store, settings.store, settings.state_dir, limits)
     mqtt = MqttClient(
-        service_mqtt_settings(settings),
-        subscriptions=service_subscriptions(Topics(settings.base_topic)),
+        service_mqtt_settings(settings, shared=store.shared),
+        subscriptions=service_subscriptions(Topics(settings.base_topic), shared=store.shared),
     )
     try:
         with store_readable(settings):
