@@ -19,8 +19,15 @@ from typing import Any
 
 from bridge import statedir
 from bridge.capture import CaptureUnit
-from bridge.charging.service import ChargingService, service_mqtt_settings, service_subscriptions
+from bridge.charging.service import (
+    MAX_BATCH,
+    ChargingService,
+    service_mqtt_settings,
+    service_subscriptions,
+)
 from bridge.charging.settings import ChargingSettings
+from bridge.charging.slots import ServiceSlots, SlotBook, holder_name
+from bridge.charging.slots import wanted as slots_wanted
 from bridge.charging.store import ChargingStore, StoreError, open_store
 from bridge.charging.store.sqlite import SqliteStore
 from bridge.config import GatewaySettings
@@ -214,15 +221,20 @@ async def _run_service(settings: ChargingSettings, ready: asyncio.Event | None) 
     limits = settings.dedupe_limits()
     with store_readable(settings):
         store = await asyncio.to_thread(open_store, settings.store, settings.state_dir, limits)
-    mqtt = MqttClient(
-        service_mqtt_settings(settings),
-        subscriptions=service_subscriptions(Topics(settings.base_topic)),
-    )
+    subscriptions = service_subscriptions(Topics(settings.base_topic))
+    mqtt_settings = service_mqtt_settings(settings)
+    slots = service_slots(settings, mqtt_settings, subscriptions)
     try:
+        if slots is not None:  # a shared store: lease a client-id slot (charging/slots.py)
+            client_id = await slots.start()
+            mqtt_settings = mqtt_settings.model_copy(update={"client_id": client_id})
+        mqtt = MqttClient(mqtt_settings, subscriptions=subscriptions)
         with store_readable(settings):
             service = ChargingService(settings, store, mqtt)  # loads the sessions
     except BaseException:
         store.close()
+        if slots is not None:
+            await slots.stop()
         raise
     mqtt.on_connect = service.on_connect
     try:
@@ -231,6 +243,8 @@ async def _run_service(settings: ChargingSettings, ready: asyncio.Event | None) 
             tg.create_task(service.stats_loop(), name="charging-stats")
             tg.create_task(service.cleanup_loop(), name="charging-cleanup")
             tg.create_task(watch_store(store, settings.store_check_interval_s))
+            if slots is not None:
+                tg.create_task(slots.run(service.handle_batch), name="charging-slots")
             for name, unit in webhook_units(settings):  # --webhook: docs/integrations.md
                 tg.create_task(unit, name=name)
             await mqtt.connected.wait()
@@ -242,6 +256,31 @@ async def _run_service(settings: ChargingSettings, ready: asyncio.Event | None) 
     finally:
         await service.stop()
         store.close()
+        if slots is not None:  # after the disconnect: nobody may adopt a slot still in use
+            await slots.stop()
+
+
+def service_slots(
+    settings: ChargingSettings, mqtt: MqttSettings, subscriptions: list[tuple[str, int]]
+) -> ServiceSlots | None:
+    """The client-id slots unit on a PostgreSQL store; None on SQLite (one fixed id)."""
+    if not slots_wanted(settings.store):
+        return None
+    book = SlotBook(
+        settings.store,
+        settings.client_id,
+        settings.service_slots,
+        holder_name(getattr(settings, "instance_id", "")),
+    )
+    return ServiceSlots(
+        book,
+        mqtt,
+        [topic for topic, _ in subscriptions],
+        scan_interval_s=settings.slot_scan_interval_s,
+        idle_s=settings.slot_idle_s,
+        batch_limit=MAX_BATCH,
+        batch_interval_s=settings.batch_interval_s,
+    )
 
 
 async def watch_store(store: ChargingStore, interval: float) -> None:

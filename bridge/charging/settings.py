@@ -101,6 +101,28 @@ class ChargingSettings(WebhookSettings, CommonSettings):
         ge=1000,
         description="row cap of the dedupe state; beyond it the soonest to expire go first",
     )
+    service_slots: int = Field(
+        default=8,
+        ge=1,
+        le=1000,
+        description="PostgreSQL store: MQTT client ids {client id}-slot-{k} the instances "
+        "lease (at least the instances you run, plus one for each draining a dead one's "
+        "queue; docs/deployment.md)",
+    )
+    slot_scan_interval_s: float = Field(
+        default=5.0,
+        gt=0,
+        le=60,
+        description="PostgreSQL store: seconds between looks for slots of dead instances "
+        "whose queues this instance then drains",
+    )
+    slot_idle_s: float = Field(
+        default=5.0,
+        gt=0,
+        le=300,
+        description="PostgreSQL store: seconds without a message after which a drained "
+        "slot's session is ended and the slot freed",
+    )
     store_check_interval_s: float = Field(
         default=5.0,
         gt=0,
