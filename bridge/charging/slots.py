@@ -15,7 +15,9 @@ when a whole machine vanishes.
 
 * An instance starts by leasing the lowest free slot and connects under that client id
   (persistent session): a free slot that was used before comes with its queue.
-* The table `service_slots` records every slot ever used. Every `slot_scan_interval_s`, each
+* The table `service_slots` records every slot ever used, and, when slots are first used for
+  a client id, the bare client id of the single service that ran before (slot -1), so its
+  queue is drained once too. Every `slot_scan_interval_s`, each
   instance tries to lease the used slots nobody holds (an orphan). The one that succeeds
   connects an extra MQTT client under that client id (no clean start, so it gets the queue and
   the messages the dead one had received but not acknowledged), unsubscribes the session from
@@ -77,8 +79,12 @@ def lock_space(client_id: str) -> int:
     return zlib.crc32(b"chargebridge-slots:" + client_id.encode()) & 0x7FFFFFFF
 
 
+LEGACY_SLOT = -1  # the client id itself, as a service before slots used it
+
+
 def slot_client_id(client_id: str, slot: int) -> str:
-    return f"{client_id}-slot-{slot}"
+    """Slot k's MQTT client id; LEGACY_SLOT is the bare id of a service before slots."""
+    return client_id if slot == LEGACY_SLOT else f"{client_id}-slot-{slot}"
 
 
 @dataclass
@@ -121,8 +127,20 @@ class SlotBook:
 
     def _scan_conn(self) -> Any:
         if self._scanner is None or self._scanner.closed:
-            self._scanner = self._connect()
-            self._scanner.execute(SCHEMA)
+            conn = self._connect()
+            with conn.transaction():
+                # Instances starting together: one creates the table (CREATE ... IF NOT
+                # EXISTS alone may fail in the other) and one adds the row below.
+                conn.execute("SELECT pg_advisory_xact_lock(%s, %s)", (self.space, -2))
+                conn.execute(SCHEMA)
+                # First use of slots for this client id: the session of the single service
+                # that ran before (the bare client id) is drained once like a dead slot's.
+                conn.execute(
+                    "INSERT INTO service_slots SELECT %s, %s, 'before slots', %s "
+                    "WHERE NOT EXISTS (SELECT 1 FROM service_slots WHERE client_id = %s)",
+                    (self.client_id, LEGACY_SLOT, time.time(), self.client_id),
+                )
+            self._scanner = conn
         return self._scanner
 
     def _try(self, slot: int) -> Lease | None:

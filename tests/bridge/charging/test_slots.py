@@ -67,10 +67,30 @@ def test_instances_lease_distinct_slots_and_record_them(
     assert first is not None and second is not None
     assert (first.slot, second.slot) == (0, 1)
     assert (first.client_id, second.client_id) == (f"{CID}-slot-0", f"{CID}-slot-1")
-    assert slot_rows(pg_url) == {0: "instance-0", 1: "instance-1"}
+    assert slot_rows(pg_url) == {-1: "before slots", 0: "instance-0", 1: "instance-1"}
     # A lease is exclusive: nobody adopts a held slot, not even the holder's own book.
-    assert a.adopt_orphans(held={0}) == []
+    legacy = a.adopt_orphans(held={0})
+    assert [lease.slot for lease in legacy] == [-1]
     assert book(books, pg_url).adopt_orphans(held=set()) == []
+
+
+def test_the_client_id_before_slots_is_drained_once(
+    books: list[SlotBook],
+    pg_url: str,  # noqa: F811
+) -> None:
+    """The first instance on slots finds the single service's bare client id recorded as slot
+    -1: its queue is adopted like a dead slot's, once, and never recorded again."""
+    a = book(books, pg_url)
+    own = a.lease_free()
+    assert own is not None
+    (legacy,) = a.adopt_orphans(held={own.slot})
+    assert (legacy.slot, legacy.client_id) == (-1, CID)
+    a.retire(legacy)
+    b = book(books, pg_url)
+    own_b = b.lease_free()
+    assert own_b is not None
+    assert b.adopt_orphans(held={own_b.slot}) == []
+    assert -1 not in slot_rows(pg_url)
 
 
 def test_a_released_slot_is_an_orphan_adopted_once(
@@ -82,10 +102,11 @@ def test_a_released_slot_is_an_orphan_adopted_once(
     assert own_a is not None and own_b is not None
     SlotBook.release(own_b)  # instance b is gone
     adopted = a.adopt_orphans(held={own_a.slot})
-    assert [lease.slot for lease in adopted] == [1]
-    assert c.adopt_orphans(held=set()) == []  # a second survivor finds it taken
+    assert [lease.slot for lease in adopted] == [-1, 1]  # -1: the client id before slots
+    assert c.adopt_orphans(held=set()) == []  # a second survivor finds them taken
     # Retired: no longer used, so nobody scans for it; free for a newcomer, with no queue.
-    a.retire(adopted[0])
+    for lease in adopted:
+        a.retire(lease)
     assert slot_rows(pg_url) == {0: "instance-0"}
     assert c.adopt_orphans(held=set()) == []
     again = c.lease_free()
@@ -137,6 +158,8 @@ def test_a_killed_process_releases_its_slot_at_once(
     survivor = book(books, pg_url)
     own = survivor.lease_free()
     assert own is not None
+    for lease in survivor.adopt_orphans(held={own.slot}):  # the client id before slots
+        survivor.retire(lease)
     proc = subprocess.Popen(
         [sys.executable, "-c", HOLDER, pg_url, CID], stdout=subprocess.PIPE, text=True
     )
@@ -209,7 +232,7 @@ async def test_a_survivor_drains_a_dead_slots_queue_and_ends_its_session(
     async with broker.client() as gw:
         await publish_event(gw, "port", power_event(0.05))
         await publish_event(gw, "order", settled_event(0.3, 600))
-    assert slot_rows(pg_url) == {0: "dead", 1: "dead"}
+    assert slot_rows(pg_url) == {-1: "before slots", 0: "dead", 1: "dead"}
 
     async with watcher(broker) as w, running_service(settings):
         done = await w.session(ORDER, "completed", timeout=30)
@@ -218,7 +241,7 @@ async def test_a_survivor_drains_a_dead_slots_queue_and_ends_its_session(
             timeout=20, total_events_processed=2, sessions_created=1, sessions_completed=1
         )
         deadline = time.monotonic() + 30
-        while 1 in slot_rows(pg_url):  # the drain ends, then deletes the row: poll the table
+        while slot_rows(pg_url).keys() != {0}:  # each drain ends, then deletes its row
             assert time.monotonic() < deadline, "the drained slot was never retired"
             await asyncio.sleep(0.1)
         assert slot_rows(pg_url)[0] == holder_name()  # the survivor's own lease
