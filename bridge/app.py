@@ -243,11 +243,11 @@ async def _run_service(settings: ChargingSettings, ready: asyncio.Event | None) 
             tg.create_task(service.stats_loop(), name="charging-stats")
             tg.create_task(service.cleanup_loop(), name="charging-cleanup")
             tg.create_task(watch_store(store, settings.store_check_interval_s))
-            if slots is not None:
-                tg.create_task(slots.run(service.handle_batch), name="charging-slots")
             for name, unit in webhook_units(settings):  # --webhook: docs/integrations.md
                 tg.create_task(unit, name=name)
-            await mqtt.connected.wait()
+            await mqtt.connected.wait()  # current: adoption of retained state is done
+            if slots is not None:
+                tg.create_task(slots.run(service.handle_batch), name="charging-slots")
             log.info("charging service ready on %s", mqtt.settings.redacted_url())
             if ready is not None:
                 ready.set()

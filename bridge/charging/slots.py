@@ -159,10 +159,16 @@ class SlotBook:
 
     def lease_free(self) -> Lease | None:
         """The lowest slot nobody holds, leased and recorded as used; None when all are held."""
-        for slot in range(self.slots):
-            lease = self._try(slot)
-            if lease is not None:
-                return lease
+        try:
+            for slot in range(self.slots):
+                lease = self._try(slot)
+                if lease is not None:
+                    return lease
+        except StoreError:
+            raise
+        except Exception as exc:  # psycopg.Error
+            self.close()
+            raise StoreError(f"cannot lease a client-id slot in the store: {exc}") from None
         return None
 
     def used(self) -> list[int]:
@@ -178,10 +184,18 @@ class SlotBook:
 
     def adopt_orphans(self, held: set[int]) -> list[Lease]:
         """Lease every used slot that nobody holds (not those in `held`, which are ours)."""
-        leases = []
-        for slot in self.used():
-            if slot not in held and (lease := self._try(slot)) is not None:
-                leases.append(lease)
+        leases: list[Lease] = []
+        try:
+            for slot in self.used():
+                if slot not in held and (lease := self._try(slot)) is not None:
+                    leases.append(lease)
+        except StoreError:
+            raise
+        except Exception as exc:  # psycopg.Error: the database went away under the scan
+            for lease in leases:
+                self.release(lease)
+            self.close()
+            raise StoreError(f"cannot look for orphaned client-id slots: {exc}") from None
         return leases
 
     def retire(self, lease: Lease) -> None:
