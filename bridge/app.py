@@ -26,7 +26,7 @@ from bridge.charging.service import (
     service_subscriptions,
 )
 from bridge.charging.settings import ChargingSettings
-from bridge.charging.slots import ServiceSlots, SlotBook, holder_name
+from bridge.charging.slots import BatchHandler, ServiceSlots, SlotBook, holder_name
 from bridge.charging.slots import wanted as slots_wanted
 from bridge.charging.store import ChargingStore, StoreError, open_store
 from bridge.charging.store.sqlite import SqliteStore
@@ -38,7 +38,7 @@ from bridge.homeassistant import HomeAssistantUnit
 from bridge.links.serial import SerialLink
 from bridge.links.tcp import TcpLink
 from bridge.metrics import MetricsUnit
-from bridge.mqtt.client import MqttClient, MqttSettings, Will, payload_bytes
+from bridge.mqtt.client import Message, MqttClient, MqttSettings, Will, payload_bytes
 from bridge.mqtt.outbox import SqliteOutbox
 from bridge.mqtt.payloads import BridgeState
 from bridge.mqtt.topics import Topics
@@ -247,7 +247,7 @@ async def _run_service(settings: ChargingSettings, ready: asyncio.Event | None) 
                 tg.create_task(unit, name=name)
             await mqtt.connected.wait()  # current: adoption of retained state is done
             if slots is not None:
-                tg.create_task(slots.run(service.handle_batch), name="charging-slots")
+                tg.create_task(slots.run(drained_by(service)), name="charging-slots")
             log.info("charging service ready on %s", mqtt.settings.redacted_url())
             if ready is not None:
                 ready.set()
@@ -281,6 +281,16 @@ def service_slots(
         batch_limit=MAX_BATCH,
         batch_interval_s=settings.batch_interval_s,
     )
+
+
+def drained_by(service: ChargingService) -> BatchHandler:
+    """A drained slot's messages take the service's own path (acknowledged by the slot's
+    client after the commit)."""
+
+    async def handle(messages: list[Message]) -> None:
+        service.handle_batch(messages)
+
+    return handle
 
 
 async def watch_store(store: ChargingStore, interval: float) -> None:

@@ -41,7 +41,7 @@ import os
 import socket
 import time
 import zlib
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from contextlib import suppress
 from dataclasses import dataclass
 from typing import Any
@@ -229,10 +229,11 @@ class SlotBook:
             self._scanner = None
 
 
-BatchHandler = Callable[[list[Message]], None]
+# Applies and commits a batch (raises if it cannot); the caller acknowledges it afterwards.
+BatchHandler = Callable[[list[Message]], Awaitable[None]]
 
 
-def _no_handler(messages: list[Message]) -> None:
+async def _no_handler(messages: list[Message]) -> None:
     raise RuntimeError("ServiceSlots.run() was not given the batch handler")
 
 
@@ -338,7 +339,7 @@ class ServiceSlots:
                     # Offline, the queue is still the broker's: wait for the reconnection.
                     batches = client.batches(self.batch_limit, self.batch_interval_s)
                     continue
-                self.handle(messages)
+                await self.handle(messages)
                 for message in messages:
                     client.ack(message)
                 count += len(messages)
