@@ -302,7 +302,9 @@ def run_failover(store_args: list[str]) -> dict[str, Any]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="shorter phases")
+    parser.add_argument(
+        "--quick", action="store_true", help="shorter phases (5 s; 10,000 events flat out)"
+    )
     parser.add_argument(
         "--configs",
         default="sqlite:1,postgresql:1,postgresql:2",
@@ -318,7 +320,7 @@ def main() -> None:
     )
     args = parser.parse_args()
     seconds = 5 if args.quick else 10
-    phases = [(1000, 1000 * seconds), (5000, 5000 * seconds), (0, 30000)]
+    phases = [(1000, 1000 * seconds), (5000, 5000 * seconds), (0, 10000 if args.quick else 30000)]
     results: dict[str, list[dict[str, Any]]] = {}
     failover: dict[str, Any] | None = None
     configs = [c.split(":") for c in args.configs.split(",")]
