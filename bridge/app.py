@@ -22,13 +22,13 @@ from bridge.capture import CaptureUnit
 from bridge.charging.service import (
     MAX_BATCH,
     ChargingService,
+    default_instance_id,
     service_mqtt_settings,
     service_subscriptions,
 )
 from bridge.charging.settings import ChargingSettings
-from bridge.charging.slots import BatchHandler, ServiceSlots, SlotBook, holder_name
-from bridge.charging.slots import wanted as slots_wanted
-from bridge.charging.store import ChargingStore, StoreError, open_store
+from bridge.charging.slots import BatchHandler, ServiceSlots, SlotBook
+from bridge.charging.store import ChargingStore, StoreError, open_store, shared_url
 from bridge.charging.store.sqlite import SqliteStore
 from bridge.config import GatewaySettings
 from bridge.errors import StartupError
@@ -194,8 +194,14 @@ async def run_service(settings: ChargingSettings, *, ready: asyncio.Event | None
     """Run the charging service until cancelled; `ready` is set once connected and current.
 
     The state dir is locked before the store is opened or anything connects: a second service
-    on it stops with one line instead of knocking this one's fixed client id off the broker."""
-    with statedir.locked(settings.state_dir, "service"):
+    on it stops with one line instead of knocking this one's fixed client id off the broker.
+    On a PostgreSQL store any number of instances run (docs/scaling.md): the lock is then
+    the instance's (`--instance-id`, part of its client id), and `instance_id` is set."""
+    shared = shared_url(settings.store)
+    if not settings.instance_id:
+        settings = settings.model_copy(update={"instance_id": default_instance_id(shared)})
+    role = f"service-{settings.instance_id}" if shared else "service"
+    with statedir.locked(settings.state_dir, role):
         await _run_service(settings, ready)
 
 
@@ -221,9 +227,9 @@ async def _run_service(settings: ChargingSettings, ready: asyncio.Event | None) 
     limits = settings.dedupe_limits()
     with store_readable(settings):
         store = await asyncio.to_thread(open_store, settings.store, settings.state_dir, limits)
-    subscriptions = service_subscriptions(Topics(settings.base_topic))
-    mqtt_settings = service_mqtt_settings(settings)
-    slots = service_slots(settings, mqtt_settings, subscriptions)
+    subscriptions = service_subscriptions(Topics(settings.base_topic), shared=store.shared)
+    mqtt_settings = service_mqtt_settings(settings, shared=store.shared)
+    slots = service_slots(settings, mqtt_settings, subscriptions) if store.shared else None
     try:
         if slots is not None:  # a shared store: lease a client-id slot (charging/slots.py)
             client_id = await slots.start()
@@ -262,15 +268,10 @@ async def _run_service(settings: ChargingSettings, ready: asyncio.Event | None) 
 
 def service_slots(
     settings: ChargingSettings, mqtt: MqttSettings, subscriptions: list[tuple[str, int]]
-) -> ServiceSlots | None:
-    """The client-id slots unit on a PostgreSQL store; None on SQLite (one fixed id)."""
-    if not slots_wanted(settings.store):
-        return None
+) -> ServiceSlots:
+    """The client-id slots unit of an instance on a shared (PostgreSQL) store."""
     book = SlotBook(
-        settings.store,
-        settings.client_id,
-        settings.service_slots,
-        holder_name(getattr(settings, "instance_id", "")),
+        settings.store, settings.client_id, settings.service_slots, settings.instance_id
     )
     return ServiceSlots(
         book,
@@ -288,7 +289,12 @@ def drained_by(service: ChargingService) -> BatchHandler:
     client after the commit)."""
 
     async def handle(messages: list[Message]) -> None:
-        service.handle_batch(messages)
+        if service.state.shared is not None:
+            # It acknowledges through the service's own client, which knows none of these
+            # messages (a no-op); the slot's client acknowledges them after this returns.
+            await service.handle_shared(messages)
+        else:
+            service.handle_batch(messages)
 
     return handle
 

@@ -24,6 +24,13 @@ class ChargingSettings(WebhookSettings, CommonSettings):
         description="MQTT client id of the service; keep it fixed "
         "(default: chargebridge-service-{gateway_id})",
     )
+    instance_id: str = Field(
+        default="",
+        pattern=r"^[A-Za-z0-9._-]{0,64}$",
+        description="name of this service instance, unique among those sharing one "
+        "PostgreSQL store (in logs and the client-id slot it leases, docs/deployment.md); "
+        "default: hostname-pid, or `service` with SQLite (one instance only)",
+    )
     mqtt_session_expiry_s: int = Field(
         default=7 * 24 * 3600,
         ge=0,

@@ -224,7 +224,8 @@ async def test_a_survivor_drains_a_dead_slots_queue_and_ends_its_session(
     assert [lease.slot for lease in leases if lease] == [0, 1]
     # Slot 1's persistent session, subscribed like a service, then gone (its process died).
     dead_mqtt = service_mqtt_settings(settings).model_copy(update={"client_id": f"{CID}-slot-1"})
-    async with MqttClient(dead_mqtt, subscriptions=service_subscriptions(TOPICS)) as client:
+    dead_subscriptions = service_subscriptions(TOPICS, shared=True)
+    async with MqttClient(dead_mqtt, subscriptions=dead_subscriptions) as client:
         await client.connected.wait()
     for lease in leases:
         SlotBook.release(lease)
