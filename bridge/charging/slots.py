@@ -37,8 +37,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
-import socket
 import time
 import zlib
 from collections.abc import Awaitable, Callable, Sequence
@@ -240,11 +238,6 @@ async def _no_handler(messages: list[Message]) -> None:
 def wanted(store_url: str) -> bool:
     """Slots are for a shared (PostgreSQL) store; SQLite keeps the one fixed client id."""
     return store_url.split(":", 1)[0].lower() in ("postgresql", "postgres")
-
-
-def holder_name(instance_id: str = "") -> str:
-    """Who holds a lease, as the slot table shows it."""
-    return instance_id or f"{socket.gethostname()}:{os.getpid()}"
 
 
 class ServiceSlots:

@@ -14,9 +14,13 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from bridge.charging.service import service_mqtt_settings, service_subscriptions
+from bridge.charging.service import (
+    default_instance_id,
+    service_mqtt_settings,
+    service_subscriptions,
+)
 from bridge.charging.settings import ChargingSettings
-from bridge.charging.slots import ServiceSlots, SlotBook, SlotLost, holder_name, lock_space
+from bridge.charging.slots import ServiceSlots, SlotBook, SlotLost, lock_space
 from bridge.charging.store import StoreError
 from bridge.mqtt.client import MqttClient, MqttSettings
 from tests.bridge.charging.harness import (
@@ -245,7 +249,7 @@ async def test_a_survivor_drains_a_dead_slots_queue_and_ends_its_session(
         while slot_rows(pg_url).keys() != {0}:  # each drain ends, then deletes its row
             assert time.monotonic() < deadline, "the drained slot was never retired"
             await asyncio.sleep(0.1)
-        assert slot_rows(pg_url)[0] == holder_name()  # the survivor's own lease
+        assert slot_rows(pg_url)[0] == default_instance_id(True)  # the survivor's own lease
         # The survivor goes on under its own slot; events reach it as before.
         async with broker.client() as gw:
             await publish_event(gw, "port", power_event(0.1, order_no="AB" * 16, port=3))
