@@ -288,8 +288,7 @@ def run_failover(store_args: list[str], kill: bool = True) -> dict[str, Any]:
         pub.loop_stop()
         pub.disconnect()
         watch.close()
-        survivor_log = (procs.tmp / "service0.log").read_text(errors="replace")
-        drained = [int(n) for n in re.findall(r"drained (\d+) messages", survivor_log)]
+        drained = survivor_drains(procs.tmp / "service0.log", wait=kill)
         return {
             "instances": 2,
             "killed": kill,
@@ -300,8 +299,21 @@ def run_failover(store_args: list[str], kill: bool = True) -> dict[str, Any]:
             "kill_to_all_processed_s": round(done - killed, 2) if done else None,
             "stream_end_to_all_processed_s": round(done - end, 2) if done else None,
             "slot_scan_interval_s": SLOT_SCAN_S,
-            "drained_by_survivor": drained,
+            "drained_by_survivor": drained,  # slot -> messages; -1: the pre-slots client id
         }
+
+
+def survivor_drains(log: Path, wait: bool) -> dict[str, int]:
+    """Messages per drained slot, from the survivor's log; with `wait`, until slot 1's drain
+    (which ends `slot_idle_s` after the last message) has logged its line."""
+    pattern = re.compile(r"drained (\d+) messages of MQTT client-id slot (-?\d+)")
+    deadline = time.monotonic() + 60
+    while True:
+        found = pattern.findall(log.read_text(errors="replace")) if log.exists() else []
+        drained = {slot: int(n) for n, slot in found}
+        if not wait or "1" in drained or time.monotonic() > deadline:
+            return drained
+        time.sleep(0.2)
 
 
 def main() -> None:
