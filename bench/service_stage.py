@@ -339,7 +339,7 @@ def main() -> None:
     phases = [(1000, 1000 * seconds), (5000, 5000 * seconds), (0, 10000 if args.quick else 30000)]
     results: dict[str, list[dict[str, Any]]] = {}
     failover: dict[str, Any] | None = None
-    configs = [c.split(":") for c in args.configs.split(",")]
+    configs = [c.split(":") for c in args.configs.split(",") if c]
     for store, n in configs:
         if (store, n) != ("sqlite", "1") and (store != "postgresql" or not n.isdigit()):
             parser.error(f"unknown configuration {store}:{n} (sqlite:1 or postgresql:N)")
