@@ -382,6 +382,11 @@ class Sessions:
         finally:
             store.unlock(keys[:held])
 
+    def republish(self, session: m.ChargingSession) -> None:
+        """Publish a session as it is (within `exclusive`, which waits for the broker)."""
+        text = self.store.session_json(session)
+        self._unconfirmed.append(self.publish_session(session.session_id, text))
+
     def refresh(self, device_ids: Iterable[str], session_ids: Iterable[str] = ()) -> None:
         """Bring the cached sessions of `device_ids` (and `session_ids`) up to the store:
         those another instance changed are read again, those it deleted dropped."""

@@ -142,9 +142,7 @@ class ChargingService:
             chunk = set(devices[at : at + CHUNK])
             async with self.state.exclusive(chunk):
                 for s in [s for s in self.sessions.values() if s.device_id in chunk]:
-                    self.state._unconfirmed.append(
-                        self.state.publish_session(s.session_id, self.store.session_json(s))
-                    )
+                    self.state.republish(s)
         await self.state.publish_stats()
 
     def adopt(self, adopted: Adopted) -> None:

@@ -58,6 +58,11 @@ def full_row(session_id: str, text: str) -> tuple[str, str, str, int, bool, floa
     return session_id, text, str(payload.get("device_id", "")), version, active, touched(payload)
 
 
+def columns(rows: Sequence[SessionRow], *names: str) -> tuple[list[Any], ...]:
+    """The named fields of `rows`, one list per field (for `unnest`: one statement)."""
+    return tuple([getattr(r, name) for r in rows] for name in names)
+
+
 def add_stats(a: ChargingStats, b: ChargingStats) -> ChargingStats:
     """Counter by counter: what is stored plus what a batch counted."""
     return ChargingStats(
@@ -298,7 +303,7 @@ class PostgresStore(SqlStore):
         fps = sorted(by_fp)  # one order for everyone: concurrent claims cannot deadlock
         expires = [self.limits.expires(by_fp[fp], now) for fp in fps]
         rows = self._db.execute(
-            "INSERT INTO fingerprints SELECT * FROM unnest(%s::bytea[], %s::float8[]) "
+            "INSERT INTO fingerprints SELECT * FROM unnest(%b::bytea[], %b::float8[]) "
             "ON CONFLICT DO NOTHING RETURNING key",
             (fps, expires),
         )
@@ -320,45 +325,43 @@ class PostgresStore(SqlStore):
         as stored now (all instances' counts)."""
         self._start(now)
         db = self._db
-        stale: list[str] = []
         with db.cursor() as cur:
-            for row in sessions:
-                if row.base is None:
-                    cur.execute(
-                        "INSERT INTO sessions (session_id, payload, device_id, version, active, "
-                        "touched) VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
-                        (
-                            row.session_id,
-                            row.payload,
-                            row.device_id,
-                            row.version,
-                            row.active,
-                            row.touched,
-                        ),
-                    )
-                else:
-                    cur.execute(
-                        "UPDATE sessions SET payload = %s, version = %s, active = %s, "
-                        "touched = %s WHERE session_id = %s AND version = %s",
-                        (
-                            row.payload,
-                            row.version,
-                            row.active,
-                            row.touched,
-                            row.session_id,
-                            row.base,
-                        ),
-                    )
-                if cur.rowcount != 1:
-                    stale.append(row.session_id)
-            for session_id, base in deleted:
+            new = [r for r in sessions if r.base is None]
+            old = [r for r in sessions if r.base is not None]
+            written: set[str] = set()
+            # Arrays go in binary (%b): the text format escapes every quote of the JSON.
+            if new:
                 cur.execute(
-                    "DELETE FROM sessions WHERE session_id = %s AND version = %s",
-                    (session_id, base),
+                    "INSERT INTO sessions (session_id, payload, device_id, version, active, "
+                    "touched) SELECT * FROM unnest(%b::text[], %b::text[], %b::text[], "
+                    "%b::bigint[], %b::bool[], %b::float8[]) ON CONFLICT DO NOTHING "
+                    "RETURNING session_id",
+                    columns(
+                        new, "session_id", "payload", "device_id", "version", "active", "touched"
+                    ),
                 )
-                if cur.rowcount != 1:
-                    stale.append(session_id)
-            if stale:
+                written.update(sid for (sid,) in cur.fetchall())
+            if old:
+                cur.execute(
+                    "UPDATE sessions AS s SET payload = v.payload, version = v.version, "
+                    "active = v.active, touched = v.touched FROM unnest(%b::text[], "
+                    "%b::text[], %b::bigint[], %b::bool[], %b::float8[], %b::bigint[]) "
+                    "AS v(session_id, payload, version, active, touched, base) "
+                    "WHERE s.session_id = v.session_id AND s.version = v.base "
+                    "RETURNING s.session_id",
+                    columns(old, "session_id", "payload", "version", "active", "touched", "base"),
+                )
+                written.update(sid for (sid,) in cur.fetchall())
+            if deleted:
+                cur.execute(
+                    "DELETE FROM sessions AS s USING unnest(%b::text[], %b::bigint[]) "
+                    "AS v(session_id, base) WHERE s.session_id = v.session_id "
+                    "AND s.version = v.base RETURNING s.session_id",
+                    ([sid for sid, _ in deleted], [base for _, base in deleted]),
+                )
+                written.update(sid for (sid,) in cur.fetchall())
+            wanted = {r.session_id for r in sessions} | {sid for sid, _ in deleted}
+            if stale := wanted - written:
                 raise Conflict(stale)
             keys = [(fingerprint_bytes(k), self.limits.expires(k, now)) for k in seen]
             if keys:
