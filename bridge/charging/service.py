@@ -498,11 +498,10 @@ def service_mqtt_settings(settings: ChargingSettings, *, shared: bool = False) -
 
 def service_client_id(settings: ChargingSettings, *, shared: bool = False) -> str:
     """The MQTT client id: fixed for the one instance of an SQLite store (the broker keeps
-    its queue across restarts); on a shared store one per instance id (a restarted instance
-    with the same `--instance-id` resumes its queue)."""
-    if not shared:
-        return settings.client_id
-    return f"{settings.client_id}-{settings.instance_id}"
+    its queue across restarts); on a shared store the base of the client-id slots the
+    instances lease, `{id}-slot-{k}` (bridge/charging/slots.py; `run_service` connects with
+    the leased one), so that a dead instance's queue is drained by a survivor."""
+    return settings.client_id  # on a shared store, the slots' base
 
 
 def default_instance_id(shared: bool, gateway_id: str) -> str:
