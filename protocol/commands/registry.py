@@ -2,148 +2,148 @@
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
+from typing import Any
 
-from protocol.commands import (
-    cabinet,
-    card,
-    charging,
-    common,
-    field,
-    heartbeats,
-    host,
-    params,
-    reserved,
-    upgrade,
-)
+from protocol.commands import common
 from protocol.commands._model import DEVICE, SERVER, Payload, Sender
 from protocol.errors import PayloadError
 
 Decoder = Callable[[bytes], Payload]
 
 
+def _model(name: str) -> type[Payload]:
+    """`module.Class` under protocol.commands, imported on first use: the model modules take
+    most of the codec's import time, and a decode run meets only a few of them."""
+    module, _, cls = name.partition(".")
+    model: type[Payload] = getattr(importlib.import_module(f"protocol.commands.{module}"), cls)
+    return model
+
+
 def _upgrade_request(data: bytes) -> Payload:
     # Tolerant decoding of 0x05: the 2024 layout only when exactly 7 bytes.
     if len(data) == 7:
-        return upgrade.UpgradeRequest.decode(data)
-    return upgrade.LegacyUpgradeRequest.decode(data)
+        return _model("upgrade.UpgradeRequest").decode(data)
+    return _model("upgrade.LegacyUpgradeRequest").decode(data)
 
 
 def _host_upgrade(data: bytes) -> Payload:
     # 0xFA from the server: no data = trigger, otherwise a firmware packet.
     if not data:
         return common.Empty.decode(data)
-    return upgrade.FirmwarePacket.decode(data)
+    return _model("upgrade.FirmwarePacket").decode(data)
 
 
 _result = common.ResultReply.decode
 _empty = common.Empty.decode
 
-DECODERS: dict[tuple[int, Sender], Decoder] = {
-    (0x00, DEVICE): host.BusPoll.decode,
-    (0x01, DEVICE): heartbeats.LegacyHeartbeat.decode,
+# (command, sender) -> the model (`module.Class`, imported when first needed) or a decoder.
+_SPEC: dict[tuple[int, Sender], str | Decoder] = {
+    (0x00, DEVICE): "host.BusPoll",
+    (0x01, DEVICE): "heartbeats.LegacyHeartbeat",
     (0x01, SERVER): _result,
-    (0x02, DEVICE): card.CardSwipe.decode,
-    (0x02, SERVER): card.CardSwipeReply.decode,
-    (0x03, DEVICE): charging.Settlement.decode,
+    (0x02, DEVICE): "card.CardSwipe",
+    (0x02, SERVER): "card.CardSwipeReply",
+    (0x03, DEVICE): "charging.Settlement",
     (0x03, SERVER): _result,
-    (0x04, DEVICE): charging.OrderConfirmation.decode,
-    (0x04, SERVER): charging.OrderConfirmationReply.decode,
+    (0x04, DEVICE): "charging.OrderConfirmation",
+    (0x04, SERVER): "charging.OrderConfirmationReply",
     (0x05, DEVICE): _upgrade_request,
-    (0x06, DEVICE): charging.PortPowerReport.decode,
-    (0x09, DEVICE): host.TestModeReport.decode,
-    (0x0A, DEVICE): host.ServerAddress.decode,
-    (0x11, DEVICE): host.HostHeartbeat.decode,
-    (0x12, DEVICE): heartbeats.TimeRequest.decode,
-    (0x12, SERVER): heartbeats.TimeReply.decode,
-    (0x15, DEVICE): field.HostUpgradeRequest.decode,
-    (0x15, SERVER): field.HostUpgradeAnswer.decode,
-    (0x17, DEVICE): host.HostStatus.decode,
-    (0x20, DEVICE): heartbeats.Registration.decode,
+    (0x06, DEVICE): "charging.PortPowerReport",
+    (0x09, DEVICE): "host.TestModeReport",
+    (0x0A, DEVICE): "host.ServerAddress",
+    (0x11, DEVICE): "host.HostHeartbeat",
+    (0x12, DEVICE): "heartbeats.TimeRequest",
+    (0x12, SERVER): "heartbeats.TimeReply",
+    (0x15, DEVICE): "field.HostUpgradeRequest",
+    (0x15, SERVER): "field.HostUpgradeAnswer",
+    (0x17, DEVICE): "host.HostStatus",
+    (0x20, DEVICE): "heartbeats.Registration",
     (0x20, SERVER): _result,
-    (0x21, DEVICE): heartbeats.Heartbeat.decode,
+    (0x21, DEVICE): "heartbeats.Heartbeat",
     (0x21, SERVER): _result,
-    (0x22, DEVICE): heartbeats.TimeRequest.decode,
-    (0x22, SERVER): heartbeats.TimeReply.decode,
+    (0x22, DEVICE): "heartbeats.TimeRequest",
+    (0x22, SERVER): "heartbeats.TimeReply",
     (0x31, SERVER): _empty,
     (0x31, DEVICE): _result,
     (0x32, SERVER): _empty,
     (0x32, DEVICE): _result,
     (0x33, SERVER): _empty,
     (0x33, DEVICE): _result,
-    (0x34, SERVER): host.ServerAddress.decode,
+    (0x34, SERVER): "host.ServerAddress",
     (0x34, DEVICE): _result,
-    (0x35, DEVICE): host.ExtensionVersions.decode,
-    (0x3A, SERVER): host.FskParams.decode,
+    (0x35, DEVICE): "host.ExtensionVersions",
+    (0x3A, SERVER): "host.FskParams",
     (0x3A, DEVICE): _result,
-    (0x3B, DEVICE): host.FskParamsRequest.decode,
-    (0x41, DEVICE): cabinet.CabinetHeartbeat.decode,
-    (0x42, DEVICE): cabinet.Alarm.decode,
-    (0x43, DEVICE): charging.ChargeFinished.decode,
-    (0x44, DEVICE): cabinet.PortPush.decode,
-    (0x72, SERVER): cabinet.CabinetStop.decode,
-    (0x72, DEVICE): cabinet.CabinetStopReply.decode,
+    (0x3B, DEVICE): "host.FskParamsRequest",
+    (0x41, DEVICE): "cabinet.CabinetHeartbeat",
+    (0x42, DEVICE): "cabinet.Alarm",
+    (0x43, DEVICE): "charging.ChargeFinished",
+    (0x44, DEVICE): "cabinet.PortPush",
+    (0x72, SERVER): "cabinet.CabinetStop",
+    (0x72, DEVICE): "cabinet.CabinetStopReply",
     (0x81, SERVER): _empty,
-    (0x82, SERVER): charging.ChargeControl.decode,
-    (0x82, DEVICE): charging.ChargeControlReply.decode,
-    (0x83, SERVER): params.RunningParams1.decode,
+    (0x82, SERVER): "charging.ChargeControl",
+    (0x82, DEVICE): "charging.ChargeControlReply",
+    (0x83, SERVER): "params.RunningParams1",
     (0x83, DEVICE): _result,
-    (0x84, SERVER): params.RunningParams2.decode,
+    (0x84, SERVER): "params.RunningParams2",
     (0x84, DEVICE): _result,
-    (0x85, SERVER): params.ChargeLimits.decode,
+    (0x85, SERVER): "params.ChargeLimits",
     (0x85, DEVICE): _result,
-    (0x86, SERVER): params.CardParams.decode,
+    (0x86, SERVER): "params.CardParams",
     (0x86, DEVICE): _result,
     (0x87, SERVER): _empty,
     (0x87, DEVICE): _result,
     (0x88, SERVER): _empty,
     (0x88, DEVICE): _result,
-    (0x89, SERVER): params.PlayVoice.decode,
+    (0x89, SERVER): "params.PlayVoice",
     (0x89, DEVICE): _result,
-    (0x8A, SERVER): charging.AdjustCharging.decode,
+    (0x8A, SERVER): "charging.AdjustCharging",
     (0x8A, DEVICE): _result,
-    (0x8B, SERVER): params.EepromRead.decode,
-    (0x8B, DEVICE): params.EepromReadReply.decode,
-    (0x8C, SERVER): params.EepromWrite.decode,
+    (0x8B, SERVER): "params.EepromRead",
+    (0x8B, DEVICE): "params.EepromReadReply",
+    (0x8C, SERVER): "params.EepromWrite",
     (0x8C, DEVICE): _result,
-    (0x8D, SERVER): params.WorkModeSet.decode,
+    (0x8D, SERVER): "params.WorkModeSet",
     (0x8D, DEVICE): _result,
-    (0x8E, SERVER): params.QrCodeSetup.decode,
+    (0x8E, SERVER): "params.QrCodeSetup",
     (0x8E, DEVICE): _result,
-    (0x8F, SERVER): params.CardModeSet.decode,
+    (0x8F, SERVER): "params.CardModeSet",
     (0x8F, DEVICE): _result,
     (0x90, SERVER): _empty,
-    (0x90, DEVICE): params.RunningParams1.decode,
+    (0x90, DEVICE): "params.RunningParams1",
     (0x91, SERVER): _empty,
-    (0x91, DEVICE): params.RunningParams2.decode,
+    (0x91, DEVICE): "params.RunningParams2",
     (0x92, SERVER): _empty,
-    (0x92, DEVICE): params.ChargeLimits.decode,
+    (0x92, DEVICE): "params.ChargeLimits",
     (0x93, SERVER): _empty,
-    (0x93, DEVICE): params.CardParams.decode,
-    (0x95, SERVER): params.TemporaryQrCode.decode,
+    (0x93, DEVICE): "params.CardParams",
+    (0x95, SERVER): "params.TemporaryQrCode",
     (0x95, DEVICE): _result,
-    (0x96, SERVER): params.Locate.decode,
+    (0x96, SERVER): "params.Locate",
     (0x96, DEVICE): _result,
-    (0x97, SERVER): params.RunningParams3.decode,
+    (0x97, SERVER): "params.RunningParams3",
     (0x97, DEVICE): _result,
-    (0x98, SERVER): params.MultiFunction.decode,
+    (0x98, SERVER): "params.MultiFunction",
     (0x98, DEVICE): _result,
-    (0xE0, SERVER): upgrade.FirmwarePacket.decode,
-    (0xE0, DEVICE): upgrade.UpgradeReply.decode,
-    (0xE1, SERVER): upgrade.FirmwarePacket.decode,
-    (0xE1, DEVICE): upgrade.UpgradeReply.decode,
-    (0xE2, SERVER): upgrade.FirmwarePacket.decode,
-    (0xE2, DEVICE): upgrade.UpgradeReply.decode,
+    (0xE0, SERVER): "upgrade.FirmwarePacket",
+    (0xE0, DEVICE): "upgrade.UpgradeReply",
+    (0xE1, SERVER): "upgrade.FirmwarePacket",
+    (0xE1, DEVICE): "upgrade.UpgradeReply",
+    (0xE2, SERVER): "upgrade.FirmwarePacket",
+    (0xE2, DEVICE): "upgrade.UpgradeReply",
     (0xE4, SERVER): _empty,
-    (0xF8, SERVER): upgrade.FirmwarePacket.decode,
-    (0xF8, DEVICE): upgrade.UpgradeReply.decode,
-    (0xF9, SERVER): upgrade.FirmwarePacket.decode,
-    (0xF9, DEVICE): upgrade.UpgradeReply.decode,
+    (0xF8, SERVER): "upgrade.FirmwarePacket",
+    (0xF8, DEVICE): "upgrade.UpgradeReply",
+    (0xF9, SERVER): "upgrade.FirmwarePacket",
+    (0xF9, DEVICE): "upgrade.UpgradeReply",
     (0xFA, SERVER): _host_upgrade,
-    (0xFA, DEVICE): upgrade.UpgradeReply.decode,
-    (0xFD, SERVER): reserved.ReservedFd.decode,
-    (0xFD, DEVICE): reserved.ReservedFdReply.decode,
-    (0xFE, SERVER): reserved.ReservedFe.decode,
+    (0xFA, DEVICE): "upgrade.UpgradeReply",
+    (0xFD, SERVER): "reserved.ReservedFd",
+    (0xFD, DEVICE): "reserved.ReservedFdReply",
+    (0xFE, SERVER): "reserved.ReservedFe",
 }
 
 COMMAND_NAMES: dict[int, str] = {
@@ -225,21 +225,56 @@ COMMAND_NAMES: dict[int, str] = {
 }
 
 
-_FROM_DEVICE = {command: decoder for (command, who), decoder in DECODERS.items() if who is DEVICE}
-_FROM_SERVER = {command: decoder for (command, who), decoder in DECODERS.items() if who is SERVER}
-
 # Decoders that choose between several models by the data (documented tolerant decoding).
-DISPATCHED: dict[tuple[int, Sender], tuple[type[Payload], ...]] = {
-    (0x05, DEVICE): (upgrade.UpgradeRequest, upgrade.LegacyUpgradeRequest),
-    (0xFA, SERVER): (common.Empty, upgrade.FirmwarePacket),
+_DISPATCHED_SPEC: dict[tuple[int, Sender], tuple[str, ...]] = {
+    (0x05, DEVICE): ("upgrade.UpgradeRequest", "upgrade.LegacyUpgradeRequest"),
+    (0xFA, SERVER): ("common.Empty", "upgrade.FirmwarePacket"),
 }
+
+# Built on first access (module __getattr__ below), importing every model module.
+DECODERS: dict[tuple[int, Sender], Decoder]
+DISPATCHED: dict[tuple[int, Sender], tuple[type[Payload], ...]]
+
+
+def _decoder(spec: str | Decoder) -> Decoder:
+    return _model(spec).decode if isinstance(spec, str) else spec
+
+
+def __getattr__(name: str) -> Any:
+    """The full tables, for introspection (tests, fuzzing); decoding never needs them."""
+    if name == "DECODERS":
+        value: Any = {key: _decoder(spec) for key, spec in _SPEC.items()}
+    elif name == "DISPATCHED":
+        value = {key: tuple(map(_model, names)) for key, names in _DISPATCHED_SPEC.items()}
+    else:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    globals()[name] = value
+    return value
+
+
+# Per-sender tables keyed by int (Enum.__hash__ is Python code, too slow for every frame),
+# filled as commands are met.
+_FROM_DEVICE: dict[int, Decoder] = {}
+_FROM_SERVER: dict[int, Decoder] = {}
+
+
+def _resolve(command: int, sender: Sender) -> Decoder | None:
+    """The decoder of a command not met before (importing its model), None without a model."""
+    spec = _SPEC.get((command, sender))
+    if spec is None:
+        return None
+    decoder = _decoder(spec)
+    (_FROM_DEVICE if sender is DEVICE else _FROM_SERVER)[command] = decoder
+    return decoder
 
 
 def models_for(command: int, sender: Sender) -> tuple[type[Payload], ...]:
     """The payload classes a (command, sender) can decode to; empty for RawPayload commands."""
-    if (command, sender) in DISPATCHED:
-        return DISPATCHED[command, sender]
-    decoder = DECODERS.get((command, sender))
+    names = _DISPATCHED_SPEC.get((command, sender))
+    if names is not None:
+        return tuple(map(_model, names))
+    spec = _SPEC.get((command, sender))
+    decoder = None if spec is None else _decoder(spec)
     owner = getattr(decoder, "__self__", None)
     return (owner,) if isinstance(owner, type) and issubclass(owner, Payload) else ()
 
@@ -250,7 +285,7 @@ def commands_for(model: type[Payload], sender: Sender) -> tuple[int, ...]:
         sorted(
             {
                 command
-                for (command, who) in DECODERS
+                for (command, who) in _SPEC
                 if who is sender and model in models_for(command, who)
             }
         )
@@ -278,10 +313,11 @@ def decode_payload(command: int, data: bytes, sender: Sender) -> Payload:
     Raises PayloadError (naming the command and the length) when the data is shorter than the
     command's mandatory prefix; never any other exception.
     """
-    # Per-sender tables keyed by int: Enum.__hash__ is Python code, too slow for every frame.
     decoder = (_FROM_DEVICE if sender is DEVICE else _FROM_SERVER).get(command)
     if decoder is None:
-        return common.RawPayload(bytes(data))
+        decoder = _resolve(command, sender)
+        if decoder is None:
+            return common.RawPayload(bytes(data))
     try:
         return decoder(data)
     except PayloadError as exc:

@@ -160,6 +160,7 @@ def test_every_model_code_is_the_one_the_decoder_table_says() -> None:
     code it is sent with, and every model of the table has a code or is one of the shared."""
     from protocol.commands import registry
     from protocol.commands._model import Payload
+    from protocol.commands.heartbeats import TimeRequest
 
     shared = {"ResultReply", "Empty", "TimeRequest", "TimeReply", "FirmwarePacket", "UpgradeReply"}
     models: set[type[Payload]] = set()
@@ -170,5 +171,5 @@ def test_every_model_code_is_the_one_the_decoder_table_says() -> None:
         if m.COMMAND is not None:
             assert m.SENDER is not None
             assert m in registry.models_for(m.COMMAND, m.SENDER), m.__name__
-    assert registry.commands_for(registry.heartbeats.TimeRequest, registry.DEVICE) == (0x12, 0x22)
+    assert registry.commands_for(TimeRequest, registry.DEVICE) == (0x12, 0x22)
     assert registry.command_code("reboot") == 0x87
