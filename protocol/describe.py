@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from protocol.commands._model import Sender
+from protocol.commands._model import DEVICE, Sender
 from protocol.commands.registry import command_name, decode_payload
 from protocol.errors import FrameError, PayloadError
 from protocol.frame import (
@@ -42,7 +42,7 @@ def frame_json(frame: Frame, sender: Sender, *, checksum_ok: bool = True) -> dic
         "physical_id": frame.physical_id,
         "device_id": f"{frame.physical_id:08X}",
         "message_id": frame.message_id,
-        "direction": "device_to_server" if sender is Sender.DEVICE else "server_to_device",
+        "direction": "device_to_server" if sender is DEVICE else "server_to_device",
         "length": len(frame.data) + MIN_LENGTH,
         "checksum_ok": checksum_ok,
     }
@@ -74,20 +74,21 @@ def describe_frame(raw: bytes, sender: Sender) -> tuple[dict[str, Any], bool]:
 
 # Per sender, per command: the JSON text up to the payload, with the command's constants in
 # place (at most 256 entries each; every frame's header then costs one %-format).
-# Two dicts chosen by `is`: Enum.__hash__ is Python code, too slow for every frame.
+# Two dicts chosen by `is` against the module constant DEVICE: Enum.__hash__ is Python code,
+# and `Sender.DEVICE` a class-attribute lookup of ~0.2 µs on Python 3.11, both too slow here.
 _DEVICE_HEADS: dict[int, str] = {}
 _SERVER_HEADS: dict[int, str] = {}
 _MODEL_TAILS: dict[type, str] = {}
 
 
 def _head(command: int, sender: Sender) -> str:
-    direction = "device_to_server" if sender is Sender.DEVICE else "server_to_device"
+    direction = "device_to_server" if sender is DEVICE else "server_to_device"
     head = (
         f'{{"command": {command}, "command_name": "{command_name(command)}", "physical_id": %d, '
         f'"device_id": "%08X", "message_id": %d, "direction": "{direction}", "length": %d, '
         '"checksum_ok": true, "payload": %s}'
     )
-    (_DEVICE_HEADS if sender is Sender.DEVICE else _SERVER_HEADS)[command] = head
+    (_DEVICE_HEADS if sender is DEVICE else _SERVER_HEADS)[command] = head
     return head
 
 
@@ -104,7 +105,7 @@ def _line(
     tail = _MODEL_TAILS.get(cls)
     if tail is None:
         tail = _MODEL_TAILS[cls] = f'"model": "{cls.__name__}"'
-    heads = _DEVICE_HEADS if sender is Sender.DEVICE else _SERVER_HEADS
+    heads = _DEVICE_HEADS if sender is DEVICE else _SERVER_HEADS
     head = heads.get(command) or _head(command, sender)
     length = len(data) + MIN_LENGTH
     return head % (physical_id, physical_id, message_id, length, payload.to_json_text(tail))
