@@ -16,9 +16,11 @@ reading 100,000 lines of hex from stdin and writing JSON lines into a pipe, agai
 same input. The two run in pairs, in alternating order (A B, B A, ...), after one warm-up each;
 CPU time (user + system, from the kernel's accounting of the reaped child) and wall time are
 taken per run, and the ratio per pair, so that a shared machine's drifting speed cancels out.
-Medians are quoted. `startup` is the same pairing on empty input (import time).
+Medians are quoted, with the spread of the per-pair ratios (min/max and
+quartiles: on a shared machine single pairs swing widely; 15 pairs by default). `startup` is
+the same pairing on empty input (import time).
 
-    python bench/decode.py [--process-frames 100000] [--pairs 7] [--frames 20000] [--repeat 5]
+    python bench/decode.py [--process-frames 100000] [--pairs 15] [--frames 20000] [--repeat 5]
 """
 
 from __future__ import annotations
@@ -157,6 +159,8 @@ def paired(
         out[f"floor_{figure}"] = round(statistics.median(b_values), 3)
         out[f"ratio_{figure[:-2]}"] = round(statistics.median(ratios), 3)
         out[f"ratio_{figure[:-2]}_min_max"] = [round(min(ratios), 3), round(max(ratios), 3)]
+        quartiles = statistics.quantiles(ratios, n=4)
+        out[f"ratio_{figure[:-2]}_quartiles"] = [round(quartiles[0], 3), round(quartiles[2], 3)]
     return out
 
 
@@ -185,7 +189,7 @@ def process_figures(count: int, pairs: int) -> dict[str, object]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--process-frames", type=int, default=100_000)
-    parser.add_argument("--pairs", type=int, default=7)
+    parser.add_argument("--pairs", type=int, default=15)
     parser.add_argument("--frames", type=int, default=20000, help="in-process figures")
     parser.add_argument("--repeat", type=int, default=5, help="in-process figures")
     parser.add_argument("--skip-in-process", action="store_true")

@@ -13,7 +13,7 @@ import json
 from typing import Any
 
 from protocol.commands._model import DEVICE, Sender
-from protocol.commands.registry import command_name, decode_payload
+from protocol.commands.registry import _FROM_DEVICE, _FROM_SERVER, command_name, decode_payload
 from protocol.errors import FrameError, PayloadError
 from protocol.frame import (
     _HEAD,
@@ -132,9 +132,26 @@ def describe_frame_line(raw: bytes, sender: Sender) -> tuple[str, bool]:
             and size == 5 + length
             and sum(raw[:-2]) & 0xFFFF == raw[-2] | raw[-1] << 8
         ):
-            line = _line(command, physical_id, message_id, raw[12:-2], sender)
-            if line is not None:
-                return line, True
+            # `_line` and `decode_payload` inlined (two calls less per frame, ~4%): a command
+            # not met yet, one without a model and a payload that does not decode all take
+            # `describe_frame`'s way, which fills the decoder table and words the errors.
+            is_device = sender is DEVICE
+            decoder = (_FROM_DEVICE if is_device else _FROM_SERVER).get(command)
+            if decoder is not None:
+                try:
+                    payload = decoder(raw[12:-2])
+                except PayloadError:
+                    payload = None
+                if payload is not None:
+                    cls = type(payload)
+                    tail = _MODEL_TAILS.get(cls)
+                    if tail is None:
+                        tail = _MODEL_TAILS[cls] = f'"model": "{cls.__name__}"'
+                    head = (_DEVICE_HEADS if is_device else _SERVER_HEADS).get(command) or _head(
+                        command, sender
+                    )
+                    text = payload.to_json_text(tail)
+                    return head % (physical_id, physical_id, message_id, length, text), True
     out, ok = describe_frame(raw, sender)
     return to_json_line(out), ok
 
