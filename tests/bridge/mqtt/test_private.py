@@ -111,3 +111,33 @@ def test_reading_the_configuration_imports_no_mqtt_library() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert "'paho'" not in out.stdout and "'aiomqtt'" not in out.stdout
+
+
+def _client_with_one_unacknowledged_message() -> tuple[paho.Client, list[tuple[int, object]]]:
+    """A paho client (never connected) holding one QoS 1 message, its acknowledgements
+    recorded."""
+    client = paho.Client(paho.CallbackAPIVersion.VERSION2, protocol=paho.MQTTv5)
+    seen: list[tuple[int, object]] = []
+    client.on_publish = lambda _c, _u, mid, reason, _p: seen.append((mid, reason))
+    client.publish("t", b"x", qos=1)  # not connected: kept in flight, unacknowledged
+    _private.quick_puback(client)
+    return client, seen
+
+
+def test_a_bare_puback_acknowledges_its_message_through_the_short_path() -> None:
+    client, seen = _client_with_one_unacknowledged_message()
+    [mid] = client._out_messages
+    client._in_packet["packet"] = mid.to_bytes(2, "big")
+    client._handle_pubackcomp("PUBACK")
+    assert [(m, str(r), r.is_failure) for m, r in seen] == [(mid, "Success", False)]  # type: ignore[attr-defined]
+    assert not client._out_messages
+    client._handle_pubackcomp("PUBACK")  # a duplicate acknowledges nothing twice
+    assert len(seen) == 1
+
+
+def test_a_puback_with_a_reason_code_still_reports_the_refusal() -> None:
+    client, seen = _client_with_one_unacknowledged_message()
+    [mid] = client._out_messages
+    client._in_packet["packet"] = mid.to_bytes(2, "big") + bytes([0x87])  # not authorized
+    client._handle_pubackcomp("PUBACK")
+    assert [(m, r.is_failure) for m, r in seen] == [(mid, True)]  # type: ignore[attr-defined]
