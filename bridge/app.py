@@ -21,9 +21,16 @@ from typing import Any
 from bridge import statedir
 from bridge.capture import CaptureUnit
 from bridge.charging.presence import ServicePresence, instance_id
-from bridge.charging.service import ChargingService, service_mqtt_settings, service_subscriptions
+from bridge.charging.service import (
+    MAX_BATCH,
+    ChargingService,
+    default_instance_id,
+    service_mqtt_settings,
+    service_subscriptions,
+)
 from bridge.charging.settings import ChargingSettings
-from bridge.charging.store import ChargingStore, StoreError, open_store
+from bridge.charging.slots import BatchHandler, ServiceSlots, SlotBook
+from bridge.charging.store import ChargingStore, StoreError, open_store, shared_url
 from bridge.charging.store.sqlite import SqliteStore
 from bridge.config import GatewaySettings
 from bridge.errors import StartupError
@@ -33,7 +40,7 @@ from bridge.homeassistant import HomeAssistantUnit
 from bridge.links.serial import SerialLink
 from bridge.links.tcp import TcpLink
 from bridge.metrics import MetricsUnit
-from bridge.mqtt.client import MqttClient, MqttSettings, Will, payload_bytes
+from bridge.mqtt.client import Message, MqttClient, MqttSettings, Will, payload_bytes
 from bridge.mqtt.outbox import SqliteOutbox
 from bridge.mqtt.payloads import GatewayState
 from bridge.mqtt.topics import Topics
@@ -205,8 +212,16 @@ async def run_service(settings: ChargingSettings, *, ready: asyncio.Event | None
     """Run the charging service until cancelled; `ready` is set once connected and current.
 
     The state dir is locked before the store is opened or anything connects: a second service
-    on it stops with one line instead of knocking this one's fixed client id off the broker."""
-    with statedir.locked(settings.state_dir, "service"):
+    on it stops with one line instead of knocking this one's fixed client id off the broker.
+    On a PostgreSQL store any number of instances run (docs/scaling.md): the lock is then
+    the instance's (`--instance-id`; its client id is a leased slot's), and `instance_id`
+    is set."""
+    shared = shared_url(settings.store)
+    if not settings.instance_id:
+        default = default_instance_id(shared, settings.gateway_id)
+        settings = settings.model_copy(update={"instance_id": default})
+    role = f"service-{settings.instance_id}" if shared else "service"
+    with statedir.locked(settings.state_dir, role):
         await _run_service(settings, ready)
 
 
@@ -232,15 +247,20 @@ async def _run_service(settings: ChargingSettings, ready: asyncio.Event | None) 
     limits = settings.dedupe_limits()
     with store_readable(settings):
         store = await asyncio.to_thread(open_store, settings.store, settings.state_dir, limits)
-    mqtt = MqttClient(
-        service_mqtt_settings(settings),
-        subscriptions=service_subscriptions(Topics(settings.base_topic)),
-    )
+    subscriptions = service_subscriptions(Topics(settings.base_topic), shared=store.shared)
+    mqtt_settings = service_mqtt_settings(settings, shared=store.shared)
+    slots = service_slots(settings, mqtt_settings, subscriptions) if store.shared else None
     try:
+        if slots is not None:  # a shared store: lease a client-id slot (charging/slots.py)
+            client_id = await slots.start()
+            mqtt_settings = mqtt_settings.model_copy(update={"client_id": client_id})
+        mqtt = MqttClient(mqtt_settings, subscriptions=subscriptions)
         with store_readable(settings):
             service = ChargingService(settings, store, mqtt)  # loads the sessions
     except BaseException:
         store.close()
+        if slots is not None:
+            await slots.stop()
         raise
     mqtt.on_connect = service.on_connect
     try:
@@ -255,6 +275,8 @@ async def _run_service(settings: ChargingSettings, ready: asyncio.Event | None) 
             # `{b}/charging/state` online only once the service is connected (docs/scaling.md)
             presence = ServicePresence(settings, instance_id(settings))
             tg.create_task(presence.run(), name="charging-presence")
+            if slots is not None:
+                tg.create_task(slots.run(drained_by(service)), name="charging-slots")
             log.info("charging service ready on %s", mqtt.settings.redacted_url())
             if ready is not None:
                 ready.set()
@@ -263,6 +285,41 @@ async def _run_service(settings: ChargingSettings, ready: asyncio.Event | None) 
     finally:
         await service.stop()
         store.close()
+        if slots is not None:  # after the disconnect: nobody may adopt a slot still in use
+            await slots.stop()
+
+
+def service_slots(
+    settings: ChargingSettings, mqtt: MqttSettings, subscriptions: list[tuple[str, int]]
+) -> ServiceSlots:
+    """The client-id slots unit of an instance on a shared (PostgreSQL) store."""
+    book = SlotBook(
+        settings.store, settings.client_id, settings.service_slots, settings.instance_id
+    )
+    return ServiceSlots(
+        book,
+        mqtt,
+        [topic for topic, _ in subscriptions],
+        scan_interval_s=settings.slot_scan_interval_s,
+        idle_s=settings.slot_idle_s,
+        batch_limit=MAX_BATCH,
+        batch_interval_s=settings.batch_interval_s,
+    )
+
+
+def drained_by(service: ChargingService) -> BatchHandler:
+    """A drained slot's messages take the service's own path (acknowledged by the slot's
+    client after the commit)."""
+
+    async def handle(messages: list[Message]) -> None:
+        if service.state.shared is not None:
+            # It acknowledges through the service's own client, which knows none of these
+            # messages (a no-op); the slot's client acknowledges them after this returns.
+            await service.handle_shared(messages)
+        else:
+            service.handle_batch(messages)
+
+    return handle
 
 
 async def watch_store(store: ChargingStore, interval: float) -> None:

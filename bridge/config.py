@@ -408,7 +408,7 @@ def add_settings_arguments(parser: argparse.ArgumentParser, cls: type[BaseSettin
         flag = "--" + name.replace("_", "-")
         default = info.get_default(call_default_factory=False)
         shown = "" if info.default_factory else f" (default: {default})"
-        help_text = (info.description or "") + shown
+        help_text = ((info.description or "") + shown).replace("%", "%%")  # argparse formats it
         if _is_list(info):
             parser.add_argument(flag, dest=name, action="append", metavar="VALUE", help=help_text)
         elif info.annotation is bool:

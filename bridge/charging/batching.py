@@ -11,21 +11,35 @@ change in a batch is power (live power, the estimate, a heartbeat's keep-alive) 
 at most once per window; the change is stored (and counted) at once, and a timer publishes
 the session's newest state when its window ends, so the last update is never lost. Any
 other change (a status, a settlement) is published at once, with whatever was pending.
+
+Several instances (a shared store, PostgreSQL; docs/scaling.md): the sessions held here are
+a cache. Work on sessions runs inside `exclusive(devices)`, which takes the devices' locks in
+the store, refreshes the cached sessions of those devices (by version), and gives the locks
+back only after the broker acknowledged what was published meanwhile, so that no instance
+publishes a session's next version before this one's has landed (a subscriber never sees a
+version go back). `flush` then writes with the versions it read (a change by another
+instance raises `Conflict`, and the caller runs the batch again after `restore`) and adds
+the batch's counts to the store's statistics, which count all instances. The power window
+does not apply: a deferred publish would come after the lock is given back.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import json
 import math
+import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Iterable, Sequence
+from typing import cast
 
 from bridge.charging import model as m
 from bridge.charging.commands import Publisher
 from bridge.charging.energy import DEFAULT_WINDOW_S
-from bridge.charging.store import ChargingStore
+from bridge.charging.store import ChargingStore, SessionRow, SharedStore
+from bridge.charging.store.postgres import lock_key
 from bridge.mqtt.topics import Topics
 
 
@@ -44,6 +58,15 @@ class Batch:
     # the store already had.
     looked_up: set[str] = dataclasses.field(default_factory=set)
     known: set[str] = dataclasses.field(default_factory=set)
+    # What to do once the batch is committed: responses, device commands, security events
+    # (a shared store may run a batch twice: its side effects happen once, after the commit).
+    after: list[Callable[[], object]] = dataclasses.field(default_factory=list)
+    # Shared store: each changed session as it was read (its version is what the write
+    # checks; `restore` puts it back), the statistics before the batch, the change of the
+    # number of active sessions.
+    before: dict[str, m.ChargingSession | None] = dataclasses.field(default_factory=dict)
+    stats_before: m.ChargingStats | None = None
+    active: int = 0
 
     def change(self, session: m.ChargingSession) -> None:
         self.deleted.discard(session.session_id)
@@ -91,10 +114,24 @@ class Sessions:
         self.power_window_s = power_window_s
         self.sessions, self.stats = store.load()
         self.stats_changed = asyncio.Event()
+        # A shared store: the statistics as last written (the next write adds what was
+        # counted since), the active sessions of all instances, unacknowledged publishes.
+        self.shared = cast(SharedStore, store) if store.shared else None
+        self._written = self.stats
+        self.active_total = self.active_count()
+        self._unconfirmed: list[asyncio.Future[None]] = []
+        if self.shared is not None:
+            self.reload_stats()
         # Power window: when each session was last published (clock time), and the timers
         # of those whose newest state waits for its window to end.
         self._published_at: dict[str, float] = {}
         self._pending: dict[str, asyncio.TimerHandle | None] = {}
+
+    def reload_stats(self) -> None:
+        """Shared store: the statistics as stored (all instances'), nothing counted since."""
+        assert self.shared is not None
+        self.stats, self.active_total = self.shared.current_stats()
+        self._written = self.stats
 
     # --- reading -------------------------------------------------------------------
     def get(self, session_id: str) -> m.ChargingSession | None:
@@ -148,6 +185,8 @@ class Sessions:
         new, effects = m.transition(session, event, energy_window=self.energy_window_s)
         if not seen and effects <= m.IGNORED:
             return new, effects
+        if self.shared is not None:
+            self._note(batch, session, new, effects)
         self.stats = self.stats.tally(effects, new)
         if received and m.Effect.DUPLICATE not in effects:
             self.stats = self.stats.add(total_events_processed=1)
@@ -167,6 +206,48 @@ class Sessions:
         self.stats_changed.set()
         return new, effects
 
+    def _note(
+        self,
+        batch: Batch,
+        session: m.ChargingSession | None,
+        new: m.ChargingSession | None,
+        effects: frozenset[m.Effect],
+    ) -> None:
+        """Shared store: remember what a change started from (its version, for the write)."""
+        if m.Effect.CHANGED in effects and new is not None:
+            batch.before.setdefault(new.session_id, session)
+            batch.active += new.active - (session is not None and session.active)
+        elif m.Effect.EXPIRED in effects and session is not None:
+            batch.before.setdefault(session.session_id, session)
+            batch.active -= session.active
+
+    def discard(self, batch: Batch, session: m.ChargingSession) -> None:
+        """Drop a session (one that never reached a device) in `batch`."""
+        if self.shared is not None:
+            batch.before.setdefault(session.session_id, session)
+            batch.active -= session.active
+        self.sessions.pop(session.session_id, None)
+        batch.delete(session.session_id)
+        self.stats_changed.set()  # active_sessions changed
+
+    def claim(self, batch: Batch, key: str) -> bool:
+        """Shared store: record `key` (a request id) as handled in the batch's transaction;
+        False if it was already (by any instance). The one instance of an SQLite store
+        handles requests as before (a client may reuse an id once it has its answer)."""
+        if self.shared is None:
+            return True
+        return key in self.shared.claim([key], self.clock())
+
+    def restore(self, batch: Batch) -> None:
+        """Undo a batch whose write failed (shared store: run again after a refresh)."""
+        for session_id, old in batch.before.items():
+            if old is None:
+                self.sessions.pop(session_id, None)
+            else:
+                self.sessions[session_id] = old
+        if batch.stats_before is not None:
+            self.stats = batch.stats_before
+
     def apply_heartbeat(
         self, batch: Batch, key: str, device_id: str, reports: Sequence[m.PortHeartbeat]
     ) -> None:
@@ -179,11 +260,29 @@ class Sessions:
         self.count(batch, key, measured=True, total_events_processed=1)
 
     def apply_now(self, session: m.ChargingSession | None, event: m.Event) -> m.Result:
-        """`apply` in a batch of its own, committed and published at once."""
-        batch = Batch()
-        result = self.apply(batch, session, event)
-        self.flush(batch)
+        """`apply` in a batch of its own, committed and published at once (a shared store:
+        within `exclusive` on the session's device)."""
+        batch = self.batch()
+        try:
+            result = self.apply(batch, session, event)
+            self.flush(batch)
+        except BaseException:
+            self.abort(batch)
+            raise
         return result
+
+    def batch(self) -> Batch:
+        """A new batch; with a shared store, its transaction begins."""
+        if self.shared is None:
+            return Batch()
+        self.shared.begin()
+        return Batch(stats_before=self.stats)
+
+    def abort(self, batch: Batch) -> None:
+        """A batch that failed before its commit: roll back (shared store) and undo."""
+        if self.shared is not None:
+            self.shared.rollback()
+            self.restore(batch)
 
     def count(self, batch: Batch, *seen: str, measured: bool = False, **counts: int) -> None:
         """Counts (and fingerprints) of a message that changes no session."""
@@ -199,6 +298,9 @@ class Sessions:
 
     def flush(self, batch: Batch) -> None:
         """Commit a batch's changes, then publish each changed session once."""
+        if self.shared is not None:
+            self._flush_shared(self.shared, batch)
+            return
         rows = [(s.session_id, self.store.session_json(s)) for s in batch.changed.values()]
         self.store.commit(
             now=self.clock(),
@@ -215,6 +317,104 @@ class Sessions:
         published += [self.clear_session(sid) for sid in batch.deleted]
         if batch.events:
             self._measure(published, batch.received, batch.events)
+        for action in batch.after:
+            action()
+
+    def _flush_shared(self, store: SharedStore, batch: Batch) -> None:
+        """`flush` on a shared store: version-checked write, counts added, then publish."""
+        rows = []
+        for s in batch.changed.values():
+            old = batch.before.get(s.session_id)
+            touched = max(s.last_update, s.end_time or 0.0)
+            text = self.store.session_json(s)
+            base = None if old is None else old.version
+            rows.append(
+                SessionRow(s.session_id, s.device_id, base, s.version, s.active, touched, text)
+            )
+        deleted = [
+            (sid, old.version)
+            for sid in batch.deleted
+            if (old := batch.before.get(sid)) is not None
+        ]
+        counts = subtract(self.stats, self._written)
+        seen = [key for key in batch.seen if key not in batch.looked_up]  # claimed already
+        self.stats, self.active_total = store.write(
+            now=self.clock(),
+            sessions=rows,
+            deleted=deleted,
+            counts=counts,
+            active=batch.active,
+            seen=seen,
+        )
+        self._written = self.stats
+        published = [self.publish_session(r.session_id, r.payload) for r in rows]
+        published += [self.clear_session(sid) for sid in batch.deleted]
+        self._unconfirmed += published
+        if batch.events:
+            self._measure(published, batch.received, batch.events)
+        for action in batch.after:
+            action()
+
+    # --- several instances: a shared store ------------------------------------------------
+    @contextlib.asynccontextmanager
+    async def exclusive(
+        self, device_ids: Collection[str], session_ids: Collection[str] = ()
+    ) -> AsyncIterator[None]:
+        """Hold the devices' locks (a shared store; else nothing to do): the sessions of
+        those devices are refreshed from the store on entry, and the locks are given back
+        only once the broker acknowledged what was published meanwhile."""
+        store = self.shared
+        if store is None:
+            yield
+            return
+        keys = sorted({lock_key(d) for d in device_ids})
+        held = 0
+        try:
+            pause = 0.001
+            while (held := held + store.try_lock(keys[held:])) < len(keys):
+                await asyncio.sleep(pause * (1 + random.random()))
+                pause = min(pause * 2, 0.05)
+            self.refresh(device_ids, session_ids)
+            yield
+            await asyncio.gather(*self._unconfirmed, return_exceptions=True)
+            self._unconfirmed = [f for f in self._unconfirmed if not f.done()]
+        finally:
+            store.unlock(keys[:held])
+
+    def republish(self, session: m.ChargingSession) -> None:
+        """Publish a session as it is (within `exclusive`, which waits for the broker)."""
+        text = self.store.session_json(session)
+        self._unconfirmed.append(self.publish_session(session.session_id, text))
+
+    def refresh(self, device_ids: Iterable[str], session_ids: Iterable[str] = ()) -> None:
+        """Bring the cached sessions of `device_ids` (and `session_ids`) up to the store:
+        those another instance changed are read again, those it deleted dropped."""
+        assert self.shared is not None
+        devices, wanted = set(device_ids), set(session_ids)
+        stored = self.shared.versions(devices, wanted)
+        stale = [
+            sid
+            for sid, version in stored.items()
+            if (s := self.sessions.get(sid)) is None or s.version != version
+        ]
+        for sid, text in self.shared.payloads(stale):
+            self.sessions[sid] = m.ChargingSession.from_payload(json.loads(text))
+        gone = [
+            sid
+            for sid, s in self.sessions.items()
+            if (s.device_id in devices or sid in wanted) and sid not in stored
+        ]
+        for sid in gone:
+            del self.sessions[sid]
+            self.store.forget(sid)
+
+    def device_of(self, session_id: str) -> str | None:
+        """The device of a session (cached, else read: a session never changes device)."""
+        session = self.sessions.get(session_id)
+        if session is None and self.shared is not None:
+            for sid, text in self.shared.payloads([session_id]):
+                session = self.sessions[sid] = m.ChargingSession.from_payload(json.loads(text))
+        return None if session is None else session.device_id
 
     def _measure(self, published: list[asyncio.Future[None]], received: float, count: int) -> None:
         """Processing time: message receipt until the broker acknowledged its new state."""
@@ -251,7 +451,7 @@ class Sessions:
         publishes the newest state); False: publish it now."""
         window = self.power_window_s
         last = self._published_at.get(session_id)
-        if window <= 0 or last is None:
+        if window <= 0 or last is None or self.shared is not None:
             return False
         wait = last + window - self.clock()
         if wait <= 0:
@@ -300,7 +500,15 @@ class Sessions:
         return out
 
     def publish_stats(self) -> asyncio.Future[None]:
-        payload = self.stats.to_payload(self.active_count(), self.clock())
+        active = self.active_total if self.shared is not None else self.active_count()
+        payload = self.stats.to_payload(active, self.clock())
         return self.publisher.submit(
             self.topics.charging_stats, json.dumps(payload, separators=(",", ":")), retain=True
         )
+
+
+def subtract(a: m.ChargingStats, b: m.ChargingStats) -> m.ChargingStats:
+    """Counter by counter: what was counted since `b` was written."""
+    return m.ChargingStats(
+        **{f.name: getattr(a, f.name) - getattr(b, f.name) for f in dataclasses.fields(a)}
+    )

@@ -116,6 +116,8 @@ class ChargingSession:
     temperature_c: float | None = None
     stop_reason: str | None = None
     last_update: float
+    # +1 with every change (`_noted`): the order of a session's states across instances.
+    version: int = 0
     events: tuple[Event, ...] = ()
     stop_confirmed: bool = False
     # The estimate's last integrated power sample (bridge.charging.energy). State, not
@@ -200,7 +202,9 @@ def _noted(session: ChargingSession, event: Event, **changes: Any) -> ChargingSe
     """`session` with `changes`, the event appended to its history and `last_update` moved."""
     events = (*session.events, event)[-MAX_EVENTS:]
     now = event.ts if event.at is None else event.at
-    return dataclasses.replace(session, events=events, last_update=now, **changes)
+    return dataclasses.replace(
+        session, events=events, last_update=now, version=session.version + 1, **changes
+    )
 
 
 def _estimate(
@@ -307,7 +311,7 @@ def transition(
     if isinstance(event, PortHeartbeat):
         return _heartbeat(session, event, energy_window)
     if isinstance(event, PowerReported):
-        if status == "completed":
+        if status == "completed" or stale(session, event):
             return session, IGNORED
         # A power report proves the port is charging this order: it revives a timed-out
         # session and corrects a start that failed only because its reply was lost.
@@ -345,6 +349,13 @@ def transition(
     return session, IGNORED  # StartRequested for an order that exists
 
 
+def stale(session: ChargingSession, event: PowerReported) -> bool:
+    """A power report older than one already applied (two service instances may apply a
+    device's reports in another order than it sent them): its `duration_s`, the device's
+    own clock of the order, is below the session's. It must not set older figures back."""
+    return event.duration_s < session.duration_s
+
+
 def _confirm(session: ChargingSession, event: Confirmed) -> Result:
     """A 0x04 for a known order: it confirms a start (its 0x82 reply may come later or not
     at all), revives a timed-out session, and otherwise only shows the order is alive."""
@@ -370,7 +381,7 @@ def _heartbeat(session: ChargingSession, event: PortHeartbeat, window: float) ->
         return session, IGNORED
     now = event.ts if event.at is None else event.at
     if status == "starting" or (event.power_w is None and status != "timeout"):
-        return dataclasses.replace(session, last_update=now), _fx()
+        return dataclasses.replace(session, last_update=now, version=session.version + 1), _fx()
     next_status: SessionStatus = "stopping" if status == "stopping" else "charging"
     if event.power_w is None:  # a 0x21 reviving a timed-out session
         return _noted(session, event, status=next_status, end_time=None), _fx()

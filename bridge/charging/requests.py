@@ -6,6 +6,11 @@ command has its final result. The device's own `started` / `stopped` / `..._fail
 event (published by the gateway before the command's response) is what normally moves the
 session on; the command's result is applied only when no such event did (a timeout, an
 offline device, a full queue), so a start or stop is applied once.
+
+On a shared store (several instances) a request is carried out once per `request_id`,
+however often and to whichever instance it is delivered: the id is claimed in the store
+within the batch's transaction. Responses and device commands follow the batch's commit
+(`Batch.after`).
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ from bridge.mqtt.payloads import (
     ChargingQueryRequest,
     ChargingStartRequest,
     ChargingStopRequest,
+    CommandResponse,
     StopChargingRequest,
     oversized,
 )
@@ -78,14 +84,21 @@ class ChargingRequests:
         ok: bool,
         message: str,
         session: m.ChargingSession | None = None,
+        *,
+        batch: Batch | None = None,
     ) -> None:
+        """Publish the response (with `batch`: once the batch is committed)."""
         body = {
             "request_id": request_id,
             "ok": ok,
             "message": message,
             "session": None if session is None else session.to_payload(),
         }
-        self.publisher.submit(self.topics.charging_response(action), json.dumps(body))
+        topic, text = self.topics.charging_response(action), json.dumps(body)
+        if batch is None:
+            self.publisher.submit(topic, text)
+        else:
+            batch.after.append(lambda: self.publisher.submit(topic, text))
 
     def handle(self, batch: Batch, action: str, payload: bytes) -> None:
         """One request message, handled within the batch of messages it came with.
@@ -99,6 +112,12 @@ class ChargingRequests:
                 raise RequestError(f"invalid request: {too_big}")
             data = parse_json_object(payload)
             request_id = request_id_of(data)
+            if request_id is not None and not self.sessions.claim(
+                batch, f"request:{action}:{request_id}"
+            ):
+                log.info("request %s (%s) delivered again: already handled", request_id, action)
+                self.sessions.count(batch, duplicate_events=1)
+                return
             request = parse_request(action, data)
             if not self.settings.session_tracking:
                 raise RequestError("session tracking is disabled in this service")
@@ -108,12 +127,13 @@ class ChargingRequests:
                 self._stop(batch, request)
             elif isinstance(request, ChargingQueryRequest):
                 session = self._target(request)
-                self.respond(action, request_id, True, session.status, session)
+                self.respond(action, request_id, True, session.status, session, batch=batch)
         except RequestError as exc:
-            self.respond(action, request_id or raw_request_id(payload), False, str(exc))
+            rid = request_id or raw_request_id(payload)
+            self.respond(action, rid, False, str(exc), batch=batch)
         except Exception as exc:
             rid = request_id or raw_request_id(payload)
-            self.respond(action, rid, False, f"internal error: {type(exc).__name__}")
+            self.respond(action, rid, False, f"internal error: {type(exc).__name__}", batch=batch)
             raise
 
     def _target(self, request: ChargingStopRequest | ChargingQueryRequest) -> m.ChargingSession:
@@ -143,10 +163,16 @@ class ChargingRequests:
             ts=self.clock(), order_no=order_no, device_id=request.device_id, port=port
         )
         self.sessions.apply(batch, None, event)
-        self._spawn(self._finish_start(request, order_no))
+        batch.after.append(lambda: self._spawn(self._finish_start(request, order_no)))
 
     async def _finish_start(self, request: ChargingStartRequest, order_no: str) -> None:
         reply = await self.commands.send(request.device_id, request.device_command(order_no))
+        async with self.sessions.exclusive([request.device_id]):
+            self._after_start(request, order_no, reply)
+
+    def _after_start(
+        self, request: ChargingStartRequest, order_no: str, reply: CommandResponse
+    ) -> None:
         session = self.sessions.get(order_no)
         if session is not None and session.status == "starting" and reply.result in NEVER_SENT:
             # No gateway holds the device (or it refused the command unsent): nothing
@@ -174,11 +200,13 @@ class ChargingRequests:
 
     def _discard(self, session: m.ChargingSession) -> None:
         """Drop a session that never reached a device, and clear its retained message."""
-        batch = Batch()
-        self.sessions.sessions.pop(session.session_id, None)
-        batch.delete(session.session_id)
-        self.sessions.flush(batch)
-        self.sessions.stats_changed.set()  # active_sessions changed
+        batch = self.sessions.batch()
+        try:
+            self.sessions.discard(batch, session)
+            self.sessions.flush(batch)
+        except BaseException:
+            self.sessions.abort(batch)
+            raise
 
     def _stop(self, batch: Batch, request: ChargingStopRequest) -> None:
         session = self._target(request)
@@ -191,12 +219,18 @@ class ChargingRequests:
             port=new.port,  # type: ignore[arg-type]
             order_no=new.order_no,
         )
-        self._spawn(self._finish_stop(request, new, command))
+        batch.after.append(lambda: self._spawn(self._finish_stop(request, new, command)))
 
     async def _finish_stop(
         self, request: ChargingStopRequest, session: m.ChargingSession, command: StopChargingRequest
     ) -> None:
         reply = await self.commands.send(session.device_id, command)
+        async with self.sessions.exclusive([session.device_id]):
+            self._after_stop(request, session, reply)
+
+    def _after_stop(
+        self, request: ChargingStopRequest, session: m.ChargingSession, reply: CommandResponse
+    ) -> None:
         current = self.sessions.get(session.session_id)
         if current is not None and current.status == "stopping" and not current.stop_confirmed:
             # No `stopped` / `stop_failed` event came first: the command's result decides.

@@ -9,8 +9,17 @@ wires it to an MqttClient.
 
 Delivery: the MQTT session is persistent (fixed client id, no clean start, QoS 1) and
 incoming messages are acknowledged to the broker only after their effects are committed to
-SQLite, so nothing the broker accepted is lost to a crash; a redelivered message is
+the store, so nothing the broker accepted is lost to a crash; a redelivered message is
 recognised by its fingerprint and skipped, so nothing is applied twice.
+
+Several instances (a PostgreSQL store; docs/scaling.md): each has its own client id
+(`service_client_id`) and receives events and requests through MQTT 5 shared subscriptions
+(`$share/chargebridge-service/...`), so each message goes to one of them. A batch runs under
+the locks of the devices it concerns (`Sessions.exclusive`) in one transaction that first
+claims the messages' fingerprints (exactly one instance applies a message, however often
+and to whomever it is delivered) and ends with a version-checked write (`Conflict`: run
+again). Device command responses are subscribed without sharing: the instance that sent a
+command is the one waiting for its response.
 """
 
 from __future__ import annotations
@@ -19,8 +28,10 @@ import asyncio
 import hashlib
 import json
 import logging
+import os
+import socket
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable
 from typing import Protocol
 
 from bridge.charging import model as m
@@ -32,7 +43,7 @@ from bridge.charging.gateway_events import IncomingEvent, parse_event
 from bridge.charging.messages import RequestError
 from bridge.charging.requests import ChargingRequests
 from bridge.charging.settings import ChargingSettings
-from bridge.charging.store import ChargingStore
+from bridge.charging.store import ChargingStore, Conflict
 from bridge.mqtt.client import Message, MqttSettings, payload_bytes
 from bridge.mqtt.payloads import SecurityEvent, oversized
 from bridge.mqtt.topics import Topics
@@ -42,6 +53,12 @@ log = logging.getLogger("chargebridge.charging")
 DEVICE_COMMANDS = ("start_charging", "stop_charging")
 # Messages handled per store transaction: as many as the broker has sent us, up to this.
 MAX_BATCH = 1000
+# The shared-subscription group of all instances on one base topic (docs/scaling.md).
+SHARE_GROUP = "chargebridge-service"
+# Runs of one batch against sessions another instance changed meanwhile, before giving up.
+MAX_CONFLICTS = 20
+# Devices locked at once by the cleanup pass and the republishing after a (re)connection.
+CHUNK = 200
 
 
 class MessageSource(Publisher, Protocol):
@@ -99,19 +116,34 @@ class ChargingService:
 
     # --- wiring -----------------------------------------------------------------
     def mqtt_settings(self) -> MqttSettings:
-        return service_mqtt_settings(self.settings)
+        return service_mqtt_settings(self.settings, shared=self.store.shared)
 
     def subscriptions(self) -> list[tuple[str, int]]:
-        return service_subscriptions(self.topics)
+        return service_subscriptions(self.topics, shared=self.store.shared)
 
     # --- (re)connection ------------------------------------------------------------
     async def on_connect(self) -> None:
         """Adopt retained state into an empty store, then republish everything we hold."""
         if not self.store.initialized:
             self.adopt(await read_retained(self.mqtt_settings(), self.topics))
-        await asyncio.gather(*self.state.publish_all())
+        if self.state.shared is not None:
+            await self.republish_shared()
+        else:
+            await asyncio.gather(*self.state.publish_all())
         self.current.set()
         log.info("republished %d sessions and the statistics", len(self.sessions))
+
+    async def republish_shared(self) -> None:
+        """Every stored session, each under its device's lock (another instance may be
+        publishing a newer version), then the statistics."""
+        assert self.state.shared is not None
+        devices = self.state.shared.devices()
+        for at in range(0, len(devices), CHUNK):
+            chunk = set(devices[at : at + CHUNK])
+            async with self.state.exclusive(chunk):
+                for s in [s for s in self.sessions.values() if s.device_id in chunk]:
+                    self.state.republish(s)
+        await self.state.publish_stats()
 
     def adopt(self, adopted: Adopted) -> None:
         """Take the retained state over and mark the store initialised, in one commit."""
@@ -125,6 +157,8 @@ class ChargingService:
             stats=state.stats,
             initialized=True,
         )
+        if state.shared is not None:  # another instance may have adopted first
+            state.reload_stats()
         log.info(
             "adopted %d retained sessions (statistics: %s)",
             len(adopted.sessions),
@@ -138,6 +172,9 @@ class ChargingService:
         A message is acknowledged to the broker only after its effects are committed; if the
         commit fails the service stops (unacknowledged, the messages are redelivered)."""
         async for messages in self.client.batches(MAX_BATCH, self.settings.batch_interval_s):
+            if self.state.shared is not None:
+                await self.handle_shared(messages)  # acknowledges them once committed
+                continue
             self.handle_batch(messages)
             for message in messages:
                 self.client.ack(message)
@@ -148,17 +185,85 @@ class ChargingService:
         keys = [fingerprint(message) for message in messages]
         batch.looked_up = set(keys)
         batch.known = self.store.seen_among(keys)
-        for message, key in zip(messages, keys, strict=True):
-            try:
-                self.handle(batch, message, key)
-            except Exception:
-                log.exception("processing a message on %s failed", message.topic)
-                self.state.count(batch, processing_errors=1)
+        self._handle_all(batch, messages, keys)
         try:
             self.state.flush(batch)
         except Exception:
             log.critical("cannot write the state store %s; stopping", self.store.path)
             raise
+
+    async def handle_shared(self, messages: list[Message]) -> None:
+        """A batch on a shared store: under the locks of its devices, in one transaction
+        that claims the messages' fingerprints first; run again on `Conflict`. The messages
+        are acknowledged after the commit; the locks are given back once the broker has
+        what was published (`Sessions.exclusive`)."""
+        devices, session_ids = self._scope(messages)
+        async with self.state.exclusive(devices, session_ids):
+            for attempt in range(MAX_CONFLICTS):
+                try:
+                    self._handle_shared_once(messages)
+                except Conflict as exc:
+                    log.info("batch run again (attempt %d): %s", attempt + 2, exc)
+                    session_ids |= exc.session_ids
+                    self.state.refresh(devices, session_ids)
+                    continue
+                # Committed: acknowledged now, while the publishes are still under way.
+                for message in messages:
+                    self.client.ack(message)
+                return
+        raise RuntimeError(f"a batch met {MAX_CONFLICTS} conflicts in a row; stopping")
+
+    def _handle_shared_once(self, messages: list[Message]) -> None:
+        assert self.state.shared is not None
+        batch = self.state.batch()
+        try:
+            keys = [fingerprint(message) for message in messages]
+            batch.looked_up = set(keys)
+            batch.known = batch.looked_up - self.state.shared.claim(keys, self.clock())
+            self._handle_all(batch, messages, keys)
+            self.state.flush(batch)
+        except BaseException:
+            self.state.abort(batch)
+            raise
+
+    def _scope(self, messages: Iterable[Message]) -> tuple[set[str], set[str]]:
+        """The devices (and sessions) a batch may change: the devices of its event topics,
+        of its requests (named, or their session's)."""
+        devices: set[str] = set()
+        session_ids: set[str] = set()
+        for message in messages:
+            topic = str(message.topic)
+            parts = self.topics.parse_device_topic(topic)
+            if parts is not None:
+                if parts[1].startswith("event/"):
+                    devices.add(parts[0])
+                continue
+            if self.topics.parse_charging_request(topic) is None:
+                continue
+            try:
+                data = json.loads(payload_bytes(message))
+            except ValueError:
+                continue
+            if not isinstance(data, dict):
+                continue
+            device, sid = data.get("device_id"), data.get("session_id")
+            if isinstance(device, str):
+                devices.add(device)
+            if isinstance(sid, str):
+                session_ids.add(sid)
+                if (owner := self.state.device_of(sid)) is not None:
+                    devices.add(owner)
+        return devices, session_ids
+
+    def _handle_all(self, batch: Batch, messages: list[Message], keys: list[str]) -> None:
+        for message, key in zip(messages, keys, strict=True):
+            try:
+                self.handle(batch, message, key)
+            except Exception:
+                if self.state.shared is not None and self.state.shared.failed():
+                    raise  # the transaction is lost: the whole batch fails
+                log.exception("processing a message on %s failed", message.topic)
+                self.state.count(batch, processing_errors=1)
 
     def handle(self, batch: Batch, message: Message, key: str) -> None:
         """One message; `key` is its fingerprint."""
@@ -273,7 +378,8 @@ class ChargingService:
             session_device_id=owner.device_id,
             session_port=owner.port,
         )
-        self.client.submit(self.topics.event(event.device_id, "device"), body.to_json())
+        topic, text = self.topics.event(event.device_id, "device"), body.to_json()
+        batch.after.append(lambda: self.client.submit(topic, text))
 
     def _already_settled(self, batch: Batch, event: IncomingEvent) -> bool:
         """A settlement resent after its session was cleared must not create it again."""
@@ -299,24 +405,74 @@ class ChargingService:
         while True:
             await changed.wait()
             changed.clear()
-            self.store.commit(now=self.clock(), stats=self.stats)  # keeps processing times
+            if self.state.shared is not None:
+                await self.publish_shared_stats()
+            else:
+                self.store.commit(now=self.clock(), stats=self.stats)  # keeps processing times
+                await self.state.publish_stats()
+            await asyncio.sleep(self.settings.stats_interval)
+
+    async def publish_shared_stats(self) -> None:
+        """Shared store: add what this instance counted, publish the store's statistics
+        (all instances'); once the broker has them, publish again if they changed meanwhile,
+        so that the last statistics retained are the store's newest whatever instance
+        published last."""
+        shared = self.state.shared
+        assert shared is not None
+        while True:
+            batch = self.state.batch()
+            try:
+                self.state.flush(batch)  # no sessions: the counts only
+            except BaseException:
+                self.state.abort(batch)
+                raise
+            published = (self.stats, self.state.active_total)
             await self.state.publish_stats()
+            if shared.current_stats() == published:
+                return
             await asyncio.sleep(self.settings.stats_interval)
 
     async def cleanup_loop(self) -> None:
         await self.current.wait()
         while True:
             await asyncio.sleep(self.settings.cleanup_interval_s)
-            self.cleanup()
+            if self.state.shared is not None:
+                await self.cleanup_shared()
+            else:
+                self.cleanup()
 
-    def cleanup(self) -> None:
-        """Mark silent sessions `timeout`, clear expired ones, forget old fingerprints."""
+    async def cleanup_shared(self) -> None:
+        """`cleanup` on a shared store: the devices whose sessions are due (by the store,
+        whatever instance last changed them), a chunk of them locked at a time."""
+        shared = self.state.shared
+        assert shared is not None
         now = self.clock()
-        tick = m.Tick(
+        tick = self._tick(now)
+        due = shared.due_devices(now, tick.session_timeout, tick.retention)
+        for at in range(0, len(due), CHUNK):
+            chunk = set(due[at : at + CHUNK])
+            async with self.state.exclusive(chunk):
+                batch = self.state.batch()
+                try:
+                    for session in [s for s in self.sessions.values() if s.device_id in chunk]:
+                        self.state.apply(batch, session, tick)
+                    self.state.flush(batch)
+                except BaseException:
+                    self.state.abort(batch)
+                    raise
+        self.store.prune_seen(now)
+
+    def _tick(self, now: float) -> m.Tick:
+        return m.Tick(
             ts=now,
             session_timeout=self.settings.session_timeout_s,
             retention=self.settings.session_retention_s,
         )
+
+    def cleanup(self) -> None:
+        """Mark silent sessions `timeout`, clear expired ones, forget old fingerprints."""
+        now = self.clock()
+        tick = self._tick(now)
         batch = Batch()
         for session in list(self.sessions.values()):
             self.state.apply(batch, session, tick)
@@ -329,10 +485,10 @@ class ChargingService:
         await self.requests.stop()
 
 
-def service_mqtt_settings(settings: ChargingSettings) -> MqttSettings:
+def service_mqtt_settings(settings: ChargingSettings, *, shared: bool = False) -> MqttSettings:
     """A persistent session under a fixed client id, acknowledged by hand after each commit."""
     return settings.mqtt_settings(
-        client_id=settings.client_id,
+        client_id=service_client_id(settings, shared=shared),
         clean_start=False,
         session_expiry_s=settings.mqtt_session_expiry_s,
         manual_ack=True,
@@ -340,13 +496,30 @@ def service_mqtt_settings(settings: ChargingSettings) -> MqttSettings:
     )
 
 
-def service_subscriptions(t: Topics) -> list[tuple[str, int]]:
+def service_client_id(settings: ChargingSettings, *, shared: bool = False) -> str:
+    """The MQTT client id: fixed for the one instance of an SQLite store (the broker keeps
+    its queue across restarts); on a shared store the base of the client-id slots the
+    instances lease, `{id}-slot-{k}` (bridge/charging/slots.py; `run_service` connects with
+    the leased one), so that a dead instance's queue is drained by a survivor."""
+    return settings.client_id  # on a shared store, the slots' base
+
+
+def default_instance_id(shared: bool, gateway_id: str) -> str:
+    """`{hostname}-{pid}` on a shared store; the gateway id (the host name by default) for
+    the one instance of an SQLite store."""
+    return f"{socket.gethostname()}-{os.getpid()}" if shared else gateway_id
+
+
+def service_subscriptions(t: Topics, *, shared: bool = False) -> list[tuple[str, int]]:
+    """Events and requests shared among the instances of a shared store (each message goes
+    to one of them); command responses not: each instance waits for its own commands'."""
+    share = f"$share/{SHARE_GROUP}/" if shared else ""
     return [
-        (t.all_port_events, 1),
-        (t.all_order_events, 1),
-        (t.all_device_events, 1),  # heartbeats: legacy piles' keep-alive and live power
+        (share + t.all_port_events, 1),
+        (share + t.all_order_events, 1),
+        (share + t.all_device_events, 1),  # heartbeats: legacy piles' keep-alive, live power
         *((t.device_response("+", command), 1) for command in DEVICE_COMMANDS),
-        (t.all_charging_requests, 1),
+        (share + t.all_charging_requests, 1),
     ]
 
 

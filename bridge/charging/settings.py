@@ -24,6 +24,14 @@ class ChargingSettings(WebhookSettings, CommonSettings):
         description="MQTT client id of the service; keep it fixed "
         "(default: chargebridge-service-{gateway_id})",
     )
+    instance_id: str = Field(
+        default="",
+        pattern=r"^[A-Za-z0-9._-]{0,64}$",
+        description="name of this service instance, unique among those sharing one "
+        "PostgreSQL store (in logs, its presence and the client-id slot it leases, "
+        "docs/deployment.md); default: hostname-pid, or the gateway id with SQLite (one "
+        "instance only)",
+    )
     mqtt_session_expiry_s: int = Field(
         default=7 * 24 * 3600,
         ge=0,
@@ -100,6 +108,28 @@ class ChargingSettings(WebhookSettings, CommonSettings):
         default=2_000_000,
         ge=1000,
         description="row cap of the dedupe state; beyond it the soonest to expire go first",
+    )
+    service_slots: int = Field(
+        default=8,
+        ge=1,
+        le=1000,
+        description="PostgreSQL store: MQTT client ids {client id}-slot-{k} the instances "
+        "lease (at least the instances you run, plus one for each draining a dead one's "
+        "queue; docs/deployment.md)",
+    )
+    slot_scan_interval_s: float = Field(
+        default=5.0,
+        gt=0,
+        le=60,
+        description="PostgreSQL store: seconds between looks for slots of dead instances "
+        "whose queues this instance then drains",
+    )
+    slot_idle_s: float = Field(
+        default=5.0,
+        gt=0,
+        le=300,
+        description="PostgreSQL store: seconds without a message after which a drained "
+        "slot's session is ended and the slot freed",
     )
     store_check_interval_s: float = Field(
         default=5.0,

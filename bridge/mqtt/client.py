@@ -276,6 +276,14 @@ class MqttClient:
             handed_out = loop.time()
             yield batch
 
+    async def unsubscribe(self, topics: list[str]) -> None:
+        """Take the current connection's session off `topics` (a session being retired,
+        bridge/charging/slots.py); raises aiomqtt.MqttError when not connected."""
+        client = self._client
+        if client is None:
+            raise aiomqtt.MqttError("not connected")
+        await client.unsubscribe(topics, timeout=10)
+
     def ack(self, message: aiomqtt.Message) -> None:
         """With `manual_ack`: tell the broker this QoS>0 message has been processed.
 

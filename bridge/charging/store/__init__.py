@@ -7,10 +7,32 @@ from __future__ import annotations
 from pathlib import Path
 from urllib.parse import unquote
 
-from bridge.charging.store.base import ChargingStore, DedupeLimits, StoreError
+from bridge.charging.store.base import (
+    ChargingStore,
+    Conflict,
+    DedupeLimits,
+    SessionRow,
+    SharedStore,
+    StoreError,
+)
 from bridge.charging.store.sqlite import SqliteStore
 
-__all__ = ["ChargingStore", "DedupeLimits", "SqliteStore", "StoreError", "open_store"]
+__all__ = [
+    "ChargingStore",
+    "Conflict",
+    "DedupeLimits",
+    "SessionRow",
+    "SharedStore",
+    "SqliteStore",
+    "StoreError",
+    "open_store",
+    "shared_url",
+]
+
+
+def shared_url(url: str) -> bool:
+    """Whether `--store` names a store several service instances can share (PostgreSQL)."""
+    return url.split(":", 1)[0].lower() in ("postgresql", "postgres")
 
 
 def open_store(url: str, state_dir: Path, limits: DedupeLimits | None = None) -> ChargingStore:

@@ -22,7 +22,7 @@ import dataclasses
 import hashlib
 import json
 import operator
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any, Protocol
 
 from bridge.charging.events import Event
@@ -30,6 +30,29 @@ from bridge.charging.model import ChargingSession, ChargingStats
 
 SETTLED_PREFIX = "settled:"
 MESSAGE_PREFIX = "msg:"
+
+
+class Conflict(Exception):
+    """Another service instance changed a session this transaction read (a shared store):
+    the transaction is rolled back and the batch run again on the sessions as they are now."""
+
+    def __init__(self, session_ids: Iterable[str] = ()) -> None:
+        self.session_ids = set(session_ids)
+        super().__init__(f"changed meanwhile by another instance: {sorted(self.session_ids)}")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class SessionRow:
+    """One session as a shared store writes it: `base` is the version the batch read (None:
+    the batch created it), so that a write over another instance's change is refused."""
+
+    session_id: str
+    device_id: str
+    base: int | None
+    version: int
+    active: bool
+    touched: float  # when the cleanup pass looks at it next: its last change (or end)
+    payload: str
 
 
 class StoreError(OSError):
@@ -68,6 +91,9 @@ def fingerprint_bytes(key: str) -> bytes:
 
 class ChargingStore(Protocol):
     """The service's store: `SqliteStore` (embedded default) or `PostgresStore`."""
+
+    # Several service instances may use it at once (a `SharedStore`: PostgreSQL).
+    shared: bool
 
     @property
     def path(self) -> object:
@@ -113,6 +139,46 @@ class ChargingStore(Protocol):
     def close(self) -> None: ...
 
 
+class SharedStore(ChargingStore, Protocol):
+    """What several service instances on one store need of it (PostgresStore, which says
+    how): device locks, claimed fingerprints, version-checked writes of sessions."""
+
+    def try_lock(self, keys: Sequence[int]) -> int: ...
+
+    def unlock(self, keys: Sequence[int]) -> None: ...
+
+    def begin(self) -> None: ...
+
+    def failed(self) -> bool: ...
+
+    def rollback(self) -> None: ...
+
+    def versions(
+        self, device_ids: Iterable[str], session_ids: Iterable[str] = ()
+    ) -> dict[str, int]: ...
+
+    def payloads(self, session_ids: Iterable[str]) -> list[tuple[str, str]]: ...
+
+    def devices(self) -> list[str]: ...
+
+    def due_devices(self, now: float, timeout_s: float, retention_s: float) -> list[str]: ...
+
+    def claim(self, keys: Iterable[str], now: float) -> set[str]: ...
+
+    def write(
+        self,
+        *,
+        now: float,
+        sessions: Sequence[SessionRow],
+        deleted: Sequence[tuple[str, int]],
+        counts: ChargingStats,
+        active: int,
+        seen: Iterable[str],
+    ) -> tuple[ChargingStats, int]: ...
+
+    def current_stats(self) -> tuple[ChargingStats, int]: ...
+
+
 class SessionTexts:
     """The cache behind `session_json` (shared by both stores)."""
 
@@ -148,9 +214,11 @@ class SessionTexts:
 
 class SqlStore(SessionTexts):
     """What both SQL stores read alike (the same tables, the same queries); `_db` is a DB-API
-    connection and `PARAM` its placeholder (`?` for sqlite3, `%s` for psycopg)."""
+    connection and `PARAM` its placeholder (`?` for sqlite3, `%s` for psycopg). `shared`:
+    several service instances may use it at once (PostgreSQL; docs/scaling.md)."""
 
     PARAM = "?"
+    shared = False
     _db: Any
 
     def close(self) -> None:

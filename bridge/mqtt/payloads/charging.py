@@ -107,6 +107,11 @@ class ChargingSessionPayload(MqttPayload):
     temperature_c: float | None
     stop_reason: str | None
     last_update: str
+    version: int = Field(
+        default=0,
+        description="grows with every stored change of the session (v1.1): a consumer keeps "
+        "the highest; several service instances never publish a lower one after a higher",
+    )
     events: list[dict[str, Any]] = Field(
         description='most recent events, newest last, at most 50: {"ts", "type", ...}'
     )

@@ -10,6 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from bridge.charging.model import (
+    IGNORED,
     MAX_EVENTS,
     ChargingSession,
     ChargingStats,
@@ -254,8 +255,10 @@ def test_payload_has_exactly_the_api_fields_and_round_trips() -> None:
         "temperature_c",
         "stop_reason",
         "last_update",
+        "version",
         "events",
     ]
+    assert payload["version"] == 2  # created, then one power report
     assert payload["start_time"] == iso(T0) and payload["start_time"].endswith("Z")
     assert ChargingSession.from_payload(payload) == s
 
@@ -379,3 +382,16 @@ def test_stop_confirmed_is_read_back_from_the_history() -> None:
     again = ChargingSession.from_payload(json.loads(s.to_json()))
     assert again == s and again.stop_confirmed
     assert transition(again, StopAccepted(ts=T0 + 4)) == (again, {Effect.IGNORED})
+
+
+def test_every_change_raises_the_version_and_a_stale_power_report_is_ignored() -> None:
+    """Two instances may apply a device's reports out of order: a report whose duration
+    (the device's own clock of the order) is below the session's sets nothing back."""
+    s, _ = run([requested(), power(T0 + 300, energy=0.3)])
+    assert s is not None and s.version == 2 and s.duration_s > 0
+    older = dataclasses.replace(power(T0 + 200, energy=0.2), duration_s=s.duration_s - 1)
+    assert transition(s, older) == (s, IGNORED)
+    newer = dataclasses.replace(power(T0 + 400, energy=0.4), duration_s=s.duration_s + 60)
+    after, effects = transition(s, newer)
+    assert after is not None and after.version == 3 and after.energy_kwh == 0.4
+    assert Effect.CHANGED in effects

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from bridge.cli import build_parser
 from bridge.commands.run import RunSettings
 from bridge.config import load_settings
 
@@ -32,3 +33,16 @@ def test_a_broker_from_any_source_is_used(
     settings = load_settings(RunSettings, cli, config)
     assert not settings.embedded_broker
     assert settings.mqtt == url
+
+
+COMMANDS = ["run", "gateway", "service", "demo", "simulate", "decode", "capture"]
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_every_command_prints_its_help(command: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """argparse %-formats help texts: a description with a bare `%` ("90 % of it") made
+    `run --help` raise TypeError."""
+    with pytest.raises(SystemExit) as ended:
+        build_parser().parse_args([command, "--help"])
+    assert ended.value.code == 0
+    assert "--" in capsys.readouterr().out

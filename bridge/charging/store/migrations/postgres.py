@@ -29,4 +29,25 @@ MIGRATIONS: list[str] = [
         ON CONFLICT DO NOTHING;
     DROP TABLE seen
     """,
+    # 3: several service instances (docs/scaling.md): each session row names its device (the
+    # unit of locking), its version (optimistic check: a write names the version it read),
+    # whether it is active and when the cleanup pass may next change it (`touched`); the
+    # statistics row keeps the active-session count, as every instance changes it.
+    r"""
+    ALTER TABLE sessions ADD COLUMN device_id TEXT NOT NULL DEFAULT '';
+    ALTER TABLE sessions ADD COLUMN version BIGINT NOT NULL DEFAULT 0;
+    ALTER TABLE sessions ADD COLUMN active BOOLEAN NOT NULL DEFAULT false;
+    ALTER TABLE sessions ADD COLUMN touched DOUBLE PRECISION NOT NULL DEFAULT 0;
+    UPDATE sessions SET
+        device_id = payload::json->>'device_id',
+        version = coalesce((payload::json->>'version')::bigint, 0),
+        active = payload::json->>'status' IN ('starting', 'charging', 'stopping'),
+        touched = extract(epoch FROM greatest(
+            (payload::json->>'last_update')::timestamptz,
+            (payload::json->>'end_time')::timestamptz));
+    CREATE INDEX sessions_device ON sessions (device_id);
+    CREATE INDEX sessions_touched ON sessions (active, touched);
+    ALTER TABLE stats ADD COLUMN active BIGINT NOT NULL DEFAULT 0;
+    UPDATE stats SET active = (SELECT count(*) FROM sessions WHERE active)
+    """,
 ]

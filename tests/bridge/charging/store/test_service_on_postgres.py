@@ -1,6 +1,7 @@
 """The charging service on a real PostgreSQL store: killed with SIGKILL and started again on
 another (empty) state dir, as on a replacement machine, it carries on from the database:
-sessions, statistics, and a resent settlement recognised."""
+sessions, statistics, and a resent settlement recognised. The replacement takes over the
+instance id, hence the MQTT session with what the broker queued meanwhile."""
 
 from __future__ import annotations
 
@@ -21,9 +22,9 @@ async def test_a_service_on_another_machine_carries_on_from_postgres(
     broker: Mosquitto, tmp_path: Path, pg_url: str
 ) -> None:
     first = ServiceProcess(broker, tmp_path / "box-a", tmp_path / "a.log")
-    first.args += ["--store", pg_url]
+    first.args += ["--store", pg_url, "--instance-id", "box"]
     second = ServiceProcess(broker, tmp_path / "box-b", tmp_path / "b.log")
-    second.args += ["--store", pg_url]
+    second.args += ["--store", pg_url, "--instance-id", "box"]
     try:
         first.start()
         async with watcher(broker) as w, broker.client() as gw:

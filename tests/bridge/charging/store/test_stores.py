@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import sqlite3
 from pathlib import Path
 from typing import Any
@@ -12,7 +13,15 @@ from typing import Any
 import pytest
 
 from bridge.charging.model import ChargingStats
-from bridge.charging.store import DedupeLimits, SqliteStore, StoreError, open_store
+from bridge.charging.store import (
+    Conflict,
+    DedupeLimits,
+    SessionRow,
+    SqliteStore,
+    StoreError,
+    open_store,
+)
+from bridge.charging.store.migrations.postgres import MIGRATIONS as PG_MIGRATIONS
 from bridge.charging.store.migrations.sqlite import MIGRATIONS as SQLITE_MIGRATIONS
 from bridge.charging.store.postgres import PostgresStore, redact
 from tests.bridge.charging.store.conftest import Opener
@@ -106,7 +115,8 @@ def _json(stats: ChargingStats) -> str:
 
 
 def check_migrated(store: Any) -> None:
-    assert store.schema_version() == len(SQLITE_MIGRATIONS)
+    pg = isinstance(store, PostgresStore)
+    assert store.schema_version() == len(PG_MIGRATIONS if pg else SQLITE_MIGRATIONS)
     sessions, stats = store.load()
     assert sessions[ORDER].to_json() == reported(5).to_json()
     assert stats.sessions_created == 1 and stats.power_update_events == 5
@@ -152,6 +162,10 @@ def test_postgres_from_the_previous_schema(pg_url: str) -> None:
     old.close()
     store = PostgresStore(pg_url)
     check_migrated(store)
+    # Version 3 read each session's device, version, activity and time from its payload.
+    assert store.versions([reported(5).device_id]) == {ORDER: reported(5).version}
+    assert store.due_devices(T0 + 10**6, 900, 10**9) == [reported(5).device_id]
+    assert store.current_stats()[1] == 1  # one active session
     store.close()
 
 
@@ -190,11 +204,82 @@ def test_store_urls(tmp_path: Path, pg_url: str) -> None:
     assert redact("postgresql://u:secret@h:5/db") == "postgresql://u:***@h:5/db"
 
 
-def test_one_service_per_postgres_store(pg_url: str) -> None:
-    """Until several instances are implemented, a second service on one store is refused in
-    one line, and the store is free again once the first lets go (or dies)."""
-    first = PostgresStore(pg_url)
-    with pytest.raises(StoreError, match="another charging service uses the store"):
-        PostgresStore(pg_url, lock_wait_s=0.5)
-    first.close()
-    PostgresStore(pg_url, lock_wait_s=5).close()
+def test_instances_share_a_postgres_store_exactly_once(pg_url: str) -> None:
+    """Two stores on one database (two instances): a fingerprint is claimed by one of them;
+    a session written over another instance's change is refused (`Conflict`); counts of
+    both add up in the one statistics row."""
+    first, second = PostgresStore(pg_url), PostgresStore(pg_url)
+    try:
+        first.begin()
+        assert first.claim(["msg:" + "ab" * 32], 1.0) == {"msg:" + "ab" * 32}
+        second.begin()
+        row = SessionRow(ORDER, "04AB373B", None, 1, True, 1.0, session_payload(1))
+        first.write(
+            now=1.0,
+            sessions=[row],
+            deleted=[],
+            counts=ChargingStats(sessions_created=1),
+            active=1,
+            seen=[],
+        )
+        assert second.claim(["msg:" + "ab" * 32], 1.0) == set()
+        stale = SessionRow(ORDER, "04AB373B", None, 1, True, 1.0, session_payload(1))
+        with pytest.raises(Conflict):
+            second.write(
+                now=1.0, sessions=[stale], deleted=[], counts=ChargingStats(), active=0, seen=[]
+            )
+        second.rollback()
+        second.begin()
+        newer = SessionRow(ORDER, "04AB373B", 1, 2, True, 2.0, session_payload(2))
+        stats, active = second.write(
+            now=2.0,
+            sessions=[newer],
+            deleted=[],
+            counts=ChargingStats(sessions_created=2),
+            active=1,
+            seen=[],
+        )
+        assert (stats.sessions_created, active) == (3, 2)
+        assert first.versions(["04AB373B"]) == {ORDER: 2}
+        assert first.due_devices(10.0, 5.0, 100.0) == ["04AB373B"]  # silent for 8 s > 5
+    finally:
+        first.close()
+        second.close()
+
+
+def test_device_locks_are_taken_in_order_as_far_as_free(pg_url: str) -> None:
+    first, second = PostgresStore(pg_url), PostgresStore(pg_url)
+    try:
+        assert first.try_lock([2]) == 1
+        assert second.try_lock([1, 2, 3]) == 1  # 1 held; 2 busy; 3 given back at once
+        assert first.try_lock([3]) == 1
+        first.unlock([2, 3])
+        assert second.try_lock([2, 3]) == 2
+    finally:
+        first.close()
+        second.close()
+
+
+def session_payload(version: int) -> str:
+    return json.dumps(
+        {
+            "session_id": ORDER,
+            "device_id": "04AB373B",
+            "port": 1,
+            "order_no": ORDER,
+            "status": "charging",
+            "start_time": "2026-01-01T00:00:00.000Z",
+            "end_time": None,
+            "duration_s": 0,
+            "energy_kwh": 0.0,
+            "max_power_w": 0.0,
+            "power_w": 0.0,
+            "voltage_v": None,
+            "current_a": None,
+            "temperature_c": None,
+            "stop_reason": None,
+            "last_update": "2026-01-01T00:00:00.000Z",
+            "version": version,
+            "events": [],
+        }
+    )
