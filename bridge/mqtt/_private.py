@@ -44,6 +44,7 @@ SUPPORTED: dict[str, tuple[tuple[int, int], tuple[int, int]]] = {
 AIOMQTT_CLIENT_ATTRIBUTES = ("_client", "_disconnected", "_queue")  # on an aiomqtt.Client
 PAHO_CLIENT_METHODS = (
     "_packet_read",
+    "_sock_recv",
     "_loop_rc_handle",
     "_packet_write",
     "_sock_send",
@@ -219,16 +220,41 @@ def share_property_tables() -> None:
 
 
 READ_LIMIT = 1000  # packets per readable event, so one busy socket cannot starve the loop
+RECV_SIZE = 64 * 1024  # bytes asked of one recv() by the buffered reader
 
 
 def read_everything_available(client: paho.Client) -> None:
-    """Make paho read every packet already received when its socket is readable.
+    """Make paho read every packet already received when its socket is readable, through one
+    `recv` per 64 KiB.
 
     paho's `loop_read` ignores its `max_packets` and reads as many packets as it has
     messages in flight, ONE when it has none, so a subscriber that publishes little got one
     message per event-loop turn, the rest waiting in the socket: consumers never saw a
     batch. This reads until the socket has no more (or READ_LIMIT packets).
+
+    paho also asks the socket for each packet in three `recv` calls (the command byte, the
+    length, the rest): 6 system calls per event in a gateway that gets two PUBACKs per
+    frame. Its `_sock_recv` is served from a buffer filled by one `recv(RECV_SIZE)` instead;
+    the buffer belongs to the socket it was read from (a new connection starts empty). Bytes
+    left in the buffer are invisible to the event loop's readiness, so when READ_LIMIT stops
+    the reading with some left, the next read is scheduled at once.
     """
+    original_recv = client._sock_recv
+    buffer = bytearray()
+    source: list[object] = [None]  # the socket the buffered bytes came from
+
+    def sock_recv(bufsize: int) -> bytes:
+        if source[0] is not client._sock:
+            buffer.clear()
+            source[0] = client._sock
+        if not buffer:
+            data = original_recv(RECV_SIZE)  # BlockingIOError, ConnectionError as paho's
+            if len(data) <= bufsize:
+                return data  # b"" is the end of the connection, for paho to see
+            buffer.extend(data)
+        chunk = bytes(buffer[:bufsize])
+        del buffer[:bufsize]
+        return chunk
 
     def loop_read(max_packets: int = 1) -> MQTTErrorCode:
         for _ in range(READ_LIMIT):
@@ -239,8 +265,12 @@ def read_everything_available(client: paho.Client) -> None:
                 return client._loop_rc_handle(rc)
             if rc == MQTTErrorCode.MQTT_ERR_AGAIN:
                 break
+        else:
+            if buffer and source[0] is client._sock:
+                asyncio.get_running_loop().call_soon(loop_read)
         return MQTTErrorCode.MQTT_ERR_SUCCESS
 
+    client._sock_recv = sock_recv  # type: ignore[method-assign]
     client.loop_read = loop_read  # type: ignore[method-assign]
 
 

@@ -4,6 +4,8 @@ which, with the versions. The patch is applied by making a client, not by import
 
 from __future__ import annotations
 
+import asyncio
+import socket
 import subprocess
 import sys
 
@@ -141,3 +143,51 @@ def test_a_puback_with_a_reason_code_still_reports_the_refusal() -> None:
     client._in_packet["packet"] = mid.to_bytes(2, "big") + bytes([0x87])  # not authorized
     client._handle_pubackcomp("PUBACK")
     assert [(m, r.is_failure) for m, r in seen] == [(mid, True)]  # type: ignore[attr-defined]
+
+
+class _CountingSocket:
+    """One end of a socket pair that counts the `recv` calls paho makes."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.recvs = 0
+
+    def recv(self, bufsize: int) -> bytes:
+        self.recvs += 1
+        return self.sock.recv(bufsize)
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+async def test_packets_are_read_from_one_recv_and_none_is_left_in_the_buffer(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Five PUBACKs arrive at once; with at most 2 packets per read, the 3 left in the
+    buffer (the socket itself is then empty, so never readable again) are still read."""
+    monkeypatch.setattr(_private, "READ_LIMIT", 2)
+    client = paho.Client(paho.CallbackAPIVersion.VERSION2, protocol=paho.MQTTv5)
+    acked: list[int] = []
+    client.on_publish = lambda _c, _u, mid, _r, _p: acked.append(mid)
+    for _ in range(5):
+        client.publish("t", b"x", qos=1)  # not connected: kept in flight
+    mids = list(client._out_messages)
+    ours, broker = socket.socketpair()
+    ours.setblocking(False)
+    counting = _CountingSocket(ours)
+    client._sock = counting  # type: ignore[assignment]
+    _private.read_everything_available(client)
+    broker.sendall(b"".join(b"\x40\x02" + mid.to_bytes(2, "big") for mid in mids))
+    client.loop_read()
+    for _ in range(10):
+        if len(acked) == 5:
+            break
+        await asyncio.sleep(0)
+    assert acked == mids
+    assert counting.recvs == 2  # the bytes, then "nothing more" (paho alone: 3 per packet)
+    client._sock = None
+    broker.close()
+    ours.close()
