@@ -8,6 +8,8 @@ import asyncio
 import socket
 import subprocess
 import sys
+import threading
+import time
 
 import aiomqtt
 import paho.mqtt.client as paho
@@ -191,3 +193,24 @@ async def test_packets_are_read_from_one_recv_and_none_is_left_in_the_buffer(
     client._sock = None
     broker.close()
     ours.close()
+
+
+def test_a_message_info_wakes_a_waiter_though_its_condition_is_made_late() -> None:
+    """`LazyMessageInfo` has no Condition until someone waits; a thread waiting still wakes
+    when the message is published, and one published first needs no Condition at all."""
+    _private.lazy_message_conditions()
+    client = paho.Client(paho.CallbackAPIVersion.VERSION2)
+    assert isinstance(client.publish("t", b"x", qos=1), _private.LazyMessageInfo)
+    info = _private.LazyMessageInfo(1)
+    waited = threading.Thread(target=info.wait_for_publish, args=(30,))
+    waited.start()
+    deadline = time.monotonic() + 30
+    while info._lazy is None and time.monotonic() < deadline:  # the waiter made it
+        time.sleep(0.001)
+    assert info._lazy is not None
+    info._set_as_published()
+    waited.join(30)
+    assert not waited.is_alive() and info.is_published()
+    quick = _private.LazyMessageInfo(7)
+    quick._set_as_published()
+    assert quick._lazy is None and quick.is_published()
