@@ -401,30 +401,39 @@ def no_idle_inflight_scan(client: paho.Client) -> None:
     client._update_inflight = update_inflight  # type: ignore[method-assign]
 
 
+QUICK = (0x00, 0x10)  # PUBACK reason codes decoded by `quick_puback`: success, no subscribers
+
+
 def quick_puback(client: paho.Client) -> None:
     """Decode the common PUBACK (a bare message id: success, no properties) without paho's
     generic decoder.
 
     paho decodes every PUBACK into a new `ReasonCode` and `Properties` (after the exception
     wrapper and a named tuple): about 8% of the gateway's and of the service's CPU at 1,000
-    events/s, where every event is acknowledged. A two-byte PUBACK (the only form Mosquitto
-    sends for a success) is handed to paho's own `_do_on_publish` with one shared success
-    reason code and empty properties, which its callbacks only read; any other PUBACK (a
-    reason code, properties, PUBCOMP) goes through paho's code as before.
+    events/s, where every event is acknowledged. A PUBACK of a message id alone (success) or
+    with the reason "no matching subscribers" (0x10, which Mosquitto sends for a topic nobody
+    subscribes to, e.g. most retained port states) and no properties is handed to paho's own
+    `_do_on_publish` with one shared reason code and empty properties, which its callbacks
+    only read; any other PUBACK (another reason code, properties) and PUBCOMP go through
+    paho's code as before.
     """
     original = client._handle_pubackcomp
     success = ReasonCode(PacketTypes.PUBACK)
+    reasons = {bytes([code]): ReasonCode(PacketTypes.PUBACK, identifier=code) for code in QUICK}
     no_properties = Properties(PacketTypes.PUBACK)  # type: ignore[no-untyped-call]
     mutex = client._out_message_mutex
 
     def handle_pubackcomp(cmd: Literal["PUBACK", "PUBCOMP"]) -> MQTTErrorCode:
         packet = client._in_packet["packet"]
-        if cmd != "PUBACK" or len(packet) != 2:
+        if cmd != "PUBACK":
+            return original(cmd)
+        found = success if len(packet) == 2 else reasons.get(bytes(packet[2:]))
+        if found is None or len(packet) > 3:
             return original(cmd)
         mid = packet[0] << 8 | packet[1]
         with mutex:
             if mid in client._out_messages:
-                return client._do_on_publish(mid, success, no_properties)
+                return client._do_on_publish(mid, found, no_properties)
         return MQTTErrorCode.MQTT_ERR_SUCCESS
 
     client._handle_pubackcomp = handle_pubackcomp  # type: ignore[method-assign]

@@ -128,12 +128,17 @@ def _client_with_one_unacknowledged_message() -> tuple[paho.Client, list[tuple[i
     return client, seen
 
 
-def test_a_bare_puback_acknowledges_its_message_through_the_short_path() -> None:
+@pytest.mark.parametrize(
+    ("reason", "name"), [(b"", "Success"), (b"\x10", "No matching subscribers")]
+)
+def test_a_bare_puback_acknowledges_its_message_through_the_short_path(
+    reason: bytes, name: str
+) -> None:
     client, seen = _client_with_one_unacknowledged_message()
     [mid] = client._out_messages
-    client._in_packet["packet"] = mid.to_bytes(2, "big")
+    client._in_packet["packet"] = mid.to_bytes(2, "big") + reason
     client._handle_pubackcomp("PUBACK")
-    assert [(m, str(r), r.is_failure) for m, r in seen] == [(mid, "Success", False)]  # type: ignore[attr-defined]
+    assert [(m, str(r), r.is_failure) for m, r in seen] == [(mid, name, False)]  # type: ignore[attr-defined]
     assert not client._out_messages
     client._handle_pubackcomp("PUBACK")  # a duplicate acknowledges nothing twice
     assert len(seen) == 1
