@@ -6,8 +6,8 @@ dominate, and CPU time per event (user + system, from /proc) is far less disturb
 load on the machine than rates or latencies, so it is the figure to compare. Per round:
 - `throughput.py --rates 1000`: 1,000 chargers send 0x06 power reports at 1,000 frames/s through
   the gateway to the charging service; CPU per frame of the gateway, the service, Mosquitto;
-- `service_stage.py --rates 1000 --stores sqlite`: the service alone, fed by raw paho at
-  1,000 events/s; its CPU per event.
+- `service_stage.py --rates 1000 --configs sqlite:1 --no-failover`: the service alone, fed by
+  raw paho at 1,000 events/s; its CPU per event.
 The reference in the same run: the raw paho-mqtt client pair of each of those scripts (one
 publisher, one QoS 1 subscriber, same broker, same rate), its CPU per message. With
 `--baseline DIR` (another checkout, e.g. `git worktree add --detach /tmp/base main`) the same
@@ -44,8 +44,17 @@ def run(script: str, tree: Path, *args: str) -> dict[str, Any]:
 def one_round(tree: Path, quick: bool) -> dict[str, float]:
     extra = ["--quick"] if quick else []
     tp = run("throughput.py", tree, "--rates", "1000", *extra)["phases"][0]
-    ss = run("service_stage.py", tree, "--rates", "1000", "--stores", "sqlite", *extra)
-    stage = ss["stores"]["sqlite"][0]
+    ss = run(
+        "service_stage.py",
+        tree,
+        "--rates",
+        "1000",
+        "--configs",
+        "sqlite:1",
+        "--no-failover",
+        *extra,
+    )
+    stage = ss["configs"]["sqlite:1"][0]
     cpu = tp["cpu_us_per_frame"]
     return {
         "gateway_us": cpu["gateway"],

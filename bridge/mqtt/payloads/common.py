@@ -10,6 +10,7 @@ case; `session_id` equals the published `order_no` and names a topic, so it must
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
@@ -32,14 +33,22 @@ ORDER_NO_RE = re.compile(r"^[0-9A-F]{32}$")  # the published (canonical) form
 _ORDER_NO_INPUT = r"^[0-9A-Fa-f]{32}$"
 
 
+_second: list[Any] = [-1, ""]  # the last whole second formatted by `iso_utc()`, and its text
+
+
 def iso_utc(t: float | datetime | None = None) -> str:
-    """Unix seconds (or an aware datetime, or now) -> `2026-01-02T03:04:05.678Z`."""
+    """Unix seconds (or an aware datetime, or now) -> `2026-01-02T03:04:05.678Z`.
+
+    Every event carries `ts = iso_utc()`: formatting a datetime was 5% of the gateway's CPU
+    at 1,000 frames/s, so "now" formats its whole second once and adds the milliseconds."""
     if t is None:
-        dt = datetime.now(UTC)
-    elif isinstance(t, datetime):
-        dt = t.astimezone(UTC)
-    else:
-        dt = datetime.fromtimestamp(t, UTC)
+        now = time.time()
+        second = int(now)
+        if second != _second[0]:
+            _second[1] = time.strftime("%Y-%m-%dT%H:%M:%S.", time.gmtime(second))
+            _second[0] = second
+        return f"{_second[1]}{int((now - second) * 1000):03d}Z"
+    dt = t.astimezone(UTC) if isinstance(t, datetime) else datetime.fromtimestamp(t, UTC)
     return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{dt.microsecond // 1000:03d}Z"
 
 

@@ -4,8 +4,12 @@ which, with the versions. The patch is applied by making a client, not by import
 
 from __future__ import annotations
 
+import asyncio
+import socket
 import subprocess
 import sys
+import threading
+import time
 
 import aiomqtt
 import paho.mqtt.client as paho
@@ -111,3 +115,107 @@ def test_reading_the_configuration_imports_no_mqtt_library() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert "'paho'" not in out.stdout and "'aiomqtt'" not in out.stdout
+
+
+def _client_with_one_unacknowledged_message() -> tuple[paho.Client, list[tuple[int, object]]]:
+    """A paho client (never connected) holding one QoS 1 message, its acknowledgements
+    recorded."""
+    client = paho.Client(paho.CallbackAPIVersion.VERSION2, protocol=paho.MQTTv5)
+    seen: list[tuple[int, object]] = []
+    client.on_publish = lambda _c, _u, mid, reason, _p: seen.append((mid, reason))
+    client.publish("t", b"x", qos=1)  # not connected: kept in flight, unacknowledged
+    _private.quick_puback(client)
+    return client, seen
+
+
+@pytest.mark.parametrize(
+    ("reason", "name"), [(b"", "Success"), (b"\x10", "No matching subscribers")]
+)
+def test_a_bare_puback_acknowledges_its_message_through_the_short_path(
+    reason: bytes, name: str
+) -> None:
+    client, seen = _client_with_one_unacknowledged_message()
+    [mid] = client._out_messages
+    client._in_packet["packet"] = mid.to_bytes(2, "big") + reason
+    client._handle_pubackcomp("PUBACK")
+    assert [(m, str(r), r.is_failure) for m, r in seen] == [(mid, name, False)]  # type: ignore[attr-defined]
+    assert not client._out_messages
+    client._handle_pubackcomp("PUBACK")  # a duplicate acknowledges nothing twice
+    assert len(seen) == 1
+
+
+def test_a_puback_with_a_reason_code_still_reports_the_refusal() -> None:
+    client, seen = _client_with_one_unacknowledged_message()
+    [mid] = client._out_messages
+    client._in_packet["packet"] = mid.to_bytes(2, "big") + bytes([0x87])  # not authorized
+    client._handle_pubackcomp("PUBACK")
+    assert [(m, r.is_failure) for m, r in seen] == [(mid, True)]  # type: ignore[attr-defined]
+
+
+class _CountingSocket:
+    """One end of a socket pair that counts the `recv` calls paho makes."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.recvs = 0
+
+    def recv(self, bufsize: int) -> bytes:
+        self.recvs += 1
+        return self.sock.recv(bufsize)
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+async def test_packets_are_read_from_one_recv_and_none_is_left_in_the_buffer(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Five PUBACKs arrive at once; with at most 2 packets per read, the 3 left in the
+    buffer (the socket itself is then empty, so never readable again) are still read."""
+    monkeypatch.setattr(_private, "READ_LIMIT", 2)
+    client = paho.Client(paho.CallbackAPIVersion.VERSION2, protocol=paho.MQTTv5)
+    acked: list[int] = []
+    client.on_publish = lambda _c, _u, mid, _r, _p: acked.append(mid)
+    for _ in range(5):
+        client.publish("t", b"x", qos=1)  # not connected: kept in flight
+    mids = list(client._out_messages)
+    ours, broker = socket.socketpair()
+    ours.setblocking(False)
+    counting = _CountingSocket(ours)
+    client._sock = counting  # type: ignore[assignment]
+    _private.read_everything_available(client)
+    broker.sendall(b"".join(b"\x40\x02" + mid.to_bytes(2, "big") for mid in mids))
+    client.loop_read()
+    for _ in range(10):
+        if len(acked) == 5:
+            break
+        await asyncio.sleep(0)
+    assert acked == mids
+    assert counting.recvs == 2  # the bytes, then "nothing more" (paho alone: 3 per packet)
+    client._sock = None
+    broker.close()
+    ours.close()
+
+
+def test_a_message_info_wakes_a_waiter_though_its_condition_is_made_late() -> None:
+    """`LazyMessageInfo` has no Condition until someone waits; a thread waiting still wakes
+    when the message is published, and one published first needs no Condition at all."""
+    _private.lazy_message_conditions()
+    client = paho.Client(paho.CallbackAPIVersion.VERSION2)
+    assert isinstance(client.publish("t", b"x", qos=1), _private.LazyMessageInfo)
+    info = _private.LazyMessageInfo(1)
+    waited = threading.Thread(target=info.wait_for_publish, args=(30,))
+    waited.start()
+    deadline = time.monotonic() + 30
+    while info._lazy is None and time.monotonic() < deadline:  # the waiter made it
+        time.sleep(0.001)
+    assert info._lazy is not None
+    info._set_as_published()
+    waited.join(30)
+    assert not waited.is_alive() and info.is_published()
+    quick = _private.LazyMessageInfo(7)
+    quick._set_as_published()
+    assert quick._lazy is None and quick.is_published()
