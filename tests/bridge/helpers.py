@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
 from typing import Any
@@ -246,22 +246,32 @@ def gateway_settings(
 
 
 @asynccontextmanager
-async def running_gateway(settings: GatewaySettings) -> AsyncIterator[GatewayApp]:
-    app = GatewayApp(settings)
+async def started(
+    run: Callable[[asyncio.Event], Awaitable[None]], timeout: float = TIMEOUT
+) -> AsyncIterator[None]:
+    """Run `run(ready)` as a task until the block ends; enter once `ready` is set, or raise
+    what the task raised if it ended first (a start-up error, not a timeout)."""
     ready = asyncio.Event()
-    task = asyncio.create_task(app.serve(ready=ready))
+    task = asyncio.create_task(run(ready))
     try:
-        async with asyncio.timeout(TIMEOUT):
+        async with asyncio.timeout(timeout):
             ready_wait = asyncio.create_task(ready.wait())
             done, _ = await asyncio.wait({ready_wait, task}, return_when=asyncio.FIRST_COMPLETED)
             if task in done:
                 ready_wait.cancel()
                 task.result()
-        yield app
+        yield
     finally:
         task.cancel()
         with suppress(asyncio.CancelledError):
             await task
+
+
+@asynccontextmanager
+async def running_gateway(settings: GatewaySettings) -> AsyncIterator[GatewayApp]:
+    app = GatewayApp(settings)
+    async with started(lambda ready: app.serve(ready=ready)):
+        yield app
 
 
 def tcp_port(app: GatewayApp) -> int:

@@ -15,7 +15,7 @@ import socket
 import subprocess
 import sys
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager, suppress
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +25,7 @@ from bridge.config import GatewaySettings, load_settings
 from bridge.errors import StartupError
 from bridge.gateway.trust import SqlitePinStore
 from bridge.workers import Supervisor, worker_settings
-from tests.bridge.helpers import FakeDevice, MqttCollector, mqtt_collector
+from tests.bridge.helpers import FakeDevice, MqttCollector, mqtt_collector, started
 from tests.broker import Mosquitto, free_port
 
 B = "chargebridge"
@@ -55,20 +55,8 @@ def settings(broker: Mosquitto, state: Path, port: int, **extra: Any) -> Gateway
 @asynccontextmanager
 async def supervised(cfg: GatewaySettings) -> AsyncIterator[Supervisor]:
     supervisor = Supervisor(cfg)
-    ready = asyncio.Event()
-    task = asyncio.create_task(supervisor.run(ready=ready))
-    try:
-        async with asyncio.timeout(START):
-            waiting = asyncio.create_task(ready.wait())
-            done, _ = await asyncio.wait({waiting, task}, return_when=asyncio.FIRST_COMPLETED)
-            if task in done:
-                waiting.cancel()
-                task.result()
+    async with started(lambda ready: supervisor.run(ready=ready), START):
         yield supervisor
-    finally:
-        task.cancel()
-        with suppress(asyncio.CancelledError):
-            await task
 
 
 async def online(
