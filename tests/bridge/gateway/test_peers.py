@@ -203,8 +203,9 @@ async def test_a_stale_offline_copy_is_forgotten_when_another_gateway_holds_it(
 # ---------------------------------------------------------------------------- dead gateways
 
 
-async def test_the_elected_survivor_sweeps_a_dead_gateways_chargers(tmp_path: Path) -> None:
-    gw, mqtt, _ = gateway(tmp_path, gateway_id="b-gw")
+def sweeping_gateway(tmp_path: Path, gateway_id: str) -> tuple[Gateway, FakePublisher, list[str]]:
+    """A gateway already watching device states, whose replay requests are recorded."""
+    gw, mqtt, _ = gateway(tmp_path, gateway_id=gateway_id)
     replays: list[str] = []
 
     async def resubscribe(topic: str) -> bool:
@@ -213,6 +214,11 @@ async def test_the_elected_survivor_sweeps_a_dead_gateways_chargers(tmp_path: Pa
 
     gw.peers.resubscribe = resubscribe
     gw.peers.watching = True  # subscribed to the device states already
+    return gw, mqtt, replays
+
+
+async def test_the_elected_survivor_sweeps_a_dead_gateways_chargers(tmp_path: Path) -> None:
+    gw, mqtt, replays = sweeping_gateway(tmp_path, "b-gw")
     presence(gw, "a-gw", "online")
     presence(gw, "c-gw", "online")
     device_state(gw, OTHER, "a-gw", True, "2026-01-01T00:00:00.000Z")
@@ -233,15 +239,7 @@ async def test_the_elected_survivor_sweeps_a_dead_gateways_chargers(tmp_path: Pa
 
 
 async def test_only_the_elected_survivor_sweeps(tmp_path: Path) -> None:
-    gw, mqtt, _ = gateway(tmp_path, gateway_id="c-gw")
-    replays: list[str] = []
-
-    async def resubscribe(topic: str) -> bool:
-        replays.append(topic)
-        return True
-
-    gw.peers.resubscribe = resubscribe
-    gw.peers.watching = True  # subscribed to the device states already
+    gw, mqtt, replays = sweeping_gateway(tmp_path, "c-gw")
     presence(gw, "a-gw", "online")
     presence(gw, "b-gw", "online")
     presence(gw, "a-gw", "offline")  # b-gw is the elected survivor
