@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -19,8 +17,6 @@ from bridge.charging import energy
 from bridge.charging.energy import Sample
 from bridge.charging.model import ChargingSession
 from bridge.charging.service import ChargingService, service_subscriptions
-from bridge.charging.settings import ChargingSettings
-from bridge.charging.store import SqliteStore
 from tests.bridge.charging.harness import (
     BASE,
     DEV,
@@ -35,7 +31,6 @@ from tests.bridge.charging.harness import (
 from tests.bridge.charging.test_units import (
     T0,
     Clock,
-    FakeClient,
     message,
     order_event,
     port_event,
@@ -53,35 +48,6 @@ def device_event(body: dict[str, Any]) -> Any:
 
 def kwh(watts: float, seconds: float) -> float:
     return watts * seconds / 3_600_000
-
-
-@pytest.fixture
-def clock() -> Clock:
-    return Clock()
-
-
-@pytest.fixture
-def make(tmp_path: Path, clock: Clock) -> Iterator[Any]:
-    stores: list[SqliteStore] = []
-
-    def build(**settings: Any) -> tuple[ChargingService, FakeClient]:
-        store = SqliteStore.in_dir(tmp_path)
-        stores.append(store)
-        values: dict[str, Any] = {
-            "base_topic": BASE,
-            "state_dir": tmp_path,
-            "event_logging": False,
-            "retry_backoff_s": 0.0,
-            "request_timeout_s": 5.0,
-            "session_timeout_s": 900.0,
-            **settings,
-        }
-        client = FakeClient()
-        return ChargingService(ChargingSettings(**values), store, client, clock=clock), client
-
-    yield build
-    for store in stores:
-        store.close()
 
 
 def beat(service: ChargingService, clock: Clock, *ports: tuple[str, float | None]) -> None:

@@ -9,16 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
+from collections.abc import AsyncIterator
 from typing import Any
 
 import aiomqtt
-import pytest
 
 from bridge.charging.service import ChargingService
-from bridge.charging.settings import ChargingSettings
-from bridge.charging.store import SqliteStore
 from tests.bridge.charging.harness import (
     BASE,
     DEV,
@@ -101,34 +97,6 @@ def request(action: str, body: dict[str, Any]) -> aiomqtt.Message:
 def response(command: str, body: dict[str, Any]) -> aiomqtt.Message:
     full = {"ok": True, "code": 0, "result": "success", "message": "executed", **body}
     return message(TOPICS.device_response(DEV, command), full)
-
-
-@pytest.fixture
-def clock() -> Clock:
-    return Clock()
-
-
-@pytest.fixture
-def make(tmp_path: Path, clock: Clock) -> Iterator[Any]:
-    stores: list[SqliteStore] = []
-
-    def build(**settings: Any) -> tuple[ChargingService, FakeClient]:
-        store = SqliteStore.in_dir(tmp_path)
-        stores.append(store)
-        values: dict[str, Any] = {
-            "base_topic": BASE,
-            "state_dir": tmp_path,
-            "event_logging": False,
-            "retry_backoff_s": 0.0,
-            "request_timeout_s": 5.0,
-            **settings,
-        }
-        client = FakeClient()
-        return ChargingService(ChargingSettings(**values), store, client, clock=clock), client
-
-    yield build
-    for store in stores:
-        store.close()
 
 
 async def settle_tasks(service: ChargingService) -> None:
