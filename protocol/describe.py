@@ -10,10 +10,17 @@ payload's model class is given under `model`.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
-from protocol.commands._model import DEVICE, Sender
-from protocol.commands.registry import _FROM_DEVICE, _FROM_SERVER, command_name, decode_payload
+from protocol.commands._model import DEVICE, LineFunction, Payload, Sender, line_function
+from protocol.commands.registry import (
+    _FROM_DEVICE,
+    _FROM_SERVER,
+    _resolve,
+    command_name,
+    decode_payload,
+)
 from protocol.errors import FrameError, PayloadError
 from protocol.frame import (
     _HEAD,
@@ -119,39 +126,77 @@ def frame_json_line(frame: Frame, sender: Sender) -> tuple[str, bool]:
     return line, True
 
 
+def _no_line(raw: bytes, physical_id: int, message_id: int, length: int) -> None:
+    """The line function of a command without a model (or one with nothing to gain)."""
+    return None
+
+
+def _line_of(command: int, sender: Sender) -> LineFunction:
+    """Generate (once per sender and command) the function writing the whole line."""
+    table = _FROM_DEVICE if sender is DEVICE else _FROM_SERVER
+    decoder = table.get(command) or _resolve(command, sender)
+    owner = getattr(decoder, "__self__", None)
+    function: LineFunction | None = None
+    if isinstance(owner, type) and issubclass(owner, Payload):
+        direction = "device_to_server" if sender is DEVICE else "server_to_device"
+        before = (
+            f'{{"command": {command}, "command_name": "{command_name(command)}", '
+            '"physical_id": %d, "device_id": "%08X", "message_id": %d, '
+            f'"direction": "{direction}", "length": %d, "checksum_ok": true, "payload": '
+        )
+        after = f', "model": "{owner.__name__}"}}}}'
+        function = line_function(owner, before, after, 12, 2)
+    function = function or _no_line
+    (_DEVICE_LINES if sender is DEVICE else _SERVER_LINES)[command] = function
+    return function
+
+
+# Per sender, per command (at most 256 entries each): the generated line function.
+_DEVICE_LINES: dict[int, LineFunction] = {}
+_SERVER_LINES: dict[int, LineFunction] = {}
+
+
+def _line_maker(sender: Sender) -> Callable[[bytes], str | None]:
+    lines = _DEVICE_LINES if sender is DEVICE else _SERVER_LINES
+    unpack_head = _HEAD.unpack_from
+
+    def frame_line(raw: bytes) -> str | None:
+        size = len(raw)
+        if size >= 5 + MIN_LENGTH:
+            header, length, physical_id, message_id, command = unpack_head(raw)
+            if (
+                header == HEADER
+                and size == 5 + length
+                and sum(raw[:-2]) & 0xFFFF == raw[-2] | raw[-1] << 8
+            ):
+                line = lines.get(command) or _line_of(command, sender)
+                return line(raw, physical_id, message_id, length)
+        return None
+
+    return frame_line
+
+
+_DEVICE_LINE = _line_maker(DEVICE)
+_SERVER_LINE = _line_maker(Sender.SERVER)
+
+
+def good_frame_line(sender: Sender) -> Callable[[bytes], str | None]:
+    """The fast half of `describe_frame_line`: bytes -> the line of a well-formed frame whose
+    checksum is right and whose payload decodes (the usual case), None for anything else.
+
+    Generated text straight from the bytes, without a Frame object and, for fixed layouts,
+    without a payload object; a caller handles None with `describe_frame_line`."""
+    return _DEVICE_LINE if sender is DEVICE else _SERVER_LINE
+
+
 def describe_frame_line(raw: bytes, sender: Sender) -> tuple[str, bool]:
     """`describe_frame` as one JSON line (what `chargebridge decode` prints).
 
-    A well-formed frame goes straight from the bytes to the text, without a Frame object;
-    anything else (and a payload that does not decode) takes `describe_frame`'s way."""
-    size = len(raw)
-    if size >= 5 + MIN_LENGTH:
-        header, length, physical_id, message_id, command = _HEAD.unpack_from(raw)
-        if (
-            header == HEADER
-            and size == 5 + length
-            and sum(raw[:-2]) & 0xFFFF == raw[-2] | raw[-1] << 8
-        ):
-            # `_line` and `decode_payload` inlined (two calls less per frame, ~4%): a command
-            # not met yet, one without a model and a payload that does not decode all take
-            # `describe_frame`'s way, which fills the decoder table and words the errors.
-            is_device = sender is DEVICE
-            decoder = (_FROM_DEVICE if is_device else _FROM_SERVER).get(command)
-            if decoder is not None:
-                try:
-                    payload = decoder(raw[12:-2])
-                except PayloadError:
-                    payload = None
-                if payload is not None:
-                    cls = type(payload)
-                    tail = _MODEL_TAILS.get(cls)
-                    if tail is None:
-                        tail = _MODEL_TAILS[cls] = f'"model": "{cls.__name__}"'
-                    head = (_DEVICE_HEADS if is_device else _SERVER_HEADS).get(command) or _head(
-                        command, sender
-                    )
-                    text = payload.to_json_text(tail)
-                    return head % (physical_id, physical_id, message_id, length, text), True
+    A good frame goes straight from the bytes to the text (`good_frame_line`); anything else
+    takes `describe_frame`'s way, which fills the decoder table and words the errors."""
+    line = (_DEVICE_LINE if sender is DEVICE else _SERVER_LINE)(raw)
+    if line is not None:
+        return line, True
     out, ok = describe_frame(raw, sender)
     return to_json_line(out), ok
 

@@ -6,9 +6,16 @@ import argparse
 import json
 import sys
 from collections.abc import Iterator
+from typing import cast
 
 from protocol import Sender, StreamDecoder
-from protocol.describe import describe_frame, describe_frame_line, describe_item_line, to_json_line
+from protocol.describe import (
+    describe_frame,
+    describe_frame_line,
+    describe_item_line,
+    good_frame_line,
+    to_json_line,
+)
 
 HELP = "decode DNY frames given as hex to JSON, one object per line"
 
@@ -96,40 +103,24 @@ def main(args: argparse.Namespace) -> int:
     ok = True
     decoder = StreamDecoder() if args.stream else None
     out = sys.stdout
-    capture, fromhex, describe = args.capture, bytes.fromhex, describe_frame_line
+    quick = None if args.capture or decoder is not None else good_frame_line(sender)
+    fromhex = bytes.fromhex
     for block in _blocks(args):
-        lines: list[str] = []
-        add = lines.append
-        for text in block:
-            # The usual line is plain hex: bytes.fromhex takes it as it is (and skips spaces
-            # between bytes); anything else (comments, `0x`, captures, errors) goes the long way.
+        made: list[str | None] | None = None
+        if quick is not None:
+            # The usual block is plain hex lines of good frames, each made by one call (no
+            # branches per line here); anything else (blank lines, comments, `0x`, captures,
+            # bad hex, bad frames, payloads that do not decode) leaves a None or raises
+            # ValueError, and the block goes the line-by-line way below for those lines.
             try:
-                raw: bytes | None = None if capture else fromhex(text)
+                made = [quick(fromhex(text)) for text in block]
             except ValueError:
-                raw = None
-            if not raw:
-                if not text.strip() or text.lstrip().startswith("#"):
-                    continue
-                if capture or text.lstrip().startswith("{"):
-                    line, good = _capture_line(text)
-                    if line:
-                        add(line)
-                    ok = ok and good
-                    continue
-                raw = _unhex(text)
-                if raw is None:
-                    add(to_json_line({"error": "invalid hex", "data_hex": "".join(text.split())}))
-                    ok = False
-                    continue
-            if decoder is None:
-                line, good = describe(raw, sender)
-                add(line)
-                ok = ok and good
-                continue
-            for item in decoder.feed(raw):
-                line, good = describe_item_line(item, sender)
-                add(line)
-                ok = ok and good
+                made = None
+        if made is not None and None not in made:
+            lines = cast("list[str]", made)
+        else:
+            lines, good = _block_lines(block, made, sender, decoder, args.capture)
+            ok = ok and good
         if lines:
             lines.append("")
             out.write("\n".join(lines))
@@ -140,3 +131,52 @@ def main(args: argparse.Namespace) -> int:
         out.write("\n")
         ok = False
     return 0 if ok else 1
+
+
+def _block_lines(
+    block: list[str],
+    made: list[str | None] | None,
+    sender: Sender,
+    decoder: StreamDecoder | None,
+    capture: bool,
+) -> tuple[list[str], bool]:
+    """A block's output lines, one input line at a time, taking the lines `made` holds
+    already; the flag is False when any line was an error."""
+    ok = True
+    lines: list[str] = []
+    add = lines.append
+    fromhex, describe = bytes.fromhex, describe_frame_line
+    for index, text in enumerate(block):
+        if made is not None and (line := made[index]) is not None:
+            add(line)
+            continue
+        # The usual line is plain hex: bytes.fromhex takes it as it is (and skips spaces
+        # between bytes); anything else (comments, `0x`, captures, errors) goes the long way.
+        try:
+            raw: bytes | None = None if capture else fromhex(text)
+        except ValueError:
+            raw = None
+        if not raw:
+            if not text.strip() or text.lstrip().startswith("#"):
+                continue
+            if capture or text.lstrip().startswith("{"):
+                line, good = _capture_line(text)
+                if line:
+                    add(line)
+                ok = ok and good
+                continue
+            raw = _unhex(text)
+            if raw is None:
+                add(to_json_line({"error": "invalid hex", "data_hex": "".join(text.split())}))
+                ok = False
+                continue
+        if decoder is None:
+            line, good = describe(raw, sender)
+            add(line)
+            ok = ok and good
+            continue
+        for item in decoder.feed(raw):
+            line, good = describe_item_line(item, sender)
+            add(line)
+            ok = ok and good
+    return lines, ok

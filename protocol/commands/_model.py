@@ -350,17 +350,18 @@ class _FirstJson:
         return getattr(owner if instance is None else instance, self.name)
 
 
-def _compile_json(owner: str, specs: tuple[FieldSpec, ...]) -> tuple[Any, Any]:
-    """Generate `to_json` (one dict display) and `to_json_text` (one %-format) for a model.
+# key, expression without the None guard, JSON kind, optional field, value may be None
+_Entry = tuple[str, str, str, str, bool]
 
-    Both run for every frame the decode CLI describes, so they are generated from the field
-    specs instead of looping over them; tests check that the text is exactly what
-    `json.JSONEncoder(ensure_ascii=False)` makes of the dict.
-    """
+
+def _json_entries(
+    specs: tuple[FieldSpec, ...],
+) -> tuple[dict[str, Any], list[str], list[_Entry], list[str], str | None]:
+    """What both generated JSON methods and the frame line are made of: the environment,
+    `vN = self.field` lines, the JSON members, the optional fields' variables and `extra`'s."""
     env: dict[str, Any] = {"unknown": unknown, "quote": encode_basestring}
     lines = []
-    # key, expression without the None guard, JSON kind, optional field, value may be None
-    entries: list[tuple[str, str, str, str, bool]] = []
+    entries: list[_Entry] = []
     optional_vars = []
     extra = None
     for index, spec in enumerate(specs):
@@ -397,7 +398,17 @@ def _compile_json(owner: str, specs: tuple[FieldSpec, ...]) -> tuple[Any, Any]:
             entries.append((spec.name, var, "text", owner_var, False))
         else:
             entries.append((spec.name, f"{var}.hex().upper()", "str", owner_var, False))
+    return env, lines, entries, optional_vars, extra
 
+
+def _compile_json(owner: str, specs: tuple[FieldSpec, ...]) -> tuple[Any, Any]:
+    """Generate `to_json` (one dict display) and `to_json_text` (one %-format) for a model.
+
+    Both run for every frame the decode CLI describes, so they are generated from the field
+    specs instead of looping over them; tests check that the text is exactly what
+    `json.JSONEncoder(ensure_ascii=False)` makes of the dict.
+    """
+    env, lines, entries, optional_vars, extra = _json_entries(specs)
     dict_items = []
     for key, expr, kind, optional, _ in entries:
         value = f"[r.to_json() for r in {expr}]" if kind == "records" else expr
@@ -456,8 +467,14 @@ def _compile_json(owner: str, specs: tuple[FieldSpec, ...]) -> tuple[Any, Any]:
     return to_json, to_json_text
 
 
-def _text_statement(entries: list[tuple[str, str, str, str, bool]], *, guarded: bool) -> str:
+def _text_statement(entries: list[_Entry], *, guarded: bool) -> str:
     """`out = TEMPLATE % (...)` rendering every entry; `guarded` handles absent optionals."""
+    template, arguments = _text_parts(entries, guarded=guarded)
+    return f"    out = {template!r} % ({', '.join(arguments)},)"
+
+
+def _text_parts(entries: list[_Entry], *, guarded: bool) -> tuple[str, list[str]]:
+    """The %-template of the members (from `{`, without the closing brace) and its arguments."""
     formats = []
     arguments = []
     for key, expr, kind, optional, may_be_none in entries:
@@ -469,8 +486,7 @@ def _text_statement(entries: list[tuple[str, str, str, str, bool]], *, guarded: 
             form, argument = _text_format(kind, expr)
         formats.append(f'"{key}": {form}')
         arguments.append(argument)
-    template = "{" + ", ".join(formats)
-    return f"    out = {template!r} % ({', '.join(arguments)},)"
+    return "{" + ", ".join(formats), arguments
 
 
 def _text_format(kind: str, expr: str) -> tuple[str, str]:
@@ -498,3 +514,69 @@ def _as_text(kind: str, expr: str) -> str:
     if kind == "names":
         return f"""('["' + '", "'.join(m) + '"]' if (m := {expr}) else '[]')"""
     return f"'[' + ', '.join([r.to_json_text() for r in {expr}]) + ']'"
+
+
+# A frame's decode line from its bytes: (frame, physical_id, message_id, length field) -> text,
+# None when the fast way does not apply (an absent optional field, a payload that does not
+# decode); the caller then takes the way through the payload object, which words the errors.
+LineFunction = Callable[[bytes, int, int, int], "str | None"]
+
+
+def line_function(
+    cls: type[Payload], before: str, after: str, offset: int, trailer: int
+) -> LineFunction | None:
+    """Generate the function writing a whole decode line for frames carrying `cls`.
+
+    `before` is a %-template of the text up to the payload object taking (physical_id,
+    physical_id, message_id, length); `after` the literal members and braces after the
+    payload's own; the data block is `frame[offset:-trailer]`. A fixed-layout model is
+    unpacked straight from the frame when every optional field is there, with no payload
+    object; any other model is decoded as usual and its fields formatted into the same single
+    %-format. None for a model without JSON members (nothing to gain)."""
+    env, lines, entries, optional_vars, extra = _json_entries(cls.SPEC)
+    if not entries:
+        return None
+    template, arguments = _text_parts(entries, guarded=False)
+    if extra is not None:
+        template += "%s"
+        arguments.append(f"""', "extra": "' + {extra}.hex().upper() + '"' if {extra} else ''""")
+    env.update(
+        template=before + template + after.replace("%", "%%"),
+        cls=cls,
+        decode=cls.decode,
+        text=_text,
+        PayloadError=PayloadError,
+    )
+    body = ["def line(raw, p, m, n):"]
+    values = f"(p, p, m, n, {', '.join(arguments)})"
+    if cls._layouts and cls.decode.__func__ is Payload.decode.__func__:  # type: ignore[attr-defined]
+        size, unpack, present, _ = cls._layouts[0]  # every field there
+        fixed = [f"v{index}" for index in range(present)]
+        env["unpack"] = unpack
+        body += [
+            f"    if len(raw) < {offset + trailer + size}:",
+            "        return None",
+            f"    {', '.join(fixed)}, = unpack(raw, {offset})",
+        ]
+        if cls._tail is not None:  # `extra` or another name (then written as hex)
+            body.append(f"    v{len(cls.SPEC) - 1} = raw[{offset + size}:-{trailer}]")
+        body += [f"    v{index} = text(v{index})" for index in cls._ascii]
+        body.append(f"    return template % {values}")
+    else:
+        body += [
+            "    try:",
+            f"        self = decode(raw[{offset}:-{trailer}])",
+            "    except PayloadError:",
+            "        return None",
+            "    if type(self) is not cls:",
+            "        return None",
+            *lines,
+        ]
+        if optional_vars:
+            every = " and ".join(f"{var} is not None" for var in optional_vars)
+            body += [f"    if {every}:", f"        return template % {values}", "    return None"]
+        else:
+            body.append(f"    return template % {values}")
+    exec(compile("\n".join(body) + "\n", f"<{cls.__name__} line>", "exec"), env)
+    function: LineFunction = env["line"]
+    return function
