@@ -61,7 +61,7 @@ def _blocks(args: argparse.Namespace) -> Iterator[list[str]]:
         yield sys.stdin.read().splitlines()
         return
     pending = b""
-    while chunk := source.read1(1 << 16):
+    while chunk := source.read1(1 << 14):
         pending += chunk
         end = pending.rfind(b"\n") + 1
         if end:
