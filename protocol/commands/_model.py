@@ -198,6 +198,13 @@ class Payload:
             return head + tail
         return head
 
+    @classmethod
+    def _line_fields(cls, data: bytes) -> tuple[Any, ...] | None:
+        """An irregular layout may define this: the values `decode` gives every field, in
+        declaration order, when the data holds them all; None for anything else. The decode
+        CLI's line is then written without building the object (see `line_function`)."""
+        return None
+
     def to_json(self) -> dict[str, Any]:
         """JSON-ready dict: wire values under field names, SI values and enum names beside.
 
@@ -549,7 +556,8 @@ def line_function(
     )
     body = ["def line(raw, p, m, n):"]
     values = f"(p, p, m, n, {', '.join(arguments)})"
-    if cls._layouts and cls.decode.__func__ is Payload.decode.__func__:  # type: ignore[attr-defined]
+    fixed_layout = bool(cls._layouts) and cls.decode.__func__ is Payload.decode.__func__  # type: ignore[attr-defined]
+    if fixed_layout:
         size, unpack, present, _ = cls._layouts[0]  # every field there
         fixed = [f"v{index}" for index in range(present)]
         env["unpack"] = unpack
@@ -562,6 +570,14 @@ def line_function(
             body.append(f"    v{len(cls.SPEC) - 1} = raw[{offset + size}:-{trailer}]")
         body += [f"    v{index} = text(v{index})" for index in cls._ascii]
         body.append(f"    return template % {values}")
+    elif "_line_fields" in cls.__dict__:
+        env["fields"] = cls._line_fields
+        body += [
+            f"    got = fields(raw[{offset}:-{trailer}])",
+            "    if got is None:",
+            "        return None",
+            f"    {', '.join(f'v{index}' for index in range(len(cls.SPEC)))}, = got",
+        ]
     else:
         body += [
             "    try:",
@@ -572,6 +588,7 @@ def line_function(
             "        return None",
             *lines,
         ]
+    if not fixed_layout:
         if optional_vars:
             every = " and ".join(f"{var} is not None" for var in optional_vars)
             body += [f"    if {every}:", f"        return template % {values}", "    return None"]

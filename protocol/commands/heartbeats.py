@@ -5,7 +5,7 @@ from __future__ import annotations
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Annotated, Self
+from typing import Annotated, Any, Self
 
 from protocol import units
 from protocol.commands._model import (
@@ -86,6 +86,18 @@ class Heartbeat(Payload):
             return build(voltage, statuses, data[end], data[end + 1], data[end + 2 :])
         signal = data[end] if size > end else None
         return build(voltage, statuses, signal, None, b"")
+
+    @classmethod
+    def _line_fields(cls, data: bytes) -> tuple[Any, ...] | None:
+        # `decode`'s usual case without the object: half of what the decode CLI meets. The
+        # statuses stay bytes (their JSON is that of the tuple of ints `decode` makes).
+        size = len(data)
+        if size < 3:
+            return None
+        end = 3 + data[2]
+        if size < end + 2:
+            return None
+        return data[0] | data[1] << 8, data[3:end], data[end], data[end + 1], data[end + 2 :]
 
     def encode(self) -> bytes:
         count = _port_count(self, self.port_statuses)
