@@ -63,12 +63,16 @@ class Unit:
     suffix: str
     convert: Callable[[int], float | int | None]
     inline: str
+    # The SI value is raw / divisor (0: some other conversion): generated code can then write
+    # its JSON text from integers, `repr(raw / 10)` being `f"{raw // 10}.{raw % 10}"` for any
+    # raw >= 0 (shortest repr, fewer than 16 digits; checked by the tests).
+    divisor: int = 0
 
 
-VOLTAGE = Unit("_v", volts, "{0} / 10")
-POWER = Unit("_w", watts, "{0} / 10")
-ENERGY = Unit("_kwh", kwh, "{0} / 100")
-CURRENT = Unit("_a", amps, "{0} / 1000")
-CENTIAMPS = Unit("_a", centiamps, "{0} / 100")
+VOLTAGE = Unit("_v", volts, "{0} / 10", 10)
+POWER = Unit("_w", watts, "{0} / 10", 10)
+ENERGY = Unit("_kwh", kwh, "{0} / 100", 100)
+CURRENT = Unit("_a", amps, "{0} / 1000", 1000)
+CENTIAMPS = Unit("_a", centiamps, "{0} / 100", 100)
 TEMPERATURE = Unit("_c", celsius, "(None if {0} == 0 else float({0} - 65))")
 DURATION = Unit("_s", seconds, "{0}")

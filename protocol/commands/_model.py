@@ -362,10 +362,13 @@ _Entry = tuple[str, str, str, str, bool]
 
 
 def _json_entries(
-    specs: tuple[FieldSpec, ...],
+    specs: tuple[FieldSpec, ...], *, wire_ints: bool = False
 ) -> tuple[dict[str, Any], list[str], list[_Entry], list[str], str | None]:
     """What both generated JSON methods and the frame line are made of: the environment,
-    `vN = self.field` lines, the JSON members, the optional fields' variables and `extra`'s."""
+    `vN = self.field` lines, the JSON members, the optional fields' variables and `extra`'s.
+
+    `wire_ints`: the integer fields hold what their struct code unpacks (never negative, a
+    byte below 256), so SI values may be written from integers and tables, without floats."""
     env: dict[str, Any] = {"unknown": unknown, "quote": encode_basestring}
     lines = []
     entries: list[_Entry] = []
@@ -388,7 +391,17 @@ def _json_entries(
         owner_var = var if spec.optional else ""
         if wire.kind == INT:
             entries.append((spec.name, var, "int", owner_var, False))
-            if si:
+            unit = wire.unit
+            if unit is not None and wire_ints and wire.code == "B":
+                # Every byte's JSON text of the SI value, built once (256 conversions).
+                env[f"s{index}"] = tuple(map(_number_text, map(unit.convert, range(256))))
+                entries.append((si_key, f"s{index}[{var}]", "text_of", owner_var, False))
+            elif unit is not None and wire_ints and unit.divisor and wire.code in ("H", "I"):
+                divisor = unit.divisor
+                env[f"f{divisor}"] = _fractions(divisor)
+                pair = f"{var} // {divisor}, f{divisor}[{var} % {divisor}]"
+                entries.append((si_key, pair, "decimal", owner_var, False))
+            elif si:
                 entries.append((si_key, si.format(var), "num", owner_var, "None" in si))
             if name:
                 entries.append((f"{spec.name}_name", name.format(var), "str", owner_var, False))
@@ -500,6 +513,10 @@ def _text_format(kind: str, expr: str) -> tuple[str, str]:
     """%-format directive and argument expression rendering a non-null value as JSON."""
     if kind == "int":
         return "%d", expr
+    if kind == "text_of":  # the expression is the JSON text
+        return "%s", expr
+    if kind == "decimal":  # `whole, fraction digits` (two arguments)
+        return "%d.%s", expr
     if kind == "num":
         return "%r", expr
     if kind == "str":
@@ -507,11 +524,27 @@ def _text_format(kind: str, expr: str) -> tuple[str, str]:
     return "%s", _as_text(kind, expr)
 
 
+def _number_text(value: float | int | None) -> str:
+    """JSON text of a number or None, as the json module writes it."""
+    return "null" if value is None else repr(value)
+
+
+def _fractions(divisor: int) -> tuple[str, ...]:
+    """The digits after the point of `repr(raw / divisor)` by `raw % divisor`: `("0", "1",
+    ...)` for 10, `("0", "01", ..., "1", "11", ...)` for 100 (no trailing zeros)."""
+    width = len(str(divisor)) - 1
+    return tuple(f"{rest:0{width}d}".rstrip("0") or "0" for rest in range(divisor))
+
+
 def _as_text(kind: str, expr: str) -> str:
     """Expression giving the JSON text of a value (ints and floats repr like the json module;
     enum names and hex strings need no escaping)."""
     if kind in ("int", "num"):
         return f"repr({expr})"
+    if kind == "text_of":
+        return expr
+    if kind == "decimal":
+        return f"'%d.%s' % ({expr})"
     if kind == "str":
         return f"'\"' + {expr} + '\"'"
     if kind == "text":
@@ -540,7 +573,13 @@ def line_function(
     unpacked straight from the frame when every optional field is there, with no payload
     object; any other model is decoded as usual and its fields formatted into the same single
     %-format. None for a model without JSON members (nothing to gain)."""
-    env, lines, entries, optional_vars, extra = _json_entries(cls.SPEC)
+    fixed_layout = bool(cls._layouts) and cls.decode.__func__ is Payload.decode.__func__  # type: ignore[attr-defined]
+    own_fields = "_line_fields" in cls.__dict__
+    # Fields unpacked here by their struct codes, or given by the model's own `_line_fields`
+    # (which keeps to the same ranges), are wire integers; other decoders' values might not be.
+    env, lines, entries, optional_vars, extra = _json_entries(
+        cls.SPEC, wire_ints=fixed_layout or own_fields
+    )
     if not entries:
         return None
     template, arguments = _text_parts(entries, guarded=False)
@@ -556,7 +595,6 @@ def line_function(
     )
     body = ["def line(raw, p, m, n):"]
     values = f"(p, p, m, n, {', '.join(arguments)})"
-    fixed_layout = bool(cls._layouts) and cls.decode.__func__ is Payload.decode.__func__  # type: ignore[attr-defined]
     if fixed_layout:
         size, unpack, present, _ = cls._layouts[0]  # every field there
         fixed = [f"v{index}" for index in range(present)]
@@ -570,7 +608,7 @@ def line_function(
             body.append(f"    v{len(cls.SPEC) - 1} = raw[{offset + size}:-{trailer}]")
         body += [f"    v{index} = text(v{index})" for index in cls._ascii]
         body.append(f"    return template % {values}")
-    elif "_line_fields" in cls.__dict__:
+    elif own_fields:
         env["fields"] = cls._line_fields
         body += [
             f"    got = fields(raw[{offset}:-{trailer}])",

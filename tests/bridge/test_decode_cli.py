@@ -182,3 +182,27 @@ def test_bytes_that_are_not_utf8_are_invalid_hex(capsys: pytest.CaptureFixture[s
     first, second = (json.loads(line) for line in result.stdout.decode().splitlines())
     assert first["error"] == "invalid hex"
     assert second["command"] == 0x21
+
+
+def test_a_bad_line_among_good_ones_keeps_its_place() -> None:
+    # Plain hex throughout (the block's fast way makes every line, one gives None) and then
+    # a line that is not hex after good ones (the fast way stops on ValueError): each block
+    # falls back line by line and keeps the order.
+    good = [
+        encode_frame(0x04000000 + i, i, command, bytes(range(size)))
+        for i, (command, size) in enumerate([(0x21, 6), (0x06, 47), (0x03, 37), (0x20, 6)] * 5)
+    ]
+    bad_checksum = good[1][:-1] + bytes([good[1][-1] ^ 1])
+    raws = [*good[:10], bad_checksum, *good[10:]]
+    expected = [to_json_line(describe_frame(raw, Sender.DEVICE)[0]) for raw in raws]
+    result = decode_process("".join(raw.hex().upper() + "\n" for raw in raws).encode())
+    assert result.returncode == 1
+    assert result.stdout.decode().splitlines() == expected
+    tail = "".join(raw.hex().upper() + "\n" for raw in good) + "not hex\n" + good[0].hex() + "\n"
+    result = decode_process(tail.encode())
+    assert result.returncode == 1
+    assert result.stdout.decode().splitlines() == [
+        *(to_json_line(describe_frame(raw, Sender.DEVICE)[0]) for raw in good),
+        to_json_line({"error": "invalid hex", "data_hex": "nothex"}),
+        to_json_line(describe_frame(good[0], Sender.DEVICE)[0]),
+    ]
