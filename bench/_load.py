@@ -1,7 +1,9 @@
 """Load process of `bench/throughput.py`: D chargers on raw TCP sending paced 0x06 power
 reports; not a benchmark itself.
 
-Each charger registers (0x20, waits for the reply), then on `go RATE COUNT` (a stdin line)
+Each charger sends its ICCID on connecting, as every DNY module does (so the gateway's
+default `pinned` policy pins it and then settles each frame with a dict lookup), registers
+(0x20, waits for the reply), then on `go RATE COUNT` (a stdin line)
 the fleet sends COUNT 0x06 frames round-robin at RATE frames/s in total (0 = as fast as the
 socket takes them). Charger i has one order (order number = i as 16 bytes) on port 0; the
 report's `duration` counts up per charger, so (order number, duration) names one frame, and
@@ -39,11 +41,12 @@ class Charger(asyncio.Protocol):
         self.transport: Any = None
         self.duration = 0
         self.message_id = 0
+        self.iccid = f"8986{index:016d}".encode()
 
     def connection_made(self, transport: Any) -> None:
         self.transport = transport
         reg = encode_payload(Registration(126, 2, 0, 0x21, 0, 0))
-        transport.write(encode_frame(self.pid, self.next_id(), 0x20, reg))
+        transport.write(self.iccid + encode_frame(self.pid, self.next_id(), 0x20, reg))
 
     def data_received(self, data: bytes) -> None:
         if not self.registered.done():
