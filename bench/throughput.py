@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import subprocess
-import time
 from typing import Any
 
 from _harness import (
@@ -132,7 +131,7 @@ def main() -> None:
         help="gateway --workers, or several to compare side by side (1,2)",
     )
     args = parser.parse_args()
-    runs = [{"workers": n, "phases": one_run(args, n)} for n in args.workers]
+    runs = [{"workers": n, **one_run(args, n)} for n in args.workers]
     out: dict[str, Any] = {
         "benchmark": "throughput",
         "machine": machine(),
@@ -159,7 +158,8 @@ def summary(run: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def one_run(args: argparse.Namespace, workers: int) -> list[dict[str, Any]]:
+def one_run(args: argparse.Namespace, workers: int) -> dict[str, Any]:
+    """One setup's phases, and how long its registrations took to settle (`settled_s`)."""
     seconds = 5 if args.quick else 10
     phases = [(1000, 1000 * seconds), (5000, 5000 * seconds), (0, args.max_frames)]
     wanted = {0 if r == "max" else int(r) for r in args.rates.split(",")}
@@ -183,7 +183,7 @@ def one_run(args: argparse.Namespace, workers: int) -> list[dict[str, Any]]:
         )
         lines = LineReader(load)
         lines.wait("ready", 60)
-        time.sleep(1.0)  # registration events settle before the clock starts
+        settled_s = procs.wait_quiet(*MEASURED)  # registrations worked off: the clock starts
         results = []
         for rate, count in phases:
             ours = run_phase(procs, load, lines, sessions, events, rate, count)
@@ -197,7 +197,7 @@ def one_run(args: argparse.Namespace, workers: int) -> list[dict[str, Any]]:
             results.append(ours)
         for w in watches:
             w.close()
-    return results
+    return {"settled_s": settled_s, "phases": results}
 
 
 if __name__ == "__main__":
