@@ -1,15 +1,18 @@
 """End-to-end throughput and latency; prints one JSON object.
 
-Chargers (a separate load process, `bench/_load.py`, 1,000 raw TCP connections) send 0x06
-power reports to a gateway process; the gateway publishes `event/port` to Mosquitto; a charging
-service process updates the session and publishes it retained on `{b}/sessions/{id}`, where a
-subscriber (QoS 1) sees it. Latency is from the frame's send to the first session state
-that includes it (the session's `duration_s` names the frame; the service publishes each
-session's newest state once per batch, so a later state stands for the frames it superseded).
-Phases: 1,000 and 5,000 frames/s, paced, then `max`: frames sent as fast as the gateway reads
-them; `delivered_per_s` is frames whose state was seen, per second from the first send to
-the last arrival. `gateway_stage` gives the same figures for
-the gateway's `event/port` messages (device -> gateway -> broker -> subscriber, one hop less).
+Chargers (a separate load process, `bench/_load.py`, 1,000 raw TCP connections, each sending
+its ICCID first as real ones do; a phase's frames are encoded before its clock starts) send
+0x06 power reports to a gateway process; the gateway publishes `event/port` to Mosquitto; a
+charging service process updates the session and publishes it retained on
+`{b}/sessions/{id}`, where a subscriber (QoS 1) sees it. Latency is from the frame's send to
+the first session state that includes it (the session's `duration_s` names the frame; the
+service publishes each session's newest state once per batch, so a later state stands for
+the frames it superseded). The first phase starts once gateway, service and Mosquitto are
+quiet after the registrations (`settled_s`). Phases: 1,000 and 5,000 frames/s, paced, then
+`max`: frames sent as fast as the gateway reads them; `delivered_per_s` is frames whose
+state was seen, per second from the first send to the last arrival. `gateway_stage` gives
+the same figures for the gateway's `event/port` messages (device -> gateway -> broker ->
+subscriber, one hop less).
 
 The reference, in the same run and through the same broker: raw paho-mqtt publishing as many
 QoS 1 messages at the same rate to a QoS 1 subscriber (one hop, no processing);
