@@ -202,6 +202,31 @@ class Procs:
         """CPU seconds used so far by the named children, with their own children."""
         return {name: tree_cpu_seconds(self.named[name].pid) for name in names}
 
+    def wait_quiet(
+        self,
+        *names: str,
+        below: float = 0.1,
+        window: float = 0.5,
+        least: float = 1.0,
+        timeout: float = 30.0,
+    ) -> float:
+        """Block until the named children (with their own children) together use less than
+        `below` of a core over `window` seconds, at least `least` and at most `timeout`
+        seconds; returns the seconds waited. A fixed sleep after the chargers registered
+        started the first phase while the slower setups (more processes on the same cores,
+        a loaded machine) were still working off the registrations, which then counted in
+        that phase's latency."""
+        start = time.monotonic()
+        time.sleep(least)
+        last = sum(self.cpu(*names).values())
+        while time.monotonic() - start < timeout:
+            time.sleep(window)
+            now = sum(self.cpu(*names).values())
+            if now - last < below * window:
+                break
+            last = now
+        return round(time.monotonic() - start, 2)
+
     def log_tail(self, name: str, lines: int = 20) -> str:
         path = self.tmp / f"{name}.log"
         return (

@@ -1,15 +1,18 @@
 """End-to-end throughput and latency; prints one JSON object.
 
-Chargers (a separate load process, `bench/_load.py`, 1,000 raw TCP connections) send 0x06
-power reports to a gateway process; the gateway publishes `event/port` to Mosquitto; a charging
-service process updates the session and publishes it retained on `{b}/sessions/{id}`, where a
-subscriber (QoS 1) sees it. Latency is from the frame's send to the first session state
-that includes it (the session's `duration_s` names the frame; the service publishes each
-session's newest state once per batch, so a later state stands for the frames it superseded).
-Phases: 1,000 and 5,000 frames/s, paced, then `max`: frames sent as fast as the gateway reads
-them; `delivered_per_s` is frames whose state was seen, per second from the first send to
-the last arrival. `gateway_stage` gives the same figures for
-the gateway's `event/port` messages (device -> gateway -> broker -> subscriber, one hop less).
+Chargers (a separate load process, `bench/_load.py`, 1,000 raw TCP connections, each sending
+its ICCID first as real ones do; a phase's frames are encoded before its clock starts) send
+0x06 power reports to a gateway process; the gateway publishes `event/port` to Mosquitto; a
+charging service process updates the session and publishes it retained on
+`{b}/sessions/{id}`, where a subscriber (QoS 1) sees it. Latency is from the frame's send to
+the first session state that includes it (the session's `duration_s` names the frame; the
+service publishes each session's newest state once per batch, so a later state stands for
+the frames it superseded). The first phase starts once gateway, service and Mosquitto are
+quiet after the registrations (`settled_s`). Phases: 1,000 and 5,000 frames/s, paced, then
+`max`: frames sent as fast as the gateway reads them; `delivered_per_s` is frames whose
+state was seen, per second from the first send to the last arrival. `gateway_stage` gives
+the same figures for the gateway's `event/port` messages (device -> gateway -> broker ->
+subscriber, one hop less).
 
 The reference, in the same run and through the same broker: raw paho-mqtt publishing as many
 QoS 1 messages at the same rate to a QoS 1 subscriber (one hop, no processing);
@@ -28,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import subprocess
-import time
 from typing import Any
 
 from _harness import (
@@ -132,7 +134,7 @@ def main() -> None:
         help="gateway --workers, or several to compare side by side (1,2)",
     )
     args = parser.parse_args()
-    runs = [{"workers": n, "phases": one_run(args, n)} for n in args.workers]
+    runs = [{"workers": n, **one_run(args, n)} for n in args.workers]
     out: dict[str, Any] = {
         "benchmark": "throughput",
         "machine": machine(),
@@ -159,7 +161,8 @@ def summary(run: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def one_run(args: argparse.Namespace, workers: int) -> list[dict[str, Any]]:
+def one_run(args: argparse.Namespace, workers: int) -> dict[str, Any]:
+    """One setup's phases, and how long its registrations took to settle (`settled_s`)."""
     seconds = 5 if args.quick else 10
     phases = [(1000, 1000 * seconds), (5000, 5000 * seconds), (0, args.max_frames)]
     wanted = {0 if r == "max" else int(r) for r in args.rates.split(",")}
@@ -183,7 +186,7 @@ def one_run(args: argparse.Namespace, workers: int) -> list[dict[str, Any]]:
         )
         lines = LineReader(load)
         lines.wait("ready", 60)
-        time.sleep(1.0)  # registration events settle before the clock starts
+        settled_s = procs.wait_quiet(*MEASURED)  # registrations worked off: the clock starts
         results = []
         for rate, count in phases:
             ours = run_phase(procs, load, lines, sessions, events, rate, count)
@@ -197,7 +200,7 @@ def one_run(args: argparse.Namespace, workers: int) -> list[dict[str, Any]]:
             results.append(ours)
         for w in watches:
             w.close()
-    return results
+    return {"settled_s": settled_s, "phases": results}
 
 
 if __name__ == "__main__":
