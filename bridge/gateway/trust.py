@@ -18,12 +18,17 @@ Serial lines carry no ICCID: pins do not apply there (the allowlist's ids do).
 With `--workers N` the worker processes share one pin file (`SqlitePinStore(shared=True)`):
 a worker reads the file only when its memory cannot settle a frame (an id it has no pin for,
 or an ICCID that differs from the pin it remembers), so a pin or `unpin` made by one worker
-holds in every other at once, and the common case stays a dict lookup.
+holds in every other at once, and the common case stays a dict lookup. A counter beside the
+file (`PinGeneration`), bumped after every pin write, says when what a worker read is still
+current, so even a charger that never sent an ICCID costs a dict lookup per frame, not a read.
 """
 
 from __future__ import annotations
 
+import fcntl
 import logging
+import mmap
+import os
 import sqlite3
 import time
 from dataclasses import dataclass
@@ -92,6 +97,42 @@ class PinStore:
         """Release the file (nothing to do in memory)."""
 
 
+class PinGeneration:
+    """An 8-byte counter in a file beside the shared pin store, bumped after every pin write
+    (under a file lock, so no bump is lost). A worker that read a pin, or its absence, at
+    generation G may answer from memory while the counter still says G: reading it is a
+    memory load through mmap (~2 µs on our CI VM), where the SELECT costs 60-90 µs per frame.
+    Bumping after the commit, never before, means a reader can only see a newer number with
+    data at least as new."""
+
+    SIZE = 8
+
+    def __init__(self, path: Path) -> None:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            if os.fstat(fd).st_size < self.SIZE:
+                os.ftruncate(fd, self.SIZE)  # zero-filled; two creators at once agree
+            self._map = mmap.mmap(fd, self.SIZE)
+        except OSError:
+            os.close(fd)
+            raise
+        self._fd = fd
+
+    def read(self) -> int:
+        return int.from_bytes(self._map[: self.SIZE], "little")
+
+    def bump(self) -> None:
+        fcntl.flock(self._fd, fcntl.LOCK_EX)
+        try:
+            self._map[: self.SIZE] = (self.read() + 1).to_bytes(self.SIZE, "little")
+        finally:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+
+    def close(self) -> None:
+        self._map.close()
+        os.close(self._fd)
+
+
 class SqlitePinStore(PinStore):
     """Pins in SQLite under `--state-dir`, read once at start and written through, one small
     transaction per change: pins change when a charger is first seen or unpinned, never per
@@ -127,9 +168,26 @@ class SqlitePinStore(PinStore):
                 f"the pin store {path} is unusable ({exc}); move it away to start with no pins"
             ) from None
         self.pins = {int(pid): str(iccid) for pid, iccid in rows}
+        # Shared: the ids whose pin (or none) `pins` holds as of generation `_seen`.
+        self._generation: PinGeneration | None = None
+        self._seen = -1
+        self._current: set[int] = set()
+        if shared:
+            try:
+                self._generation = PinGeneration(path.with_name(path.name + "-generation"))
+            except OSError as exc:
+                self._db.close()
+                raise PinStoreError(f"cannot open the pin store {path}: {exc}") from None
 
     def fresh(self, physical_id: int) -> str | None:
-        if not self.shared:
+        generation = self._generation
+        if generation is None:
+            return self.pins.get(physical_id)
+        seen = generation.read()  # before the SELECT: what we read is at least this new
+        if seen != self._seen:
+            self._seen = seen
+            self._current.clear()
+        elif physical_id in self._current:
             return self.pins.get(physical_id)
         try:
             row = self._db.execute(
@@ -140,10 +198,14 @@ class SqlitePinStore(PinStore):
             return self.pins.get(physical_id)
         if row is None:
             self.pins.pop(physical_id, None)
-            return None
-        iccid = str(row[0])
-        if physical_id in self.pins or len(self.pins) < self.max_pins:
-            self.pins[physical_id] = iccid
+            iccid = None
+        else:
+            iccid = str(row[0])
+            if physical_id in self.pins or len(self.pins) < self.max_pins:
+                self.pins[physical_id] = iccid
+        # Only what memory now holds may be answered from it; bounded like the pins.
+        if self.pins.get(physical_id) == iccid and len(self._current) < self.max_pins:
+            self._current.add(physical_id)
         return iccid
 
     def unpin(self, physical_id: int) -> str | None:
@@ -162,10 +224,17 @@ class SqlitePinStore(PinStore):
             "INSERT OR IGNORE INTO pins (physical_id, iccid, pinned_at) VALUES (?, ?, ?)",
             (physical_id, iccid, time.time()),
         )
+        self._changed()
         self.fresh(physical_id)
 
     def _removed(self, physical_id: int) -> None:
         self._write("DELETE FROM pins WHERE physical_id = ?", (physical_id,))
+        self._changed()
+
+    def _changed(self) -> None:
+        """After a write has committed (autocommit): tell every worker to read again."""
+        if self._generation is not None:
+            self._generation.bump()
 
     def _write(self, sql: str, args: tuple[object, ...]) -> None:
         try:
@@ -176,6 +245,8 @@ class SqlitePinStore(PinStore):
 
     def close(self) -> None:
         self._db.close()
+        if self._generation is not None:
+            self._generation.close()
 
 
 @dataclass(slots=True)

@@ -223,6 +223,44 @@ async def test_workers_sharing_the_pin_file_act_on_each_others_pins(tmp_path: Pa
             store.close()
 
 
+def test_a_shared_pin_file_is_read_again_only_after_some_worker_wrote_it(tmp_path: Path) -> None:
+    """Every frame of a charger with no pin (one that sent no ICCID) used to cost each worker
+    a SELECT; now the generation counter beside the file says when memory is still current,
+    and a pin or unpin by another worker is still seen at once."""
+    path = tmp_path / "pins.sqlite3"
+    a, b = SqlitePinStore(path, shared=True), SqlitePinStore(path, shared=True)
+    selects: list[str] = []
+    b._db.set_trace_callback(lambda sql: selects.append(sql) if sql.startswith("SELECT") else None)
+    try:
+        for _ in range(50):
+            assert b.fresh(PID) is None
+        assert len(selects) == 1
+        assert a.pin(PID, ICCID_A)
+        assert b.fresh(PID) == ICCID_A and len(selects) == 2  # a's pin, at once
+        assert b.fresh(PID) == ICCID_A and len(selects) == 2
+        assert a.unpin(PID) == ICCID_A
+        assert b.fresh(PID) is None and PID not in b.pins
+    finally:
+        a.close()
+        b.close()
+
+
+def test_a_full_shared_store_never_answers_from_memory_for_a_pin_it_could_not_keep(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "pins.sqlite3"
+    a = SqlitePinStore(path, shared=True)
+    small = SqlitePinStore(path, max_pins=1, shared=True)
+    try:
+        assert a.pin(PID, ICCID_A) and a.pin(PID + 1, ICCID_B)
+        assert small.fresh(PID) == ICCID_A  # kept: the one place it has
+        for _ in range(3):  # not kept in memory, so read each time, never "no pin"
+            assert small.fresh(PID + 1) == ICCID_B
+    finally:
+        a.close()
+        small.close()
+
+
 def test_an_unusable_pin_file_is_one_clear_error(tmp_path: Path) -> None:
     path = tmp_path / "pins.sqlite3"
     path.write_bytes(b"this is no database" * 100)
