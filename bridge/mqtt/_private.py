@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import importlib.metadata
 import logging
+import math
 import re
 import threading
 from collections.abc import Callable
@@ -284,7 +285,9 @@ QUICK = (0x00, 0x10)  # PUBACK reason codes decoded by `quick_puback`: success, 
 Deliver = Callable[[str, bytes, int, bool, int], bool]
 
 
-def read_everything_available(client: paho.Client, deliver: Deliver | None = None) -> None:
+def read_everything_available(
+    client: paho.Client, deliver: Deliver | None = None, *, quick_packets: bool = True
+) -> None:
     """Make paho read every packet already received when its socket is readable, through one
     `recv` per 64 KiB, decoding the common packets without paho's generic reader.
 
@@ -304,7 +307,8 @@ def read_everything_available(client: paho.Client, deliver: Deliver | None = Non
     topic that is not UTF-8, a packet not complete yet) goes through paho's own `_packet_read`,
     which reads from the same buffer. Bytes left in the buffer are invisible to the event
     loop's readiness, so when READ_LIMIT stops the reading with some left, the next read is
-    scheduled at once.
+    scheduled at once. (`quick_packets=False`: every packet through paho's reader, for
+    bench/mqtt_fixed_costs.py.)
     """
     original_recv = client._sock_recv
     buffer = bytearray()
@@ -405,7 +409,7 @@ def read_everything_available(client: paho.Client, deliver: Deliver | None = Non
                 if not deliver(topic, bytes(buf[pos:end]), qos, bool(command & 1), mid):
                     break
                 if qos and not client._manual_ack:
-                    rc = client._send_puback(mid)
+                    rc = send_puback(client, mid)
             else:
                 break
             at = end
@@ -422,7 +426,7 @@ def read_everything_available(client: paho.Client, deliver: Deliver | None = Non
         while count < READ_LIMIT:
             if client._sock is None:
                 return MQTTErrorCode.MQTT_ERR_NO_CONN
-            if client._in_packet["command"] == 0:  # paho is between packets
+            if quick_packets and client._in_packet["command"] == 0:  # between packets
                 if (not buffer or source[0] is not client._sock) and not fill():
                     break
                 done, rc = quick(READ_LIMIT - count)
@@ -518,6 +522,11 @@ def no_idle_inflight_scan(client: paho.Client) -> None:
         return original()
 
     client._update_inflight = update_inflight  # type: ignore[method-assign]
+
+
+def send_puback(client: paho.Client, mid: int) -> MQTTErrorCode:
+    """paho's `_send_puback` without its debug log line (a `logging` call per message)."""
+    return client._packet_queue(PUBACK, bytes((PUBACK, 2, mid >> 8, mid & 0xFF)), mid, 1)
 
 
 def _puback_handler(client: paho.Client) -> Callable[[int, int], MQTTErrorCode]:
@@ -696,6 +705,8 @@ def quick_publish(client: paho.Client) -> Callable[[str, bytes, bool, Properties
     mid_generate = client._mid_generate
     message_class = paho.MQTTMessage
     empty_properties = b"\x00" if v5 else b""
+    wait_for_puback = paho.mqtt_ms_wait_for_puback
+    most_inflight = client._max_inflight_messages or math.inf  # fixed once connected
 
     def slow(topic: str, payload: bytes, retain: bool, properties: Properties | None) -> int:
         info = client.publish(topic, payload, 1, retain, properties)  # may raise ValueError
@@ -705,17 +716,14 @@ def quick_publish(client: paho.Client) -> Callable[[str, bytes, bool, Properties
 
     def publish(topic: str, payload: bytes, retain: bool, properties: Properties | None) -> int:
         name = topic.encode()
+        size = len(name)
         if (
-            client._sock is None
-            or not name
-            or len(name) > 0xFFFF
-            or len(payload) > 0xFFFFFF
+            not 0 < size <= 0xFFFF
             or b"+" in name
             or b"#" in name
-            or (
-                client._max_inflight_messages
-                and client._inflight_messages >= client._max_inflight_messages
-            )
+            or len(payload) > 0xFFFFFF
+            or client._sock is None
+            or client._inflight_messages >= most_inflight
             or client._max_queued_messages
         ):
             return slow(topic, payload, retain, properties)
@@ -723,7 +731,7 @@ def quick_publish(client: paho.Client) -> Callable[[str, bytes, bool, Properties
         if v5 and properties is not None:
             props = properties.pack()  # type: ignore[no-untyped-call]
         mid = mid_generate()
-        length = 4 + len(name) + len(props) + len(payload)
+        length = 4 + size + len(props) + len(payload)
         with mutex:
             if mid in out_messages:
                 return slow(topic, payload, retain, properties)
@@ -733,13 +741,18 @@ def quick_publish(client: paho.Client) -> Callable[[str, bytes, bool, Properties
             message.qos = 1
             message.retain = retain
             message.properties = properties
-            message.state = paho.mqtt_ms_wait_for_puback
+            message.state = wait_for_puback
             out_messages[mid] = message
             client._inflight_messages += 1
+            command = PUBLISH_QOS1 | retain
             packet = b"".join(
                 (
-                    _fixed_header(PUBLISH_QOS1 | retain, length),
-                    len(name).to_bytes(2, "big"),
+                    bytes((command, length))
+                    if length < 0x80
+                    else bytes((command, length & 0x7F | 0x80, length >> 7))
+                    if length < 0x4000
+                    else _fixed_header(command, length),
+                    size.to_bytes(2, "big"),
                     name,
                     mid.to_bytes(2, "big"),
                     props,
