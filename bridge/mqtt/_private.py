@@ -45,7 +45,8 @@ SUPPORTED: dict[str, tuple[tuple[int, int], tuple[int, int]]] = {
 }
 
 # What each trick touches; `problems()` checks every one.
-AIOMQTT_CLIENT_ATTRIBUTES = ("_client", "_disconnected", "_queue")  # on an aiomqtt.Client
+# on an aiomqtt.Client
+AIOMQTT_CLIENT_ATTRIBUTES = ("_client", "_disconnected", "_queue", "_on_message")
 PAHO_CLIENT_METHODS = (
     "_packet_read",
     "_sock_recv",
@@ -55,6 +56,8 @@ PAHO_CLIENT_METHODS = (
     "_update_inflight",
     "_handle_pubackcomp",
     "_do_on_publish",
+    "_packet_queue",
+    "_mid_generate",
 )
 # on a paho.Client instance
 PAHO_CLIENT_ATTRIBUTES = (
@@ -62,9 +65,15 @@ PAHO_CLIENT_ATTRIBUTES = (
     "_out_packet",
     "_out_messages",
     "_inflight_messages",
+    "_max_inflight_messages",
+    "_max_queued_messages",
     "_in_packet",
     "_out_message_mutex",
+    "_manual_ack",
+    "_protocol",
+    "_last_bytes_received",
 )
+PAHO_MODULE_ATTRIBUTES = ("MQTTMessage", "mqtt_ms_wait_for_puback")  # in paho.mqtt.client
 PROPERTIES_TABLES = ("names", "properties", "types")  # besides packetType, all a Properties has
 MESSAGE_INFO_SLOTS = ("_condition", "_iterpos", "_published", "mid", "rc")  # all it has
 
@@ -111,6 +120,7 @@ def attribute_problems(client: aiomqtt.Client | None = None) -> list[str]:
     missing = [
         f"paho.mqtt.client.Client.{a}" for a in PAHO_CLIENT_METHODS if not hasattr(paho.Client, a)
     ]
+    missing += [f"paho.mqtt.client.{a}" for a in PAHO_MODULE_ATTRIBUTES if not hasattr(paho, a)]
     original = getattr(Properties.__init__, "original", Properties.__init__)
     template = object.__new__(Properties)
     original(template, PacketTypes.PUBLISH)
@@ -138,6 +148,8 @@ def attribute_problems(client: aiomqtt.Client | None = None) -> list[str]:
                 for a in PAHO_CLIENT_ATTRIBUTES
                 if not hasattr(inner, a)
             ]
+            if "command" not in getattr(inner, "_in_packet", {"command": 0}):
+                missing.append("paho.mqtt.client.Client._in_packet['command']")
     return missing
 
 
