@@ -541,6 +541,14 @@ def send_puback(client: paho.Client, mid: int) -> MQTTErrorCode:
     return client._packet_queue(PUBACK, bytes((PUBACK, 2, mid >> 8, mid & 0xFF)), mid, 1)
 
 
+def ack(client: paho.Client, mid: int, qos: int) -> MQTTErrorCode:
+    """paho's `ack` (manual acknowledgements) of a QoS 1 message through `send_puback`; other
+    QoS levels through paho's own."""
+    if qos == 1 and client._manual_ack:
+        return send_puback(client, mid)
+    return client.ack(mid, qos)
+
+
 def _puback_handler(client: paho.Client) -> Callable[[int, int], MQTTErrorCode]:
     """What paho does with a PUBACK of message id `mid` and a success reason (0x00, 0x10)
     and no properties, without decoding it again: `on_publish` with one shared reason code

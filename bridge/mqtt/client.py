@@ -292,7 +292,7 @@ class MqttClient:
         this one (and the consumer recognises the redelivery)."""
         client = self._came_on.pop(message, None)
         if client is not None and client is self._client:
-            _private.paho_client(client).ack(message.mid, message.qos)
+            _private.ack(_private.paho_client(client), message.mid, message.qos)
 
     # --- internals ------------------------------------------------------------------
     def _make_client(self) -> aiomqtt.Client:

@@ -264,3 +264,20 @@ async def test_writes_go_out_at_the_end_of_the_loop_turn_and_the_rest_when_writa
         inner._sock = None
         mine.close()
         peer.close()
+
+
+@pytest.mark.parametrize("qos", [1, 2])
+def test_a_manual_ack_queues_the_packet_paho_does(qos: int) -> None:
+    queued = []
+    for ours in (False, True):
+        client, _peer = connected_client(paho.MQTTv5)
+        client.manual_ack_set(True)
+        if ours:
+            _private.ack(client, 300, qos)
+        else:
+            client.ack(300, qos)
+        queued.append(state(client))
+    assert queued[0] == queued[1]
+    assert queued[0][0] == [
+        (0x40 if qos == 1 else 0x70, 300, 1, bytes([0x40 if qos == 1 else 0x70, 2, 1, 44]))
+    ]
