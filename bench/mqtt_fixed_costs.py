@@ -13,6 +13,7 @@ pays per message), little disturbed by other load; best of 5 repetitions each:
   formatting of each second once);
 - `publish_us`: one QoS 1 PUBLISH of an event-sized (474-byte) payload handed to a connected
   paho client, MQTT 5 (paho's `publish` against `quick_publish`; the write is not included);
+- `ack_us`: one manual acknowledgement queued (paho's `ack` against `_private.ack`);
 - `puback_read_us`: one PUBACK read from a socket holding 1,000 of them and acknowledged
   (paho's own reader; `read_everything_available` with every packet through paho's reader,
   the code before the quick reader; with the quick reader);
@@ -30,6 +31,7 @@ pays per message), little disturbed by other load; best of 5 repetitions each:
 from __future__ import annotations
 
 import asyncio
+import logging
 import socket
 import time
 from collections.abc import Callable
@@ -139,6 +141,8 @@ V5 = paho.MQTTv5
 
 
 def connected(client: paho.Client, sock: Any) -> paho.Client:
+    """`client` connected on `sock`, logging to "mqtt" as aiomqtt's paho client does."""
+    client.enable_logger(logging.getLogger("mqtt"))
     client._sock = sock
     client._state = paho._ConnectionState.MQTT_CS_CONNECTED
     return client
@@ -180,6 +184,25 @@ def publishing(quick: bool, n: int) -> Callable[[], None]:
                 out.clear()
                 packets.clear()
                 client._inflight_messages = 0
+
+    return run
+
+
+def acking(quick: bool, n: int) -> Callable[[], None]:
+    """n manual acknowledgements (the service's, one per event) queued for writing."""
+    client = paho.Client(paho.CallbackAPIVersion.VERSION2, protocol=V5)
+    client.manual_ack_set(True)
+    ours, _peer = socket.socketpair()  # nothing is written: the peer may go
+    connected(client, ours)
+    client.on_socket_register_write = lambda *_: None
+
+    def run() -> None:
+        for i in range(n):
+            if quick:
+                _private.ack(client, i % 60000 + 1, 1)
+            else:
+                client.ack(i % 60000 + 1, 1)
+        client._out_packet.clear()
 
     return run
 
@@ -327,6 +350,9 @@ def main() -> None:
             "iso_utc_us": {"datetime": loop_us(old_iso_utc), "per_second": loop_us(iso_utc)},
             "publish_us": interleaved_us(
                 {"paho": publishing(False, 2000), "quick_publish": publishing(True, 2000)}, 2000
+            ),
+            "ack_us": interleaved_us(
+                {"paho": acking(False, 2000), "quick_ack": acking(True, 2000)}, 2000
             ),
             "puback_read_us": {r: read_us(r, "puback") for r in ("paho", "buffered", "quick")},
             "receive_us": {r: read_us(r, "publish") for r in ("paho", "buffered", "quick")},

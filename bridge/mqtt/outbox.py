@@ -250,10 +250,10 @@ class SqliteOutbox(Outbox):
       `commit_window_s` after it was queued; `stored()` waits for it;
     - a non-critical message may be handed out for publishing before it is written; if the
       broker acknowledges it within the window it is never written at all (the broker has it).
-      The timer ticks every half window while changes are pending and a tick writes only the
-      messages already queued at the previous tick (at least half a window old, at most a
-      window): one just queued, whose acknowledgement is a round trip away, is not written
-      because a tick happened to come right after it;
+      The timer ticks every half window while changes are pending; a tick writes (every
+      change) only if a message queued before the previous tick (half a window to a window
+      old) is still unacknowledged, so one just queued, whose acknowledgement is a round trip
+      away, is not written because the timer happened to end right after it;
     - a critical or keyed message (a settlement) is written at once, with everything queued
       before it, and its key as soon as the broker acknowledged it, before the caller hears
       of the acknowledgement (the device's 0x03 reply): a crash never loses a settlement the
@@ -294,6 +294,7 @@ class SqliteOutbox(Outbox):
         self._inserts: dict[int, OutboxMessage] = {}  # queued before the last tick
         self._young: dict[int, OutboxMessage] = {}  # queued since: written at the tick after
         self._deletes: list[int] = []
+        self._deletes_waited = False  # deletes alone were pending at the previous tick
         self.rows_written = 0  # messages written so far (for benchmarks and tests)
         self._keys_published: list[tuple[str, float]] = []
         self._flush_handle: asyncio.Handle | None = None
@@ -371,18 +372,17 @@ class SqliteOutbox(Outbox):
             self._flush_handle = loop.call_soon(self.flush)
 
     def _tick(self) -> None:
-        """Write what was queued before the previous tick, and the deletes; what was queued
-        since waits for the next tick (half a window later), unless acknowledged first."""
+        """While a message queued before the previous tick is unacknowledged: write every
+        change (a transaction at most every other tick, as often as before the ticks). Else
+        what was queued since waits for the next tick (half a window later) and is never
+        written if acknowledged by then; deletes alone wait one tick more (for company)."""
         self._flush_handle = None
         if self._closed:
             return
-        if self._inserts or self._deletes or self._keys_published:
-            try:
-                self._write(self._inserts.values())
-            except sqlite3.Error as exc:
-                self._write_failed(exc)
-                return
-            self._written()
+        if self._inserts or self._keys_published or (self._deletes and self._deletes_waited):
+            self.flush()
+            return
+        self._deletes_waited = bool(self._deletes)
         self._inserts, self._young = self._young, self._inserts
         if self.unstored:
             self._schedule_flush()
@@ -421,7 +421,6 @@ class SqliteOutbox(Outbox):
             self._write_failed(exc)
             return
         self._written()
-        self._young.clear()
         self._wake_waiters()
 
     def _write_failed(self, exc: sqlite3.Error) -> None:
@@ -434,12 +433,13 @@ class SqliteOutbox(Outbox):
         self._schedule_flush(RETRY_S)
 
     def _written(self) -> None:
-        """The inserts (not the young), deletes and keys are on disk."""
         if self._write_failing:
             log.info("outbox %s writable again", self.path)
             self._write_failing = False
         self._inserts.clear()
+        self._young.clear()
         self._deletes.clear()
+        self._deletes_waited = False
         self._keys_published.clear()
 
     def _wake_waiters(self) -> None:
