@@ -72,8 +72,10 @@ PAHO_CLIENT_ATTRIBUTES = (
     "_manual_ack",
     "_protocol",
     "_last_bytes_received",
+    "_state",
 )
-PAHO_MODULE_ATTRIBUTES = ("MQTTMessage", "mqtt_ms_wait_for_puback")  # in paho.mqtt.client
+# in paho.mqtt.client
+PAHO_MODULE_ATTRIBUTES = ("MQTTMessage", "mqtt_ms_wait_for_puback", "_ConnectionState")
 PROPERTIES_TABLES = ("names", "properties", "types")  # besides packetType, all a Properties has
 MESSAGE_INFO_SLOTS = ("_condition", "_iterpos", "_published", "mid", "rc")  # all it has
 
@@ -658,7 +660,10 @@ def write_soon(client: aiomqtt.Client) -> None:
     `epoll_ctl` twice, the poll that finds the socket writable). A connected socket is
     nearly always writable: here the write is a `call_soon` on the loop's thread, and only
     what the socket did not take waits for writability through aiomqtt's way. Calls from
-    another thread (paho's connect runs in an executor) go aiomqtt's way as before."""
+    another thread (paho's connect runs in an executor) go aiomqtt's way as before, and so
+    does the DISCONNECT of a client closing: written at once, it reached the embedded amqtt
+    broker while it still had messages queued for that client, which it then logged as
+    failed tasks with tracebacks (tests/bridge/roles/test_run_and_demo.py)."""
     inner = client._client
     register = inner.on_socket_register_write
     if register is None:
@@ -666,11 +671,15 @@ def write_soon(client: aiomqtt.Client) -> None:
     loop = asyncio.get_running_loop()
     thread = threading.get_ident()
     scheduled: list[bool] = [False]
+    disconnecting = paho._ConnectionState.MQTT_CS_DISCONNECTING  # type: ignore[attr-defined]
 
     def write_now() -> None:
         scheduled[0] = False
         sock = inner._sock
         if sock is None:
+            return
+        if inner._state == disconnecting:  # its DISCONNECT: aiomqtt's way, see above
+            register(inner, None, sock)
             return
         try:
             inner.loop_write()

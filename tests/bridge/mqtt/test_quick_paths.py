@@ -281,3 +281,30 @@ def test_a_manual_ack_queues_the_packet_paho_does(qos: int) -> None:
     assert queued[0][0] == [
         (0x40 if qos == 1 else 0x70, 300, 1, bytes([0x40 if qos == 1 else 0x70, 2, 1, 44]))
     ]
+
+
+async def test_the_disconnect_of_a_closing_client_is_written_aiomqtt_s_way() -> None:
+    """Written at once, it reached the embedded amqtt broker while it still had messages
+    queued for the client (then logged as failed tasks): it waits for the selector as before."""
+    aio = aiomqtt.Client("127.0.0.1", protocol=V311)
+    inner = _private.paho_client(aio)
+    mine, peer = socket.socketpair()
+    for s in (mine, peer):
+        s.setblocking(False)
+    inner._sock = mine  # type: ignore[assignment]
+    inner._state = paho._ConnectionState.MQTT_CS_CONNECTED
+    registered: list[object] = []
+    inner.on_socket_register_write = lambda _c, _u, sock: registered.append(sock)
+    _private.write_soon(aio)
+    try:
+        inner.disconnect()
+        await asyncio.sleep(0)
+        assert registered == [mine]  # handed to the event loop's writer
+        with pytest.raises(BlockingIOError):
+            peer.recv(100)  # not written yet
+        inner.loop_write()  # what that writer does when the socket is writable
+        assert peer.recv(100) == b"\xe0\x00"
+    finally:
+        inner._sock = None
+        mine.close()
+        peer.close()
