@@ -11,7 +11,9 @@ Through a real Mosquitto (started here from the project's mosquitto.conf, as the
   event two messages (an event and a retained state) submitted in its own loop turn: the
   process's CPU time (user + system) per event with the in-memory `Outbox` (the reference),
   `SqliteOutbox` with one transaction per loop turn (`commit_window_s=0`, as before group
-  commit) and with group commit (the default window); median of `--rounds` interleaved runs;
+  commit), with group commit as before 2026-12-02 evening (everything pending written a window
+  after the first change) and as now (half-window ticks, only messages at least half a window
+  old written); median of `--rounds` interleaved runs, and the share of messages written;
 - `coalescing`: a heartbeat flood during an outage (`--devices` devices x 20 heartbeats, each one
   retained device state and three events): messages left queued with and without coalescing.
 
@@ -98,7 +100,20 @@ async def outage(broker: Mosquitto, outbox: Outbox, n: int, batch: int) -> tuple
         return queue_rate, n / (time.perf_counter() - start)
 
 
-async def paced(broker: Mosquitto, outbox: Outbox, events: int, rate: float) -> float:
+class WholeWindow(SqliteOutbox):
+    """The group commit before the half-window ticks (main at b41c1e3): everything pending is
+    written one window after the first change, however young."""
+
+    def _schedule_flush(self, delay: float | None = None) -> None:
+        super()._schedule_flush(self.commit_window_s if delay is None else delay)
+
+
+WRITTEN: dict[str, list[float]] = {}  # variant -> share of messages written, per run
+
+
+async def paced(
+    broker: Mosquitto, outbox: Outbox, events: int, rate: float, name: str = ""
+) -> float:
     """CPU µs per event, two messages per event, one event per loop turn at `rate`/s."""
     async with MqttClient(MqttSettings(url=broker.url), outbox=outbox) as mqtt:
         await asyncio.wait_for(mqtt.wait_connected(), 10)
@@ -116,6 +131,8 @@ async def paced(broker: Mosquitto, outbox: Outbox, events: int, rate: float) -> 
         if isinstance(outbox, SqliteOutbox):
             await outbox.stored()
         used = time.process_time() - cpu
+    if isinstance(outbox, SqliteOutbox):
+        WRITTEN.setdefault(name, []).append(outbox.rows_written / events / 2)
     outbox.close()
     return used / events * 1e6
 
@@ -153,18 +170,24 @@ async def main() -> None:
                 "sqlite_transaction_per_loop_turn": lambda k: SqliteOutbox(
                     Path(tmp) / f"t{k}.sqlite3", commit_window_s=0
                 ),
+                "sqlite_group_commit_whole_window": lambda k: WholeWindow(
+                    Path(tmp) / f"w{k}.sqlite3"
+                ),
                 "sqlite_group_commit": lambda k: SqliteOutbox(Path(tmp) / f"g{k}.sqlite3"),
             }
             cpu: dict[str, list[float]] = {name: [] for name in variants}
             for k in range(args.rounds):
                 for name, make in variants.items():
-                    cpu[name].append(await paced(broker, make(k), args.events, args.rate))
+                    cpu[name].append(await paced(broker, make(k), args.events, args.rate, name))
             paced_result = {
                 "rate": args.rate,
                 "events": args.events,
                 "messages_per_event": 2,
                 "runs": {name: [round(x, 1) for x in xs] for name, xs in cpu.items()},
                 "median": {name: round(statistics.median(xs), 1) for name, xs in cpu.items()},
+                "share_of_messages_written": {
+                    name: [round(x, 3) for x in xs] for name, xs in WRITTEN.items()
+                },
             }
             if args.paced_only:
                 print(json.dumps({"paced_cpu_us_per_event": paced_result}))

@@ -30,6 +30,7 @@ from typing import Any
 
 import aiomqtt
 import paho.mqtt.client as paho
+from paho.mqtt.enums import MQTTErrorCode
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
@@ -291,7 +292,7 @@ class MqttClient:
         this one (and the consumer recognises the redelivery)."""
         client = self._came_on.pop(message, None)
         if client is not None and client is self._client:
-            _private.paho_client(client).ack(message.mid, message.qos)
+            _private.ack(_private.paho_client(client), message.mid, message.qos)
 
     # --- internals ------------------------------------------------------------------
     def _make_client(self) -> aiomqtt.Client:
@@ -501,28 +502,40 @@ class MqttClient:
 
         inner.on_publish = on_publish
         limit = self.settings.max_inflight
+        quick = _private.quick_publish(inner)
         while True:
             while len(pending) < limit and (message := self.outbox.take()) is not None:
-                mid = self._publish_now(inner, message)
+                mid = self._publish_now(inner, message, quick)
                 if mid is not None:
                     pending[mid] = message
             self._wakeup.clear()
             await self._wakeup.wait()
 
-    def _publish_now(self, inner: paho.Client, message: OutboxMessage) -> int | None:
-        """Hand one message to paho; its message id, or None if it failed for good."""
+    def _publish_now(
+        self,
+        inner: paho.Client,
+        message: OutboxMessage,
+        quick: Callable[[str, bytes, bool, Properties | None], int] | None = None,
+    ) -> int | None:
+        """Hand one message to paho (QoS 1 through `quick`, `_private.quick_publish`); its
+        message id, or None if it is not published now (failed for good, or offline)."""
+        rc: Any
         try:
-            info = inner.publish(
-                message.topic, message.payload, message.qos, message.retain, message.properties
-            )
+            if quick is not None and message.qos == 1:
+                mid = quick(message.topic, message.payload, message.retain, message.properties)
+                rc = paho.MQTT_ERR_SUCCESS if mid > 0 else MQTTErrorCode(-mid)
+            else:
+                info = inner.publish(
+                    message.topic, message.payload, message.qos, message.retain, message.properties
+                )
+                mid, rc = info.mid, info.rc
         except ValueError as exc:  # paho's verdict on the topic or payload
-            rc: Any = exc
+            rc = exc
         else:
-            if info.rc == paho.MQTT_ERR_SUCCESS:
-                return info.mid
-            if info.rc in (paho.MQTT_ERR_NO_CONN, paho.MQTT_ERR_CONN_LOST):
+            if rc == paho.MQTT_ERR_SUCCESS:
+                return mid
+            if rc in (paho.MQTT_ERR_NO_CONN, paho.MQTT_ERR_CONN_LOST):
                 return None  # stays in flight; requeued when the connection loop notices
-            rc = info.rc
         self._refused(message, f"paho refused it: {rc}")
         return None
 

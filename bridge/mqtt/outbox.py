@@ -25,6 +25,7 @@ import logging
 import sqlite3
 import time
 from collections import OrderedDict
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -248,7 +249,11 @@ class SqliteOutbox(Outbox):
       transaction: a message is durable (on disk, or acknowledged by the broker) at the latest
       `commit_window_s` after it was queued; `stored()` waits for it;
     - a non-critical message may be handed out for publishing before it is written; if the
-      broker acknowledges it within the window it is never written at all (the broker has it);
+      broker acknowledges it within the window it is never written at all (the broker has it).
+      The timer ticks every half window while changes are pending; a tick writes (every
+      change) only if a message queued before the previous tick (half a window to a window
+      old) is still unacknowledged, so one just queued, whose acknowledgement is a round trip
+      away, is not written because the timer happened to end right after it;
     - a critical or keyed message (a settlement) is written at once, with everything queued
       before it, and its key as soon as the broker acknowledged it, before the caller hears
       of the acknowledgement (the device's 0x03 reply): a crash never loses a settlement the
@@ -286,8 +291,11 @@ class SqliteOutbox(Outbox):
                 raise OutboxLocked(f"{path} is in use by another process") from None
             raise
         self._write_failing = False
-        self._inserts: dict[int, OutboxMessage] = {}
+        self._inserts: dict[int, OutboxMessage] = {}  # queued before the last tick
+        self._young: dict[int, OutboxMessage] = {}  # queued since: written at the tick after
         self._deletes: list[int] = []
+        self._deletes_waited = False  # deletes alone were pending at the previous tick
+        self.rows_written = 0  # messages written so far (for benchmarks and tests)
         self._keys_published: list[tuple[str, float]] = []
         self._flush_handle: asyncio.Handle | None = None
         self._closed = False
@@ -322,17 +330,21 @@ class SqliteOutbox(Outbox):
     @property
     def unstored(self) -> int:
         """Changes not yet written (queued messages, deletions, published keys)."""
-        return len(self._inserts) + len(self._deletes) + len(self._keys_published)
+        return (
+            len(self._inserts) + len(self._young) + len(self._deletes) + len(self._keys_published)
+        )
 
     def _stored(self, message: OutboxMessage) -> None:
-        self._inserts[message.seq] = message
         if message.critical or message.key is not None:
+            self._inserts[message.seq] = message
             self.flush()  # a settlement: on disk at once, with everything queued before it
         else:
+            self._young[message.seq] = message
             self._schedule_flush()
 
     def _removed(self, seq: int, published_key: str | None = None) -> None:
-        if self._inserts.pop(seq, None) is None:  # never written: nothing to delete
+        # never written (young or waiting for its tick): nothing to delete
+        if self._young.pop(seq, None) is None and self._inserts.pop(seq, None) is None:
             self._deletes.append(seq)
         if published_key is not None:
             self._keys_published.append((published_key, time.time()))
@@ -344,21 +356,41 @@ class SqliteOutbox(Outbox):
         if self._closed:
             return
         if self._flush_handle is not None:
-            if len(self._inserts) + len(self._deletes) >= MAX_GROUP and not self._write_failing:
+            changes = len(self._inserts) + len(self._young) + len(self._deletes)
+            if changes >= MAX_GROUP and not self._write_failing:
                 self.flush()
             return
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
             return  # no loop (tools, tests): flushed by the next critical change and close()
-        delay = self.commit_window_s if delay is None else delay
-        if delay > 0:
+        if delay is not None:  # a retry after a failed write: everything
             self._flush_handle = loop.call_later(delay, self.flush)
+        elif self.commit_window_s > 0:
+            self._flush_handle = loop.call_later(self.commit_window_s / 2, self._tick)
         else:
             self._flush_handle = loop.call_soon(self.flush)
 
+    def _tick(self) -> None:
+        """While a message queued before the previous tick is unacknowledged: write every
+        change (a transaction at most every other tick, as often as before the ticks). Else
+        what was queued since waits for the next tick (half a window later) and is never
+        written if acknowledged by then; deletes alone wait one tick more (for company)."""
+        self._flush_handle = None
+        if self._closed:
+            return
+        if self._inserts or self._keys_published or (self._deletes and self._deletes_waited):
+            self.flush()
+            return
+        self._deletes_waited = bool(self._deletes)
+        self._inserts, self._young = self._young, self._inserts
+        if self.unstored:
+            self._schedule_flush()
+        else:
+            self._wake_waiters()
+
     def take(self) -> OutboxMessage | None:
-        if self._inserts and self._pending:
+        if self._inserts and self._pending:  # settlements are never young
             first = next(iter(self._pending.values()))
             if (first.critical or first.key is not None) and first.seq in self._inserts:
                 self.flush()  # on disk before it is published (only if a write failed)
@@ -384,20 +416,31 @@ class SqliteOutbox(Outbox):
             self._wake_waiters()
             return
         try:
-            self._write()
+            self._write([*self._inserts.values(), *self._young.values()])
         except sqlite3.Error as exc:
-            if not self._write_failing:
-                log.error("cannot write the outbox %s: %s; retrying", self.path, exc)
-            self._write_failing = True
-            self._schedule_flush(RETRY_S)
+            self._write_failed(exc)
             return
+        self._written()
+        self._wake_waiters()
+
+    def _write_failed(self, exc: sqlite3.Error) -> None:
+        if not self._write_failing:
+            log.error("cannot write the outbox %s: %s; retrying", self.path, exc)
+        self._write_failing = True
+        if self._flush_handle is not None:
+            self._flush_handle.cancel()
+            self._flush_handle = None
+        self._schedule_flush(RETRY_S)
+
+    def _written(self) -> None:
         if self._write_failing:
             log.info("outbox %s writable again", self.path)
             self._write_failing = False
         self._inserts.clear()
+        self._young.clear()
         self._deletes.clear()
+        self._deletes_waited = False
         self._keys_published.clear()
-        self._wake_waiters()
 
     def _wake_waiters(self) -> None:
         waiters, self._waiters = self._waiters, []
@@ -405,26 +448,24 @@ class SqliteOutbox(Outbox):
             if not waiter.done():
                 waiter.set_result(None)
 
-    def _write(self) -> None:
+    def _write(self, inserts: Iterable[OutboxMessage]) -> None:
+        rows = [
+            (
+                m.seq,
+                m.topic,
+                m.payload,
+                m.qos,
+                int(m.retain),
+                int(m.critical),
+                m.key,
+                m.properties.pack() if m.properties is not None else None,  # type: ignore[no-untyped-call]
+            )
+            for m in inserts
+        ]
         db = self._db
         db.execute("BEGIN")
         try:
-            db.executemany(
-                "INSERT INTO outbox VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                [
-                    (
-                        m.seq,
-                        m.topic,
-                        m.payload,
-                        m.qos,
-                        int(m.retain),
-                        int(m.critical),
-                        m.key,
-                        m.properties.pack() if m.properties is not None else None,  # type: ignore[no-untyped-call]
-                    )
-                    for m in self._inserts.values()
-                ],
-            )
+            db.executemany("INSERT INTO outbox VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
             db.executemany("DELETE FROM outbox WHERE seq = ?", [(s,) for s in self._deletes])
             if self._keys_published:
                 db.executemany(
@@ -436,6 +477,7 @@ class SqliteOutbox(Outbox):
             if db.in_transaction:
                 db.execute("ROLLBACK")
             raise
+        self.rows_written += len(rows)
 
     def stored_count(self) -> int:
         """Rows on disk (for tests and benchmarks)."""

@@ -238,15 +238,16 @@ async def test_a_message_from_an_earlier_connection_is_not_acked_on_the_new_one(
 
 
 def acks_sent(mqtt: MqttClient) -> list[int]:
-    """The message ids the current connection acknowledges from now on."""
+    """The message ids of the PUBACKs the current connection queues from now on."""
     assert mqtt._client is not None
     inner = _private.paho_client(mqtt._client)
     sent: list[int] = []
-    real_ack = inner.ack
+    real_queue = inner._packet_queue
 
-    def ack(mid: int, qos: int) -> Any:
-        sent.append(mid)
-        return real_ack(mid, qos)
+    def queue(command: int, packet: bytes, mid: int, qos: int, info: Any = None) -> Any:
+        if command & 0xF0 == 0x40:  # PUBACK
+            sent.append(mid)
+        return real_queue(command, packet, mid, qos, info)
 
-    inner.ack = ack  # type: ignore[method-assign]
+    inner._packet_queue = queue  # type: ignore[method-assign]
     return sent

@@ -400,3 +400,35 @@ def test_a_failing_write_keeps_every_pending_change_and_retries_it(
     assert reopened.find_key("k1") is True  # the settlement is not published twice
     assert [p for _, p in drain(reopened)] == [b"kept", b"later"]  # "old" not sent again
     reopened.close()
+
+
+async def test_sqlite_outbox_writes_only_what_outlives_a_tick_unacknowledged(
+    tmp_path: Path,
+) -> None:
+    """Ticks (every half window; called here by hand, the window being an hour): a message
+    acknowledged before the tick after the one that found it queued is never written; one
+    still unacknowledged then is written with every pending change; deletes alone wait one
+    tick more."""
+    outbox = SqliteOutbox(tmp_path / "o.sqlite3", 100, commit_window_s=3600)
+    outbox.add("e", b"slow")
+    outbox._tick()  # "slow" was queued before this tick
+    assert outbox.stored_count() == 0
+    outbox.add("e", b"quick")
+    slow, quick = outbox.take(), outbox.take()
+    assert slow is not None and quick is not None
+    outbox.acked(quick.seq)  # acknowledged within its first tick: never written
+    outbox._tick()  # "slow" outlived a whole tick unacknowledged
+    assert on_disk(outbox) == [b"slow"]
+    outbox.acked(slow.seq)
+    outbox._tick()
+    assert on_disk(outbox) == [b"slow"]  # its delete waits for company, one tick
+    outbox._tick()
+    assert on_disk(outbox) == [] and outbox.unstored == 0
+    outbox.add("e", b"again")
+    outbox._tick()
+    again = outbox.take()
+    assert again is not None
+    outbox.acked(again.seq)
+    outbox._tick()
+    assert outbox.rows_written == 1 and outbox.unstored == 0
+    outbox.close()

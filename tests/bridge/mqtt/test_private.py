@@ -219,3 +219,30 @@ def test_a_message_info_wakes_a_waiter_though_its_condition_is_made_late() -> No
     quick = _private.LazyMessageInfo(7)
     quick._set_as_published()
     assert quick._lazy is None and quick.is_published()
+
+
+@pytest.mark.parametrize(
+    ("owner", "name", "named"),
+    [
+        (paho.Client, "_packet_queue", "paho.mqtt.client.Client._packet_queue"),
+        (paho.Client, "_mid_generate", "paho.mqtt.client.Client._mid_generate"),
+        (paho, "mqtt_ms_wait_for_puback", "paho.mqtt.client.mqtt_ms_wait_for_puback"),
+    ],
+)
+def test_what_the_quick_publish_relies_on_is_named_when_missing(
+    monkeypatch: pytest.MonkeyPatch, owner: object, name: str, named: str
+) -> None:
+    monkeypatch.delattr(owner, name)
+    assert f"{named} is missing" in _private.problems()
+
+
+async def test_a_missing_attribute_of_the_quick_reader_is_named(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    client = aiomqtt.Client("127.0.0.1")
+    monkeypatch.delattr(aiomqtt.Client, "_on_message")
+    inner = _private.paho_client(client)
+    del inner._manual_ack
+    found = _private.problems(client)
+    assert "paho.mqtt.client.Client._manual_ack is missing" in found
+    assert "aiomqtt.Client._on_message is missing" in found
