@@ -21,6 +21,7 @@ from bridge.gateway.publishing import Publishing
 from bridge.gateway.registry import Device
 from bridge.gateway.requests import reply_fields
 from bridge.gateway.stats import GatewayStats
+from bridge.mqtt.payloads import iso_utc
 from protocol import Frame, PayloadError, Sender, decode_frame, decode_payload
 from protocol.commands.field import (
     FSK_PARAMS,
@@ -140,6 +141,12 @@ class Duties:
         gw = self.publishing.gateway_id
         event = self.publishing.event
         match payload:
+            case p.PortPowerReport():  # first: most frames at scale (every 5 min per port)
+                state = events.power_port_state(payload, iso_utc())
+                self.publishing.port_state(dev, state)
+                event(dev, "port", events.power(dev, gw, frame, payload, state))
+                self._observe_power()
+                return None
             case p.Heartbeat():
                 dev.seen_0x21 = True
                 self._heartbeat(dev, frame, payload)
@@ -168,11 +175,6 @@ class Duties:
                 return p.OrderConfirmationReply(payload.port, 0)
             case p.Settlement():
                 self.flows.settlement(dev, frame, payload)
-                return None
-            case p.PortPowerReport():
-                self.publishing.port_state(dev, events.power_port_state(payload))
-                event(dev, "port", events.power(dev, gw, frame, payload))
-                self._observe_power()
                 return None
             case p.Alarm():
                 event(dev, "device", events.alarm(dev, gw, frame, payload))
