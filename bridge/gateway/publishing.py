@@ -89,7 +89,8 @@ class Publishing:
         )
 
     def device_state(self, dev: Device) -> None:
-        self.submit(self.topics.device(dev.device_id), dev.state(self.gateway_id), retain=True)
+        data = dev.state_json(self.gateway_id)
+        self.submit_json(self.topics.device(dev.device_id), data, retain=True)
 
     def port_state(self, dev: Device, state: PortRecord) -> None:
         """Publish a port state when it changed. Heartbeats carry no order number (0x21 no

@@ -1,14 +1,14 @@
-"""The payloads published per device frame as JSON text without a pydantic model per message.
+"""Payloads published per device frame as JSON text without a pydantic model per message.
 
 At 1,000 frames/s the gateway built and dumped two models per 0x06 power report (the event and
 the retained port state): validating them cost ~12 µs each and dumping ~4 µs, for values our
 own decoder had just produced. `FastJson(Model)` generates, once, a function that writes the
 same text as `Model(**fields).model_dump_json()`: same keys in the same order, the same
-rendering of int, float, str and null. Its fields must be plain `int`, `float`, `str`,
-`X | None` or a `Literal` with a default (anything else raises `TypeError` when the serializer is
-made, so a contract change cannot slip past it). Any value it cannot render exactly as pydantic
-does (a wrong type, a float outside 1e-4..1e16, where pydantic and Python write exponents
-differently, NaN, a string that is not valid UTF-8, a missing or extra field) makes it build the
+rendering of bool, int, float, str and null. The model's fields must be plain `bool`, `int`,
+`float`, `str`, `X | None` or a `Literal` with a default (anything else raises `TypeError`
+when the serializer is made, so a contract change cannot slip past it). A value it cannot
+render exactly as pydantic does (a wrong type, a float outside 1e-4..1e16, where pydantic and
+Python write exponents differently, NaN, a string that is not valid UTF-8) makes it build the
 model instead: that validates as before, raising the same `ValidationError` on bad input.
 `tests/bridge/mqtt/payloads/test_fast.py` compares both texts on random values.
 """
@@ -58,6 +58,7 @@ def _float(value: float) -> str:
 
 
 _EXPRESSIONS = {
+    bool: "(_true if {v} is True else _false if {v} is False else _unusual())",
     int: "(str({v}) if type({v}) is int else _unusual())",
     float: "((_floats.get({v}) or _float({v})) if type({v}) is float else _unusual())",
     # json's C string escaper escapes exactly what pydantic's does (", \\, controls < 0x20)
@@ -70,6 +71,8 @@ _NAMESPACE: dict[str, Any] = {
     "_float": _float,
     "_quote": json.encoder.encode_basestring,
     "_null": "null",
+    "_true": "true",
+    "_false": "false",
 }
 
 

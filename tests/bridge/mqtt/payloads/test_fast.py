@@ -14,10 +14,16 @@ from pydantic import Field, ValidationError
 from pydantic_core import PydanticUndefined
 
 import bridge.mqtt.payloads.fast as fast_module
-from bridge.mqtt.payloads import MqttPayload, PortPowerEvent, PortState, PortStatusEvent
+from bridge.mqtt.payloads import (
+    DeviceState,
+    MqttPayload,
+    PortPowerEvent,
+    PortState,
+    PortStatusEvent,
+)
 from bridge.mqtt.payloads.fast import FastJson
 
-HOT = (PortPowerEvent, PortState, PortStatusEvent)
+HOT = (PortPowerEvent, PortState, PortStatusEvent, DeviceState)
 
 # Floats pydantic and Python write alike, and all the others (exponents, NaN, infinities).
 FLOATS = st.one_of(
@@ -35,7 +41,8 @@ def _strategy(annotation: Any) -> st.SearchStrategy[Any]:
         (inner,) = [a for a in get_args(annotation) if a is not type(None)]
         return st.one_of(st.none(), _strategy(inner))
     ints = st.one_of(st.integers(), st.booleans())  # pydantic takes a bool as an int
-    return {int: ints, float: FLOATS, str: STRINGS}[annotation]
+    bools = st.one_of(st.booleans(), st.integers(0, 1))  # and 0 and 1 as a bool
+    return {bool: bools, int: ints, float: FLOATS, str: STRINGS}[annotation]
 
 
 def _fields(model: type[MqttPayload]) -> st.SearchStrategy[dict[str, Any]]:
@@ -141,10 +148,10 @@ def test_a_field_without_a_fast_form_fails_when_made() -> None:
     class Listed(MqttPayload):
         ports: list[int]
 
-    class Flag(MqttPayload):
-        on: bool
+    class Either(MqttPayload):
+        value: int | str
 
-    for model in (Constrained, Listed, Flag):
+    for model in (Constrained, Listed, Either):
         with pytest.raises(TypeError):
             FastJson(model)
 
