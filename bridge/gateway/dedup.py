@@ -45,6 +45,19 @@ class BoundedTtlMap(Generic[K, V]):
         while len(self._items) > self.max_items:
             self._items.popitem(last=False)
 
+    def add(self, key: K, value: V) -> V | None:
+        """The live value of `key`; when it has none, `value` is stored (as `put`) and None
+        returned. One lookup where `in` then `put` take two (once per device frame)."""
+        now = time.monotonic()
+        entry = self._items.get(key)
+        if entry is not None and entry[0] >= now:
+            return entry[1]
+        self._items[key] = (now + self.ttl_s, value)
+        self._items.move_to_end(key)
+        while len(self._items) > self.max_items:
+            self._items.popitem(last=False)
+        return None
+
     def update(self, key: K, value: V) -> None:
         """Replace the value of a remembered key without extending its life."""
         entry = self._items.get(key)

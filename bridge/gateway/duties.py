@@ -21,6 +21,7 @@ from bridge.gateway.publishing import Publishing
 from bridge.gateway.registry import Device
 from bridge.gateway.requests import reply_fields
 from bridge.gateway.stats import GatewayStats
+from bridge.mqtt.payloads import iso_utc
 from protocol import Frame, PayloadError, Sender, decode_frame, decode_payload
 from protocol.commands.field import (
     FSK_PARAMS,
@@ -58,17 +59,15 @@ class Answers:
         self._recent: BoundedTtlMap[FrameKey, Answer] = BoundedTtlMap(RECENT_FRAMES, RECENT_TTL_S)
         self._connections = connections
 
-    def __contains__(self, key: FrameKey) -> bool:
-        return key in self._recent
-
     def get(self, key: FrameKey) -> tuple[Frame, bytes] | None:
         """The reply given to `key`, if one was."""
         raw = self._recent.get(key)
         return (decode_frame(raw), raw) if raw else None
 
-    def pending(self, key: FrameKey) -> None:
-        """Seen, reply not decided yet: a resend meanwhile is a duplicate answered with nothing."""
-        self._recent.put(key, b"")
+    def first(self, key: FrameKey) -> bool:
+        """Whether `key` is new. A new one is seen from now, its reply not decided yet (b""):
+        a resend meanwhile is a duplicate answered with nothing."""
+        return self._recent.add(key, b"") is None
 
     def forget(self, key: FrameKey) -> None:
         """A later resend must be handled anew (its settlement was not published)."""
@@ -114,7 +113,7 @@ class Duties:
         if self.upgrades is not None:
             self.upgrades.seen(dev)
         key = frame_key(frame)
-        if key in self.answers:
+        if not self.answers.first(key):
             self.stats.duplicates += 1
             if frame.command in TIME_REQUESTS:
                 self.answers.answer(dev, frame, p.TimeReply(int(self.clock.time())))
@@ -123,7 +122,6 @@ class Duties:
             if previous:
                 self.connections.write(dev, *previous)
             return
-        self.answers.pending(key)
         try:
             payload = decode_payload(frame.command, frame.data, Sender.DEVICE)
         except PayloadError as exc:
@@ -140,6 +138,12 @@ class Duties:
         gw = self.publishing.gateway_id
         event = self.publishing.event
         match payload:
+            case p.PortPowerReport():  # first: most frames at scale (every 5 min per port)
+                state = events.power_port_state(payload, iso_utc())
+                self.publishing.port_state(dev, state)
+                event(dev, "port", events.power(dev, gw, frame, payload, state))
+                self._observe_power()
+                return None
             case p.Heartbeat():
                 dev.seen_0x21 = True
                 self._heartbeat(dev, frame, payload)
@@ -168,11 +172,6 @@ class Duties:
                 return p.OrderConfirmationReply(payload.port, 0)
             case p.Settlement():
                 self.flows.settlement(dev, frame, payload)
-                return None
-            case p.PortPowerReport():
-                self.publishing.port_state(dev, events.power_port_state(payload))
-                event(dev, "port", events.power(dev, gw, frame, payload))
-                self._observe_power()
                 return None
             case p.Alarm():
                 event(dev, "device", events.alarm(dev, gw, frame, payload))

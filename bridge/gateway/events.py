@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 import protocol as p
-from bridge.gateway.registry import Device
+from bridge.gateway.registry import Device, PortRecord
 from bridge.mqtt.payloads import (
     AlarmEvent,
     CabinetHeartbeatEvent,
@@ -26,7 +26,6 @@ from bridge.mqtt.payloads import (
     OrderSettledEvent,
     PortPowerEvent,
     PortPushEvent,
-    PortState,
     PortStatusEvent,
     RegisterEvent,
     TimeSyncEvent,
@@ -34,6 +33,7 @@ from bridge.mqtt.payloads import (
     UpgradeRequestEvent,
     iso_utc,
 )
+from bridge.mqtt.payloads.fast import FastJson
 from protocol import units
 from protocol.enums import (
     alarm_type_name,
@@ -123,7 +123,7 @@ def apply_heartbeat(dev: Device, hb: Heartbeats) -> None:
         dev.temperature_c = hb.temperature_c
 
 
-def heartbeat_port_states(hb: Heartbeats) -> list[PortState]:
+def heartbeat_port_states(hb: Heartbeats) -> list[PortRecord]:
     if isinstance(hb, p.HostHeartbeat):
         return []
     now = iso_utc()
@@ -131,7 +131,7 @@ def heartbeat_port_states(hb: Heartbeats) -> list[PortState]:
         hb.powers_w if isinstance(hb, p.LegacyHeartbeat) else (None,) * len(hb.port_statuses)
     )
     return [
-        PortState(
+        PortRecord(
             port=i + 1,
             status=port_status_name(code),
             status_code=code,
@@ -319,51 +319,66 @@ def _port(wire: int) -> int:
     return wire + 1
 
 
-def port_status(dev: Device, gw: str, frame: p.Frame, state: PortState) -> PortStatusEvent:
-    return PortStatusEvent(
-        **_common(dev, gw, frame),
+# The port events are published for every 0x06 and heartbeat: their text is made without a
+# model (`FastJson`), byte for byte what the model would write.
+STATUS_EVENT = FastJson(PortStatusEvent)
+POWER_EVENT = FastJson(PortPowerEvent)
+
+
+def port_status(dev: Device, gw: str, frame: p.Frame, state: PortRecord) -> bytes:
+    return STATUS_EVENT.dump(
+        ts=iso_utc(),
+        device_id=dev.device_id,
+        gateway_id=gw,
+        command=frame.command,
+        message_id=frame.message_id,
         port=state.port,
         status=state.status,
         status_code=state.status_code,
     )
 
 
-def power_port_state(r: p.PortPowerReport) -> PortState:
-    now = iso_utc()
-    return PortState(
-        port=_port(r.port),
-        status=charging_status_name(r.status),
-        status_code=r.status,
-        power_w=r.power_w,
-        order_no=order_no_hex(r.order_no),
-        updated_at=now,
-        energy_kwh=r.energy_kwh,
-        voltage_v=r.voltage_v,
-        current_a=r.current_a,
-        temperature_c=r.ambient_temperature_c,
-        port_temperature_c=r.port_temperature_c,
-        measured_at=now,
+def power_port_state(r: p.PortPowerReport, now: str) -> PortRecord:
+    """The port state a 0x06 reports, measured `now`."""
+    return PortRecord(
+        _port(r.port),
+        charging_status_name(r.status),
+        r.status,
+        r.power_w,
+        order_no_hex(r.order_no),
+        now,
+        r.energy_kwh,
+        r.voltage_v,
+        r.current_a,
+        r.ambient_temperature_c,
+        r.port_temperature_c,
+        now,
     )
 
 
-def power(dev: Device, gw: str, frame: p.Frame, r: p.PortPowerReport) -> PortPowerEvent:
-    return PortPowerEvent(
-        **_common(dev, gw, frame),
-        port=_port(r.port),
-        status=charging_status_name(r.status),
-        status_code=r.status,
-        order_no=order_no_hex(r.order_no),
+def power(dev: Device, gw: str, frame: p.Frame, r: p.PortPowerReport, state: PortRecord) -> bytes:
+    """The 0x06 event; `state` is `power_port_state(r, ts)` (the fields they share)."""
+    return POWER_EVENT.dump(
+        ts=state.updated_at,
+        device_id=dev.device_id,
+        gateway_id=gw,
+        command=frame.command,
+        message_id=frame.message_id,
+        port=state.port,
+        status=state.status,
+        status_code=state.status_code,
+        order_no=state.order_no,
         duration_s=r.duration_s,
-        energy_kwh=r.energy_kwh,
-        power_w=r.power_w,
+        energy_kwh=state.energy_kwh,
+        power_w=state.power_w,
         max_power_w=r.max_power_w,
         min_power_w=r.min_power_w,
         avg_power_w=r.average_power_w,
         peak_power_w=r.peak_power_w,
-        voltage_v=r.voltage_v,
-        current_a=r.current_a,
-        temperature_c=r.ambient_temperature_c,
-        port_temperature_c=r.port_temperature_c,
+        voltage_v=state.voltage_v,
+        current_a=state.current_a,
+        temperature_c=state.temperature_c,
+        port_temperature_c=state.port_temperature_c,
         start_mode=start_mode_name(r.start_mode),
         start_mode_code=r.start_mode,
     )

@@ -15,6 +15,7 @@ from typing import Any, Literal, Protocol
 from bridge.gateway.registry import Device, PortRecord, Registry
 from bridge.mqtt.client import MessageDropped
 from bridge.mqtt.payloads import EventBase, GatewayState, Payload, PortState, iso_utc
+from bridge.mqtt.payloads.fast import FastJson
 from bridge.mqtt.topics import Topics
 
 log = logging.getLogger(__name__)
@@ -28,6 +29,12 @@ MEASUREMENTS = (
     "port_temperature_c",
     "measured_at",
 )
+_MEASURED = tuple((name, PortRecord._fields.index(name)) for name in MEASUREMENTS)
+_FIRST_MEASURED = len(PortRecord._fields) - len(MEASUREMENTS)
+assert PortRecord._fields[_FIRST_MEASURED:] == MEASUREMENTS  # the record's last fields
+# Retained port states are published for every 0x06 and every changed heartbeat: their text is
+# made from the record without a model, byte for byte what `PortState` would write.
+PORT_STATE = FastJson(PortState)
 
 
 class Publisher(Protocol):
@@ -59,12 +66,18 @@ class Publishing:
         self._last: asyncio.Future[None] | None = None
 
     def submit(self, topic: str, payload: Payload, *, retain: bool = False) -> None:
-        fut = self.mqtt.submit(topic, payload.to_json(), qos=1, retain=retain)
+        self.submit_json(topic, payload.to_json(), retain=retain)
+
+    def submit_json(self, topic: str, data: bytes, *, retain: bool = False) -> None:
+        """`data`: a payload's JSON text (`MqttPayload.to_json()` or `FastJson`)."""
+        fut = self.mqtt.submit(topic, data, qos=1, retain=retain)
         fut.add_done_callback(log_failure)
         self._last = fut
 
-    def event(self, dev: Device, kind: str, event: EventBase) -> None:
-        self.submit(self.topics.event(dev.device_id, kind), event)
+    def event(self, dev: Device, kind: str, event: EventBase | bytes) -> None:
+        """`event`: the model, or its JSON text already made."""
+        data = event if isinstance(event, bytes) else event.to_json()
+        self.submit_json(self.topics.event(dev.device_id, kind), data)
 
     def critical_event(
         self, dev: Device, kind: str, event: EventBase, key: str
@@ -76,33 +89,29 @@ class Publishing:
         )
 
     def device_state(self, dev: Device) -> None:
-        self.submit(self.topics.device(dev.device_id), dev.state(self.gateway_id), retain=True)
+        data = dev.state_json(self.gateway_id)
+        self.submit_json(self.topics.device(dev.device_id), data, retain=True)
 
-    def port_state(self, dev: Device, state: PortState) -> None:
+    def port_state(self, dev: Device, state: PortRecord) -> None:
         """Publish a port state when it changed. Heartbeats carry no order number (0x21 no
         power either): while the port keeps charging, the values from 0x06 stay. The latest
         measurements (energy, voltage, current, temperatures, `measured_at`) stay whatever the
         status, so a late subscriber sees them at once; `measured_at` tells their age."""
         old = dev.ports.get(state.port)
         if old is not None:
-            keep: dict[str, Any] = {
-                name: getattr(old, name)
-                for name in MEASUREMENTS
-                if getattr(state, name) is None and getattr(old, name) is not None
-            }
-            if state.status_code in CHARGING_CODES:
-                if state.power_w is None:
-                    keep["power_w"] = old.power_w
-                    keep.setdefault("measured_at", old.measured_at)
-                if state.order_no is None:
-                    keep["order_no"] = old.order_no
-            if keep:
-                state = state.model_copy(update=keep)
-        record = PortRecord.of(state)
-        if old is not None and old.same_as(record):
-            return
-        dev.ports[state.port] = record
-        self.submit(self.topics.port(dev.device_id, state.port), state, retain=True)
+            state = _kept(old, state)
+            if old.same_as(state):
+                return
+        data = PORT_STATE.text(state)
+        if data is None:
+            # an unusual value: validated (a bad one raises, as the model always did) and
+            # coerced by the model, then compared again
+            model = PortState(**state._asdict())
+            state, data = PortRecord.of(model), model.to_json()
+            if old is not None and old.same_as(state):
+                return
+        dev.ports[state.port] = state
+        self.submit_json(self.topics.port(dev.device_id, state.port), data, retain=True)
 
     def gateway_state(self, state: Literal["online", "offline"]) -> None:
         """This gateway's presence, `{b}/gateways/{gateway_id}/state` (the will's topic)."""
@@ -133,6 +142,22 @@ class Publishing:
                 await asyncio.shield(last)
         except (TimeoutError, Exception):
             log.warning("could not flush all messages to the broker before exit")
+
+
+def _kept(old: PortRecord, new: PortRecord) -> PortRecord:
+    """`new` with what it does not report taken from `old` (see `Publishing.port_state`)."""
+    keep: dict[str, Any] = (
+        {name: old[i] for name, i in _MEASURED if new[i] is None and old[i] is not None}
+        if None in new[_FIRST_MEASURED:]
+        else {}  # a 0x06 reports them all
+    )
+    if new.status_code in CHARGING_CODES:
+        if new.power_w is None:
+            keep["power_w"] = old.power_w
+            keep.setdefault("measured_at", old.measured_at)
+        if new.order_no is None:
+            keep["order_no"] = old.order_no
+    return new._replace(**keep) if keep else new
 
 
 def log_failure(fut: asyncio.Future[None]) -> None:

@@ -17,6 +17,7 @@ from typing import NamedTuple
 
 from bridge.links.base import Connection
 from bridge.mqtt.payloads import DeviceState, PortState, iso_utc
+from bridge.mqtt.payloads.fast import FastJson
 from protocol import StreamDecoder
 from protocol.enums import device_type_name, host_type_name
 from protocol.ids import device_id, device_kind, device_number
@@ -73,6 +74,7 @@ class PortRecord(NamedTuple):
 
 
 _UPDATED_AT = PortRecord._fields.index("updated_at")
+DEVICE_STATE = FastJson(DeviceState)
 
 
 @dataclass(slots=True, eq=False)
@@ -129,8 +131,9 @@ class Device:
         self.last_message_id = self.last_message_id % 0xFFFF + 1
         return self.last_message_id
 
-    def state(self, gateway_id: str) -> DeviceState:
-        return DeviceState(
+    def state_json(self, gateway_id: str) -> bytes:
+        """The retained device state's text (published with every heartbeat)."""
+        return DEVICE_STATE.dump(
             device_id=self.device_id,
             device_number=device_number(self.physical_id),
             device_kind=device_kind(self.physical_id),

@@ -9,6 +9,7 @@ case; `session_id` equals the published `order_no` and names a topic, so it must
 
 from __future__ import annotations
 
+import math
 import re
 import time
 from collections.abc import Callable
@@ -36,20 +37,37 @@ _ORDER_NO_INPUT = r"^[0-9A-Fa-f]{32}$"
 _second: list[Any] = [-1, ""]  # the last whole second formatted by `iso_utc()`, and its text
 
 
+def _whole_second(second: int) -> str:
+    """`2026-01-02T03:04:05.` for a whole Unix second (the last one is kept)."""
+    if second != _second[0]:
+        _second[1] = time.strftime("%Y-%m-%dT%H:%M:%S.", time.gmtime(second))
+        _second[0] = second
+    text: str = _second[1]
+    return text
+
+
 def iso_utc(t: float | datetime | None = None) -> str:
     """Unix seconds (or an aware datetime, or now) -> `2026-01-02T03:04:05.678Z`.
 
-    Every event carries `ts = iso_utc()`: formatting a datetime was 5% of the gateway's CPU
-    at 1,000 frames/s, so "now" formats its whole second once and adds the milliseconds."""
+    Every event carries `ts = iso_utc()`, and every device state two given times: formatting
+    a datetime was 5% of the gateway's CPU at 1,000 frames/s, so the whole second is
+    formatted once and the milliseconds added. Unix seconds are split as `datetime` splits
+    them (microseconds rounded half to even, then truncated to milliseconds), so the text is
+    the one `datetime.fromtimestamp(t, UTC)` gives."""
     if t is None:
         now = time.time()
         second = int(now)
-        if second != _second[0]:
-            _second[1] = time.strftime("%Y-%m-%dT%H:%M:%S.", time.gmtime(second))
-            _second[0] = second
-        return f"{_second[1]}{int((now - second) * 1000):03d}Z"
-    dt = t.astimezone(UTC) if isinstance(t, datetime) else datetime.fromtimestamp(t, UTC)
-    return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{dt.microsecond // 1000:03d}Z"
+        return f"{_whole_second(second)}{int((now - second) * 1000):03d}Z"
+    if isinstance(t, datetime):
+        dt = t.astimezone(UTC)
+        return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{dt.microsecond // 1000:03d}Z"
+    fraction, whole = math.modf(t)
+    micros = round(fraction * 1e6)
+    if micros >= 1_000_000:
+        whole, micros = whole + 1, micros - 1_000_000
+    elif micros < 0:
+        whole, micros = whole - 1, micros + 1_000_000
+    return f"{_whole_second(int(whole))}{micros // 1000:03d}Z"
 
 
 class MqttPayload(BaseModel):

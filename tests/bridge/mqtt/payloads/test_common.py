@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Annotated, Literal
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 import bridge.mqtt.payloads as payloads
@@ -18,6 +21,7 @@ from bridge.mqtt.payloads import (
     StartChargingRequest,
     StopChargingRequest,
     describe,
+    iso_utc,
 )
 
 ORDER = "0123456789ABCDEF0123456789ABCDEF"
@@ -107,3 +111,18 @@ def test_describe_names_known_patterns_and_rules() -> None:
     assert _error(StartChargingRequest, '{"port": 1, "mode": "x"}') == (
         'mode: must be "full", "time" or "energy"'
     )
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    st.one_of(
+        st.floats(min_value=-2e9, max_value=2.5e11, allow_nan=False),
+        st.integers(0, 2**33).map(lambda n: n / 1_000_000 + 1_700_000_000),
+        st.integers(-(2**31), 2**33),
+    )
+)
+def test_iso_utc_of_unix_seconds_is_datetimes_text(t: float) -> None:
+    """The whole-second shortcut rounds the microseconds as `datetime` does."""
+    dt = datetime.fromtimestamp(t, UTC)
+    assert iso_utc(t) == dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{dt.microsecond // 1000:03d}Z"
+    assert iso_utc(dt) == iso_utc(t)
