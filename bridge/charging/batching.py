@@ -187,9 +187,8 @@ class Sessions:
             return new, effects
         if self.shared is not None:
             self._note(batch, session, new, effects)
-        self.stats = self.stats.tally(effects, new)
-        if received and m.Effect.DUPLICATE not in effects:
-            self.stats = self.stats.add(total_events_processed=1)
+        processed = received and m.Effect.DUPLICATE not in effects
+        self.stats = self.stats.tally(effects, new, processed)
         if received:
             batch.events += 1
         if new is not None and m.Effect.CHANGED in effects:
