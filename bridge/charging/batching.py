@@ -425,8 +425,20 @@ class Sessions:
         if not published:
             done(None)
             return
-        gathered = asyncio.gather(*published, return_exceptions=True)
-        gathered.add_done_callback(done)
+        # One callback per publish counting down (once per batch: `gather` costs an outer
+        # future and a wrapper per child besides).
+        left = len(published)
+
+        def one_done(future: asyncio.Future[None]) -> None:
+            nonlocal left
+            if not future.cancelled():
+                future.exception()  # retrieved, as gather(return_exceptions=True) did
+            left -= 1
+            if left == 0:
+                done(None)
+
+        for future in published:
+            future.add_done_callback(one_done)
 
     # --- publishing ------------------------------------------------------------------
     def publish_session(self, session_id: str, payload: str) -> asyncio.Future[None]:

@@ -3,6 +3,7 @@ module and datetime they replace: byte for byte, for many random values and sess
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from typing import Any
@@ -205,11 +206,8 @@ def test_tally_counts_as_defined(history: list[Event], processed: int) -> None:
         expected = tally_by_definition(stats, effects, session).add(
             total_events_processed=processed
         )
-        expected = ChargingStats(
-            **{
-                **expected.as_dict(),
-                "total_energy_delivered_kwh": round(expected.total_energy_delivered_kwh, 6),
-            }
+        expected = dataclasses.replace(
+            expected, total_energy_delivered_kwh=round(expected.total_energy_delivered_kwh, 6)
         )
         stats_after = stats.tally(effects, session, processed)
         assert stats_after == expected
