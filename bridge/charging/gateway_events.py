@@ -12,11 +12,8 @@ looked at, for the log.
 
 from __future__ import annotations
 
-import json
-import math
-import re
 from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import Annotated
 
 from pydantic import ConfigDict, Field, TypeAdapter, ValidationError
 
@@ -105,8 +102,6 @@ def _ts(raw: str, now: float) -> float:
 
 def parse_event(device_id: str, payload: bytes, now: float) -> IncomingEvent:
     """One event payload -> IncomingEvent; raises RequestError naming what is malformed."""
-    if b'"power"' in payload and (fast := _power_fast(device_id, payload, now)) is not None:
-        return fast
     try:
         read = _reader.validate_json(payload)
     except ValidationError as exc:
@@ -158,118 +153,6 @@ def parse_event(device_id: str, payload: bytes, now: float) -> IncomingEvent:
     else:
         event = _reply(read, ts, now)
     return IncomingEvent(read.type, device_id, read.order_no, read.port, event)
-
-
-# --- the fast path of the power report -------------------------------------------------
-# The 0x06 power report is most of what the service receives. A payload of exactly the
-# shape `PowerIn` validates, every field of the type it asks (strict: no bool for a number,
-# no float for an int), is read with `json.loads` and a few type checks instead of pydantic;
-# anything else (a missing or extra-typed field, a port out of range, an order number not in
-# upper-case hex, an escape in a string, a NaN, an unexpected number type) returns None, and
-# `parse_event` reads it through `PowerIn` as before, errors and all. The checks are derived
-# from `PowerIn`'s fields at import: a field of a kind not listed here turns the fast path
-# off (`_POWER_CHECKS` None), so a change of the payload model cannot be skipped by it.
-_KINDS: dict[object, str] = {
-    str: "str",
-    int: "int",
-    float: "float",
-    int | None: "int?",
-    float | None: "float?",
-}
-_PORT_METADATA = PowerIn.model_fields["port"].metadata
-_ORDER_NO_FULL = re.compile(r"[0-9A-F]{32}")
-
-
-def _power_checks() -> tuple[tuple[str, str], ...] | None:
-    checks = []
-    for name, info in PowerIn.model_fields.items():
-        if name == "type":
-            continue  # the discriminator: checked first
-        kind = _KINDS.get(info.annotation)
-        special = name in ("port", "order_no")
-        if kind is None or (info.metadata and not special) or not info.is_required():
-            return None
-        checks.append((name, kind))
-    order_ok = [str(m) for m in PowerIn.model_fields["order_no"].metadata] == [
-        str(m) for m in SettledIn.model_fields["order_no"].metadata
-    ]
-    port_ok = [repr(m) for m in _PORT_METADATA] == [
-        "Strict(strict=True)",
-        "Ge(ge=1)",
-        "Le(le=254)",
-    ]
-    return (
-        tuple(checks) if order_ok and port_ok and ORDER_NO_RE.pattern == "^[0-9A-F]{32}$" else None
-    )
-
-
-_POWER_CHECKS = _power_checks()
-
-
-def _number(value: object) -> bool:
-    """An int or a finite float, not a bool (what `PowerIn` takes for a float here)."""
-    if type(value) is int:
-        return True
-    return type(value) is float and isinstance(value, float) and math.isfinite(value)
-
-
-def _shape_ok(data: dict[str, object], checks: tuple[tuple[str, str], ...]) -> bool:
-    for name, kind in checks:
-        if name not in data:
-            return False
-        value = data[name]
-        if value is None:
-            if kind[-1] != "?":
-                return False
-        elif kind == "str":
-            if type(value) is not str:
-                return False
-        elif kind[0] == "i":
-            if type(value) is not int:
-                return False
-        elif not _number(value):
-            return False
-    port, order_no = data["port"], data["order_no"]
-    return (
-        isinstance(port, int)
-        and 1 <= port <= 254
-        and isinstance(order_no, str)
-        and _ORDER_NO_FULL.fullmatch(order_no) is not None
-    )
-
-
-def _power_fast(device_id: str, payload: bytes, now: float) -> IncomingEvent | None:
-    """A power report of the exact expected shape, read without pydantic; None: not one
-    (the caller reads the payload through `PowerIn`)."""
-    checks = _POWER_CHECKS
-    if checks is None or b"\\" in payload:  # escapes: surrogates and the like, pydantic's
-        return None
-    try:
-        data = json.loads(payload.decode())
-    except ValueError:  # UnicodeDecodeError too
-        return None
-    if type(data) is not dict or data.get("type") != "power" or not _shape_ok(data, checks):
-        return None
-    read: dict[str, Any] = data
-    max_power, peak = read["max_power_w"], read["peak_power_w"]
-    peaks = [float(max_power)] if peak is None else [float(max_power), float(peak)]
-    order_no, port = read["order_no"], read["port"]
-    voltage, current, temperature = read["voltage_v"], read["current_a"], read["temperature_c"]
-    event = e.PowerReported(
-        ts=_ts(read["ts"], now),
-        at=now,
-        order_no=order_no,
-        device_id=device_id,
-        port=port,
-        power_w=float(read["power_w"]),
-        energy_kwh=float(read["energy_kwh"]),
-        duration_s=read["duration_s"],
-        max_power_w=max(peaks),
-        voltage_v=None if voltage is None else float(voltage),
-        current_a=None if current is None else float(current),
-        temperature_c=None if temperature is None else float(temperature),
-    )
-    return IncomingEvent("power", device_id, order_no, port, event)
 
 
 def _ports(read: HeartbeatIn, ts: float, now: float) -> tuple[e.PortHeartbeat, ...]:
