@@ -187,9 +187,8 @@ class Sessions:
             return new, effects
         if self.shared is not None:
             self._note(batch, session, new, effects)
-        self.stats = self.stats.tally(effects, new)
-        if received and m.Effect.DUPLICATE not in effects:
-            self.stats = self.stats.add(total_events_processed=1)
+        processed = received and m.Effect.DUPLICATE not in effects
+        self.stats = self.stats.tally(effects, new, processed)
         if received:
             batch.events += 1
         if new is not None and m.Effect.CHANGED in effects:
@@ -426,8 +425,20 @@ class Sessions:
         if not published:
             done(None)
             return
-        gathered = asyncio.gather(*published, return_exceptions=True)
-        gathered.add_done_callback(done)
+        # One callback per publish counting down (once per batch: `gather` costs an outer
+        # future and a wrapper per child besides).
+        left = len(published)
+
+        def one_done(future: asyncio.Future[None]) -> None:
+            nonlocal left
+            if not future.cancelled():
+                future.exception()  # retrieved, as gather(return_exceptions=True) did
+            left -= 1
+            if left == 0:
+                done(None)
+
+        for future in published:
+            future.add_done_callback(one_done)
 
     # --- publishing ------------------------------------------------------------------
     def publish_session(self, session_id: str, payload: str) -> asyncio.Future[None]:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import enum
-import json
 import math
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -17,11 +16,45 @@ from typing import Any, ClassVar
 
 from pydantic import TypeAdapter
 
+from bridge.charging import jsontext
 
-def iso(ts: float) -> str:
-    """Unix seconds -> `2026-11-26T08:19:00.123Z` (API.md section 2)."""
+
+def slow_iso(ts: float) -> str:
+    """`iso` through datetime: the definition `iso` is tested against."""
     text = datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds")
     return text.replace("+00:00", "Z")
+
+
+# Whole seconds -> `2026-11-26T08:19:00`: `iso` runs three times per event (the entry's
+# ts, the session's start and last update), mostly on a few recent seconds. Bounded.
+_SECONDS: dict[int, str] = {}
+_MAX_SECONDS = 4096
+
+
+def iso(ts: float) -> str:
+    """Unix seconds -> `2026-11-26T08:19:00.123Z` (API.md section 2).
+
+    What `slow_iso` writes, with each whole second formatted once: the microseconds are
+    rounded half to even as `datetime.fromtimestamp` rounds them, then truncated to
+    milliseconds as `isoformat` does."""
+    if not math.isfinite(ts):
+        return slow_iso(ts)  # its error
+    frac, whole = math.modf(ts)
+    us = round(frac * 1e6)
+    if us >= 1_000_000:
+        whole += 1.0
+        us -= 1_000_000
+    elif us < 0:
+        whole -= 1.0
+        us += 1_000_000
+    second = int(whole)
+    prefix = _SECONDS.get(second)
+    if prefix is None:
+        if len(_SECONDS) >= _MAX_SECONDS:
+            _SECONDS.clear()
+        dt = datetime.fromtimestamp(second, UTC).replace(tzinfo=None)
+        prefix = _SECONDS[second] = dt.isoformat(timespec="seconds")
+    return f"{prefix}.{us // 1000:03d}Z"
 
 
 def parse_iso(text: str) -> float:
@@ -53,15 +86,22 @@ class _Event:
     def record(self) -> dict[str, Any]:
         """The entry published in the session's `events` list: `{"ts", "type", ...fields}`."""
         entry: dict[str, Any] = {"ts": iso(self.ts), "type": self.kind}
-        for f in dataclasses.fields(self):
-            value = getattr(self, f.name)
-            if value is not None and f.name not in ("ts", "at", "order_no", "device_id"):
-                entry[f.name] = value
+        for name in _record_names(type(self)):
+            value = getattr(self, name)
+            if value is not None:
+                entry[name] = value
         return entry
 
     def to_json(self) -> str:
-        """`record()` as compact JSON: how the store serialises (and caches) history entries."""
-        return json.dumps(self.record(), separators=(",", ":"))
+        """`record()` as compact JSON: how the store serialises (and caches) history entries.
+        Written directly (`jsontext`), the same text as `json.dumps` of `record()`."""
+        parts = [f'{{"ts":"{iso(self.ts)}","type":{jsontext.value(self.kind)}']
+        for name in _record_names(type(self)):
+            value = getattr(self, name)
+            if value is not None:
+                parts.append(f',"{name}":{jsontext.value(value)}')
+        parts.append("}")
+        return "".join(parts)
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,6 +216,20 @@ class Tick(_Event):
         return {"ts": iso(self.ts), "type": self.kind}
 
 
+# The fields a history entry shows besides ts and type, by event class (`dataclasses.fields`
+# once per class, not per entry); a Tick's limits are not part of its entry.
+_NOT_RECORDED = frozenset({"ts", "at", "order_no", "device_id"})
+_RECORD_NAMES: dict[type, tuple[str, ...]] = {Tick: ()}
+
+
+def _record_names(cls: type) -> tuple[str, ...]:
+    names = _RECORD_NAMES.get(cls)
+    if names is None:
+        fields = dataclasses.fields(cls)
+        names = _RECORD_NAMES[cls] = tuple(f.name for f in fields if f.name not in _NOT_RECORDED)
+    return names
+
+
 Event = (
     StartRequested
     | StartAccepted
@@ -204,6 +258,10 @@ class Effect(enum.Enum):
     EXPIRED = "expired"  # retention over: clear the retained message
     DUPLICATE = "duplicate"  # a resent settlement: nothing changes
     IGNORED = "ignored"  # the event does not apply to the session in its state
+
+    # Members are singletons compared by identity: hashed by identity too, in C (Enum's own
+    # __hash__ is Python code, run ~12 times per event by the sets of effects).
+    __hash__ = object.__hash__
 
 
 IGNORED: frozenset[Effect] = frozenset({Effect.IGNORED})

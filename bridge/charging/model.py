@@ -19,12 +19,12 @@ advances `energy_kwh_estimated` (`bridge.charging.energy`).
 from __future__ import annotations
 
 import dataclasses
-import json
-from collections.abc import Sequence
+import operator
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, get_args
 
-from bridge.charging import energy
+from bridge.charging import energy, jsontext
 from bridge.charging.energy import Sample
 from bridge.charging.events import (
     IGNORED,
@@ -152,11 +152,15 @@ class ChargingSession:
         return {**self.head(), "events": self.records}
 
     def to_json(self, events: Sequence[str] | None = None) -> str:
-        """The payload as compact JSON; `events` are the history entries already serialised
-        (the store caches them, so that each entry is serialised once, not on every update)."""
+        """The payload as compact JSON, the same text as `json.dumps(self.to_payload(),
+        separators=(",", ":"))`; `events` are the history entries already serialised (the
+        store caches them, so that each entry is serialised once, not on every update).
+
+        Written field by field (`jsontext`) rather than through a dict and `json.dumps`:
+        this runs for every changed session of every batch."""
         texts = [e.to_json() for e in self.events] if events is None else events
-        head = json.dumps(self.head(), separators=(",", ":"))
-        return f'{head[:-1]},"events":[{",".join(texts)}]}}'
+        head = ",".join([f"{k}{write(get(self))}" for k, get, write in _HEAD_WRITERS])
+        return f'{{{head},"events":[{",".join(texts)}]}}'
 
     @classmethod
     def from_payload(cls, payload: dict[str, Any]) -> ChargingSession:
@@ -179,6 +183,23 @@ class ChargingSession:
 
 _HEAD: tuple[str, ...] = tuple(
     name for name in ChargingSessionPayload.model_fields if name != "events"
+)
+
+
+def _time_json(ts: float | None) -> str:
+    return "null" if ts is None else f'"{iso(ts)}"'  # iso's text needs no escapes
+
+
+# (`"key":`, reader, writer) per head field, in payload order: what `to_json` writes.
+_HEAD_WRITERS: tuple[tuple[str, Callable[[ChargingSession], Any], Callable[[Any], str]], ...] = (
+    tuple(
+        (
+            jsontext.key(name),
+            operator.attrgetter(name),
+            _time_json if name in _TIMES else jsontext.value,
+        )
+        for name in _HEAD
+    )
 )
 
 

@@ -246,4 +246,6 @@ class SqlStore(SessionTexts):
 
 
 def stats_json(stats: ChargingStats) -> str:
-    return json.dumps(dataclasses.asdict(stats))
+    """The stored statistics row (once per batch: `as_dict`, not `dataclasses.asdict`, which
+    deep-copies every value)."""
+    return json.dumps(stats.as_dict())
