@@ -17,6 +17,7 @@ from typing import Any, ClassVar
 from pydantic import TypeAdapter
 
 from bridge.charging import jsontext
+from bridge.mqtt.payloads.common import iso_utc
 
 
 def slow_iso(ts: float) -> str:
@@ -25,36 +26,21 @@ def slow_iso(ts: float) -> str:
     return text.replace("+00:00", "Z")
 
 
-# Whole seconds -> `2026-11-26T08:19:00`: `iso` runs three times per event (the entry's
-# ts, the session's start and last update), mostly on a few recent seconds. Bounded.
-_SECONDS: dict[int, str] = {}
-_MAX_SECONDS = 4096
+# The last second `iso_utc` formats the same as datetime: from 1970 (a 4-digit year for
+# `strftime`) to the end of year 9999 (datetime's limit).
+_ISO_UTC_RANGE = (0.0, 253_402_300_799.0)
 
 
 def iso(ts: float) -> str:
-    """Unix seconds -> `2026-11-26T08:19:00.123Z` (API.md section 2).
+    """Unix seconds -> `2026-11-26T08:19:00.123Z` (API.md section 2): what `slow_iso` writes.
 
-    What `slow_iso` writes, with each whole second formatted once: the microseconds are
-    rounded half to even as `datetime.fromtimestamp` rounds them, then truncated to
-    milliseconds as `isoformat` does."""
-    if not math.isfinite(ts):
-        return slow_iso(ts)  # its error
-    frac, whole = math.modf(ts)
-    us = round(frac * 1e6)
-    if us >= 1_000_000:
-        whole += 1.0
-        us -= 1_000_000
-    elif us < 0:
-        whole -= 1.0
-        us += 1_000_000
-    second = int(whole)
-    prefix = _SECONDS.get(second)
-    if prefix is None:
-        if len(_SECONDS) >= _MAX_SECONDS:
-            _SECONDS.clear()
-        dt = datetime.fromtimestamp(second, UTC).replace(tzinfo=None)
-        prefix = _SECONDS[second] = dt.isoformat(timespec="seconds")
-    return f"{prefix}.{us // 1000:03d}Z"
+    The one formatter the gateway uses too (`iso_utc`: each whole second formatted once,
+    three calls per event here); times outside its range, and NaN, go through datetime
+    (and its errors)."""
+    low, high = _ISO_UTC_RANGE
+    if low <= ts < high:
+        return iso_utc(ts)
+    return slow_iso(ts)
 
 
 def parse_iso(text: str) -> float:

@@ -34,15 +34,19 @@ ORDER_NO_RE = re.compile(r"^[0-9A-F]{32}$")  # the published (canonical) form
 _ORDER_NO_INPUT = r"^[0-9A-Fa-f]{32}$"
 
 
-_second: list[Any] = [-1, ""]  # the last whole second formatted by `iso_utc()`, and its text
+# Whole Unix second -> `2026-01-02T03:04:05.`: the gateway formats mostly the current second,
+# the charging service a few recent ones (an entry's time, a session's start). Bounded.
+_SECONDS: dict[int, str] = {}
+_MAX_SECONDS = 4096
 
 
 def _whole_second(second: int) -> str:
-    """`2026-01-02T03:04:05.` for a whole Unix second (the last one is kept)."""
-    if second != _second[0]:
-        _second[1] = time.strftime("%Y-%m-%dT%H:%M:%S.", time.gmtime(second))
-        _second[0] = second
-    text: str = _second[1]
+    """`2026-01-02T03:04:05.` for a whole Unix second, each formatted once."""
+    text = _SECONDS.get(second)
+    if text is None:
+        if len(_SECONDS) >= _MAX_SECONDS:
+            _SECONDS.clear()
+        text = _SECONDS[second] = time.strftime("%Y-%m-%dT%H:%M:%S.", time.gmtime(second))
     return text
 
 
