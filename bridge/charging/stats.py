@@ -48,8 +48,10 @@ class ChargingStats:
         """Count the effects of one transition; `session` is the session after it, and
         `processed` is added to `total_events_processed` (the event message it came in).
 
-        Built field by field (once per event): `dataclasses.replace` costs several times
-        as much."""
+        Built field by field, positionally in field order (once per event):
+        `dataclasses.replace` costs several times as much, keywords ~30% more.
+        `test_tally_counts_as_defined` compares it with the `replace` definition, so a field
+        added or moved cannot shift the counters unnoticed."""
         if not effects or effects == IGNORED:
             return self.add(total_events_processed=processed) if processed else self
         completed = Effect.COMPLETED in effects and session is not None
