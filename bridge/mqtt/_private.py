@@ -23,7 +23,7 @@ import re
 import threading
 from collections.abc import Callable
 from time import monotonic as time_func  # paho's clock for its keepalive
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import aiomqtt
 import paho.mqtt.client as paho
@@ -673,22 +673,30 @@ def write_soon(client: aiomqtt.Client) -> None:
     scheduled: list[bool] = [False]
     disconnecting = paho._ConnectionState.MQTT_CS_DISCONNECTING  # type: ignore[attr-defined]
 
-    def write_now() -> None:
-        scheduled[0] = False
-        sock = inner._sock
-        if sock is None:
-            return
-        if inner._state == disconnecting:  # its DISCONNECT: aiomqtt's way, see above
-            register(inner, None, sock)
-            return
+    def on_writable() -> None:
         try:
             inner.loop_write()
         except Exception as exc:  # as aiomqtt's writer callback: the connection is broken
             if not client._disconnected.done():
                 client._disconnected.set_exception(exc)
+
+    def wait_writable(sock: Any) -> None:
+        """aiomqtt's `add_writer`, for a socket still open: its own, one loop turn late,
+        could meet a socket closed meanwhile (a DISCONNECT's) and log EBADF's traceback."""
+        if inner._sock is sock and sock is not None:
+            loop.add_writer(sock.fileno(), on_writable)
+
+    def write_now() -> None:
+        scheduled[0] = False
+        sock = inner._sock
+        if sock is None:
             return
-        if inner.want_write() and inner._sock is not None:
-            register(inner, None, inner._sock)  # the rest when the socket is writable
+        if inner._state == disconnecting:  # its DISCONNECT: through the selector, see above
+            loop.call_soon(wait_writable, sock)
+            return
+        on_writable()
+        if inner.want_write():
+            wait_writable(inner._sock)  # the rest when the socket is writable
 
     def register_write(c: paho.Client, userdata: object, sock: object) -> None:
         if threading.get_ident() != thread:

@@ -293,18 +293,44 @@ async def test_the_disconnect_of_a_closing_client_is_written_aiomqtt_s_way() -> 
         s.setblocking(False)
     inner._sock = mine  # type: ignore[assignment]
     inner._state = paho._ConnectionState.MQTT_CS_CONNECTED
-    registered: list[object] = []
-    inner.on_socket_register_write = lambda _c, _u, sock: registered.append(sock)
     _private.write_soon(aio)
+    loop = asyncio.get_running_loop()
     try:
         inner.disconnect()
         await asyncio.sleep(0)
-        assert registered == [mine]  # handed to the event loop's writer
         with pytest.raises(BlockingIOError):
             peer.recv(100)  # not written yet
-        inner.loop_write()  # what that writer does when the socket is writable
-        assert peer.recv(100) == b"\xe0\x00"
+        async with asyncio.timeout(5):  # written by the event loop's writer
+            assert await loop.sock_recv(peer, 100) == b"\xe0\x00"
     finally:
+        if mine.fileno() != -1:  # paho closes it once the DISCONNECT is out
+            loop.remove_writer(mine.fileno())
         inner._sock = None
         mine.close()
+        peer.close()
+
+
+async def test_a_disconnect_whose_socket_closes_first_logs_no_error() -> None:
+    """The demo's shutdown once logged `add_writer` failing with EBADF: the DISCONNECT's
+    writer was registered one loop turn late, after the socket had been closed."""
+    aio = aiomqtt.Client("127.0.0.1", protocol=V311)
+    inner = _private.paho_client(aio)
+    mine, peer = socket.socketpair()
+    mine.setblocking(False)
+    inner._sock = mine  # type: ignore[assignment]
+    inner._state = paho._ConnectionState.MQTT_CS_CONNECTED
+    _private.write_soon(aio)
+    loop = asyncio.get_running_loop()
+    errors: list[dict[str, object]] = []
+    loop.set_exception_handler(lambda _loop, context: errors.append(context))
+    try:
+        inner.disconnect()
+        await asyncio.sleep(0)  # the write turn: the writer is due next turn
+        inner._sock = None  # paho closes the socket meanwhile
+        mine.close()
+        for _ in range(5):
+            await asyncio.sleep(0)
+        assert errors == []
+    finally:
+        loop.set_exception_handler(None)
         peer.close()
