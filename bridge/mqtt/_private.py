@@ -211,11 +211,11 @@ def connection_lost(client: aiomqtt.Client) -> asyncio.Future[None]:
     return client._disconnected
 
 
-def take_received(client: aiomqtt.Client) -> aiomqtt.Message:
-    """The next message aiomqtt has already received (call only while `len(client.messages)`
-    says there is one). Its iterator costs a task and a loop turn per message; taking what has
-    arrived directly lets a consumer see it as one batch."""
-    return client._queue.get_nowait()
+def received(client: aiomqtt.Client) -> asyncio.Queue[aiomqtt.Message]:
+    """aiomqtt's queue of received messages (its `queue_type`, `MqttClient`'s `Received`):
+    the connection task moves what is queued there itself instead of through aiomqtt's
+    iterator, which costs a task and an `asyncio.wait` per wakeup."""
+    return client._queue
 
 
 # --------------------------------------------------------------------------- paho

@@ -24,7 +24,6 @@ import contextlib
 import logging
 import math
 import ssl
-import weakref
 from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any
 
@@ -71,6 +70,30 @@ Payload = bytes | str
 Message = aiomqtt.Message  # what `messages` and `batches()` hand out, for type annotations
 
 
+class Received(asyncio.Queue[aiomqtt.Message]):
+    """aiomqtt's queue of received messages (its `queue_type`), with a short cut.
+
+    aiomqtt's message iterator costs a task and an `asyncio.wait` for every wakeup, and each
+    message then woke the task moving it to `MqttClient`'s own queue: per message, whether
+    or not the consumer was waiting (the charging service sleeps through its batch window).
+    Once connected, `sink` takes each message straight from the reading callback into that
+    queue, waking the consumer only if it waits; a message it refuses (the consumer's queue
+    full, or older ones still queued here) is queued here as aiomqtt does, and `queued` is
+    completed so that the connection task moves it, in order, with back-pressure."""
+
+    sink: Callable[[aiomqtt.Message], bool] | None = None
+    queued: asyncio.Future[None] | None = None
+
+    def put_nowait(self, item: aiomqtt.Message) -> None:
+        sink = self.sink
+        if sink is not None and self.empty() and sink(item):
+            return
+        super().put_nowait(item)
+        queued = self.queued
+        if queued is not None and not queued.done():
+            queued.set_result(None)
+
+
 class MqttClient:
     """Use as `async with MqttClient(settings, ...) as mqtt:`; see the module docstring."""
 
@@ -103,17 +126,22 @@ class MqttClient:
             self._empty.set()
         self._wakeup = asyncio.Event()
         self._incoming: asyncio.Queue[aiomqtt.Message] = asyncio.Queue(max_incoming)
+        # Receivers waiting for `_incoming` to fill (`_next`), woken by `_wake`.
+        self._waiters: list[asyncio.Future[None]] = []
+        # True while the connection task moves messages from aiomqtt's queue: the sink then
+        # refuses newer ones, which would overtake the message it holds.
+        self._moving = False
         # The connection each message to acknowledge came on: an acknowledgement belongs
         # to it (message ids are per connection), so one from an earlier connection is
-        # not sent; the broker redelivers that message on the new one.
-        self._came_on: weakref.WeakKeyDictionary[aiomqtt.Message, aiomqtt.Client] = (
-            weakref.WeakKeyDictionary()
-        )
+        # not sent; the broker redelivers that message on the new one. A plain dict (a
+        # weak one cost more per message than the rest of `ack`), emptied when the
+        # connection ends; bounded meanwhile by the broker's in-flight limit (the service's
+        # receive maximum): it sends no more until we acknowledge.
+        self._came_on: dict[aiomqtt.Message, aiomqtt.Client] = {}
         self._client: aiomqtt.Client | None = None
         self._task: asyncio.Task[None] | None = None
         # Set when the connection task died of an unexpected error: see `MqttClientFailed`.
         self.failure: MqttClientFailed | None = None
-        self._dead = asyncio.Event()
 
     # --- lifecycle ------------------------------------------------------------------
     async def __aenter__(self) -> MqttClient:
@@ -241,23 +269,31 @@ class MqttClient:
             yield await self._next()
 
     async def _next(self) -> aiomqtt.Message:
-        """The next incoming message; raises `MqttClientFailed` once the client is dead."""
-        if not self._incoming.empty():
-            return self._incoming.get_nowait()
-        if self.failure is not None:
-            raise self.failure
-        getter = asyncio.ensure_future(self._incoming.get())
-        dead = asyncio.ensure_future(self._dead.wait())
-        try:
-            await asyncio.wait((getter, dead), return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            dead.cancel()
-            if not getter.done():
-                getter.cancel()
-        if getter.done() and not getter.cancelled():
-            return getter.result()
-        assert self.failure is not None
-        raise self.failure
+        """The next incoming message; raises `MqttClientFailed` once the client is dead.
+
+        One future per wait, completed by whoever fills the queue (`_wake`): a `get()` raced
+        against the client's death costed two tasks and an `asyncio.wait` per wait."""
+        incoming = self._incoming
+        while incoming.empty():
+            if self.failure is not None:
+                raise self.failure
+            waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            self._waiters.append(waiter)
+            try:
+                await waiter
+            finally:
+                if not waiter.done():  # cancelled: no longer waiting
+                    self._waiters.remove(waiter)
+        return incoming.get_nowait()
+
+    def _wake(self) -> None:
+        """Something arrived in `_incoming` (or the client died): wake the receivers."""
+        waiters = self._waiters
+        if waiters:
+            self._waiters = []
+            for waiter in waiters:
+                if not waiter.done():
+                    waiter.set_result(None)
 
     async def batches(self, limit: int, every: float = 0.0) -> AsyncIterator[list[aiomqtt.Message]]:
         """Incoming messages in lists: all that have arrived, at most `limit`, at least one.
@@ -268,10 +304,12 @@ class MqttClient:
         loop = asyncio.get_running_loop()
         handed_out = -math.inf
         while True:
-            first = await self._next()
+            # The window first, then the first message: while messages flow, the consumer
+            # wakes once per list (at the window's end), not also for the message that
+            # opened it; one after a quiet spell longer than `every` is handed out at once.
             if (wait := handed_out + every - loop.time()) > 0:
                 await asyncio.sleep(wait)
-            batch = [first]
+            batch = [await self._next()]
             while len(batch) < limit and not self._incoming.empty():
                 batch.append(self._incoming.get_nowait())
             handed_out = loop.time()
@@ -332,6 +370,7 @@ class MqttClient:
             tls_context=tls_context,
             timeout=10,
             max_inflight_messages=s.max_inflight,
+            queue_type=Received,
             **kwargs,
         )
         inner = _private.speed_up(client)
@@ -357,7 +396,7 @@ class MqttClient:
     def _fail(self, failure: MqttClientFailed) -> None:
         """Mark the client dead: waiting receivers and publishers get `failure`."""
         self.failure = failure
-        self._dead.set()
+        self._wake()
         for seq in list(self._futures):
             for fut in self._futures.pop(seq, ()):
                 if not fut.done():
@@ -388,6 +427,7 @@ class MqttClient:
                 if lost.done() and not lost.cancelled():
                     lost.exception()  # logged above; retrieved so asyncio does not log it again
                 self._client = None
+                self._came_on.clear()  # their acknowledgements are not sent any more
                 self.connected.clear()
                 self.disconnected.set()
                 self._requeue_inflight()
@@ -411,16 +451,50 @@ class MqttClient:
                 task.result()
             self.disconnected.clear()
             self.connected.set()
-            messages = client.messages
-            async for message in messages:
-                await self._deliver(client, message)
-                # What else has arrived, taken at once: a consumer sees it as one batch.
-                for _ in range(len(messages)):
-                    await self._deliver(client, _private.take_received(client))
+            await self._receive(client)
         finally:
             sender.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await sender
+
+    async def _receive(self, client: aiomqtt.Client) -> None:
+        """Hand incoming messages on until the connection ends (raises aiomqtt.MqttError).
+
+        Straight from the reading callback (`Received.sink`, `_take`); what aiomqtt queued
+        (during `on_connect`, or while the consumer's queue was full) is moved from here,
+        oldest first, the sink refusing newer ones meanwhile."""
+        received = _private.received(client)
+        assert isinstance(received, Received)  # `_make_client`'s queue_type
+        lost = _private.connection_lost(client)
+        loop = asyncio.get_running_loop()
+        received.sink = lambda message: self._take(client, message)
+        try:
+            while True:
+                self._moving = True
+                try:
+                    while not received.empty():
+                        await self._deliver(client, received.get_nowait())
+                finally:
+                    self._moving = False
+                queued = received.queued = loop.create_future()
+                await asyncio.wait((queued, lost), return_when=asyncio.FIRST_COMPLETED)
+                if lost.done():
+                    cause = None if lost.cancelled() else lost.exception()
+                    raise aiomqtt.MqttError("Disconnected during message iteration") from cause
+        finally:
+            received.sink = None
+            received.queued = None
+
+    def _take(self, client: aiomqtt.Client, message: aiomqtt.Message) -> bool:
+        """`Received.sink`: a message just read, into `_incoming` at once if it has room
+        and nothing older is still to be moved; False: aiomqtt's queue keeps it."""
+        if self._moving or self._incoming.full():
+            return False
+        if self.settings.manual_ack and message.qos > 0:
+            self._came_on[message] = client
+        self._incoming.put_nowait(message)
+        self._wake()
+        return True
 
     async def _subscribe(self, client: aiomqtt.Client, topics: list[tuple[str, int]]) -> None:
         """One SUBSCRIBE for all `topics`: one round trip before messages flow."""
@@ -458,6 +532,7 @@ class MqttClient:
         if self.settings.manual_ack and message.qos > 0:
             self._came_on[message] = client
         await self._incoming.put(message)
+        self._wake()
 
     def _requeue_inflight(self) -> None:
         """Unacknowledged messages go back to the front, in their original order."""
@@ -498,7 +573,8 @@ class MqttClient:
             else:
                 self.outbox.acked(message.seq)
                 self._settle(message.seq)
-            self._wakeup.set()
+            if self.outbox.has_pending:  # else the sender has nothing to send: not woken
+                self._wakeup.set()
 
         inner.on_publish = on_publish
         limit = self.settings.max_inflight

@@ -10,7 +10,7 @@ import aiomqtt
 import pytest
 
 from bridge.mqtt import _private
-from bridge.mqtt.client import MqttClient, MqttSettings
+from bridge.mqtt.client import MqttClient, MqttClientFailed, MqttSettings, Received
 from tests.broker import Mosquitto
 
 
@@ -251,3 +251,69 @@ def acks_sent(mqtt: MqttClient) -> list[int]:
 
     inner._packet_queue = queue  # type: ignore[method-assign]
     return sent
+
+
+async def test_messages_beyond_a_full_incoming_queue_wait_and_keep_their_order(
+    broker: Mosquitto,
+) -> None:
+    """A message read while the consumer's queue is full stays in aiomqtt's queue and is moved
+    later, before any newer one: nothing lost, nothing overtaken."""
+    subs = [("chargebridge/t/full", 1)]
+    async with (
+        MqttClient(settings(broker, client_id="t-full-pub")) as pub,
+        MqttClient(
+            settings(broker, client_id="t-full-sub"), subscriptions=subs, max_incoming=3
+        ) as sub,
+    ):
+        await asyncio.gather(pub.wait_connected(), sub.wait_connected())
+        sent = [b"%d" % i for i in range(40)]
+        await asyncio.gather(*(pub.submit("chargebridge/t/full", p) for p in sent))
+        received = _private.received(sub._client)  # type: ignore[arg-type]
+        async with asyncio.timeout(10):
+            while received.empty():  # the consumer's queue filled up: the rest waits there
+                await asyncio.sleep(0.01)
+        # Newer messages arrive while the older ones are being moved: they queue behind.
+        got: list[bytes] = []
+        async with asyncio.timeout(10):
+            async for message in sub.messages:
+                got.append(message.payload)  # type: ignore[arg-type]
+                if len(got) % 7 == 0 and len(got) <= len(sent) - 3:
+                    sent.append(b"late%d" % len(got))
+                    pub.submit("chargebridge/t/full", sent[-1])
+                if len(got) == len(sent):
+                    break
+        assert got == sent
+
+
+async def test_a_waiting_receiver_learns_that_the_client_died(broker: Mosquitto) -> None:
+    async def broken() -> None:
+        raise RuntimeError("on_connect failed")
+
+    async with MqttClient(settings(broker, client_id="t-dies"), on_connect=broken) as mqtt:
+        with pytest.raises(MqttClientFailed, match="on_connect failed"):
+            await asyncio.wait_for(anext(mqtt.messages), 10)
+
+
+async def test_a_message_read_while_an_older_one_is_moved_does_not_overtake_it() -> None:
+    """The connection task holds a message aiomqtt queued (the consumer's queue was full);
+    the consumer makes room; a message read before that task resumes must queue behind."""
+    mqtt = MqttClient(MqttSettings(url="mqtt://127.0.0.1:1"), max_incoming=1)
+    client = aiomqtt.Client("127.0.0.1", 1, queue_type=Received)  # never connected
+    receiving = asyncio.create_task(mqtt._receive(client))
+    await asyncio.sleep(0)
+    queue = _private.received(client)
+
+    def message(payload: bytes) -> aiomqtt.Message:
+        return aiomqtt.Message("chargebridge/t/o", payload, 1, False, 1, None)
+
+    queue.put_nowait(message(b"a"))  # straight into the consumer's queue, now full
+    queue.put_nowait(message(b"b"))  # refused: kept by aiomqtt's queue, moved by the task
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert queue.empty()  # the task holds b, waiting for room
+    assert (await mqtt._next()).payload == b"a"  # room: the task is woken, not run yet
+    queue.put_nowait(message(b"c"))
+    assert [(await mqtt._next()).payload for _ in range(2)] == [b"b", b"c"]
+    receiving.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await receiving
