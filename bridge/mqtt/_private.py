@@ -321,13 +321,17 @@ def read_everything_available(
     topic that is not UTF-8, a packet not complete yet) goes through paho's own `_packet_read`,
     which reads from the same buffer. Bytes left in the buffer are invisible to the event
     loop's readiness, so when READ_LIMIT stops the reading with some left, the next read is
-    scheduled at once. (`quick_packets=False`: every packet through paho's reader, for
-    bench/mqtt_fixed_costs.py.)
+    scheduled at once. A read shorter than RECV_SIZE found the socket empty, so once its
+    packets are handled no second recv() is made only to be told so (one system call and
+    an exception per readable event; the readiness is level-triggered).
+    (`quick_packets=False`: every packet through paho's reader, for bench/mqtt_fixed_costs.py.)
     """
     original_recv = client._sock_recv
     buffer = bytearray()
     source: list[object] = [None]  # the socket the buffered bytes came from
     failed: list[BaseException | None] = [None]  # a recv error for paho to see
+    # The last fill read less than it asked: the socket had no more at that moment.
+    drained: list[bool] = [False]
     on_puback = _puback_handler(client)
     v5 = client._protocol == paho.MQTTv5
 
@@ -364,6 +368,7 @@ def read_everything_available(
         if not data:
             return True  # paho's read gets b"" from the socket again: the end
         buffer.extend(data)
+        drained[0] = len(data) < RECV_SIZE
         return True
 
     def quick(limit: int) -> tuple[int, MQTTErrorCode]:
@@ -447,6 +452,12 @@ def read_everything_available(
                 if rc > 0:
                     return client._loop_rc_handle(rc)
                 count += done
+                if done and not buffer and drained[0]:
+                    # A short read took all the socket had: what arrives later makes it
+                    # readable again (the event loop's readiness is level-triggered), so
+                    # no second recv() only to learn that it is empty.
+                    drained[0] = False
+                    break
                 if done and (not buffer or count >= READ_LIMIT):
                     continue
             rc = client._packet_read()

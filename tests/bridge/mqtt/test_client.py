@@ -266,12 +266,19 @@ async def test_messages_beyond_a_full_incoming_queue_wait_and_keep_their_order(
         ) as sub,
     ):
         await asyncio.gather(pub.wait_connected(), sub.wait_connected())
+        received = _private.received(sub._client)  # type: ignore[arg-type]
+        overflowed = asyncio.Event()
+        put = received.put_nowait
+
+        def put_and_see(message: aiomqtt.Message) -> None:
+            put(message)
+            if not received.empty():  # the consumer's queue is full: this one waits here
+                overflowed.set()
+
+        received.put_nowait = put_and_see  # type: ignore[method-assign]
         sent = [b"%d" % i for i in range(40)]
         await asyncio.gather(*(pub.submit("chargebridge/t/full", p) for p in sent))
-        received = _private.received(sub._client)  # type: ignore[arg-type]
-        async with asyncio.timeout(10):
-            while received.empty():  # the consumer's queue filled up: the rest waits there
-                await asyncio.sleep(0.01)
+        await asyncio.wait_for(overflowed.wait(), 10)
         # Newer messages arrive while the older ones are being moved: they queue behind.
         got: list[bytes] = []
         async with asyncio.timeout(10):
