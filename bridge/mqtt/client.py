@@ -308,7 +308,15 @@ class MqttClient:
             # wakes once per list (at the window's end), not also for the message that
             # opened it; one after a quiet spell longer than `every` is handed out at once.
             if (wait := handed_out + every - loop.time()) > 0:
-                await asyncio.sleep(wait)
+                # Nor is the socket read meanwhile: what arrives is read in one go when the
+                # window ends, not one wakeup of the process per message (and PUBACK).
+                client = self._client
+                resume = None if client is None else _private.pause_reading(client)
+                try:
+                    await asyncio.sleep(wait)
+                finally:
+                    if resume is not None:
+                        resume()
             batch = [await self._next()]
             while len(batch) < limit and not self._incoming.empty():
                 batch.append(self._incoming.get_nowait())
