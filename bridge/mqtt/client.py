@@ -300,7 +300,9 @@ class MqttClient:
 
         With `every` (seconds), a list is not made sooner than `every` after the previous
         one was handed out: under load, what arrives meanwhile joins the next list (group
-        commit); a message arriving after a quiet spell is handed out at once."""
+        commit); a message arriving after a quiet spell is handed out at once. Meanwhile
+        the socket is not read (`_private.pause_reading`): what arrived, PUBACKs included,
+        is read in one go when the window ends."""
         loop = asyncio.get_running_loop()
         handed_out = -math.inf
         while True:
