@@ -213,8 +213,7 @@ def connection_lost(client: aiomqtt.Client) -> asyncio.Future[None]:
 
 def pause_reading(client: aiomqtt.Client) -> Callable[[], None] | None:
     """Stop watching the connection's socket for reading; returns the function that watches
-    it again and reads at once what arrived meanwhile (None: nothing to pause, the socket
-    is not open or not watched).
+    it again and reads at once what arrived meanwhile (None: the socket is not open).
 
     A consumer that groups what arrives within a window (`MqttClient.batches`) gains nothing
     from reading each message as it comes: every one cost the process a wakeup (the poll,
@@ -227,8 +226,9 @@ def pause_reading(client: aiomqtt.Client) -> Callable[[], None] | None:
         return None
     loop = asyncio.get_running_loop()
     fd = sock.fileno()
-    if fd < 0 or not loop.remove_reader(fd):
+    if fd < 0 or client._disconnected.done():
         return None
+    loop.remove_reader(fd)  # (uvloop's returns None, not whether there was one)
 
     def read() -> None:  # aiomqtt's reader callback
         try:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import select
 import sys
+from collections.abc import Callable
 from typing import Any
 
 import aiomqtt
@@ -351,3 +352,38 @@ async def test_the_socket_is_not_read_while_a_batch_window_is_open(broker: Mosqu
         assert sub._incoming.empty() and not waiting.done()  # ...and nobody read them yet
         second = await asyncio.wait_for(waiting, 10)
         assert [m.payload for m in second] == [b"0", b"1", b"2", b"3", b"4"]
+
+
+def loop_factories() -> list[Callable[[], asyncio.AbstractEventLoop]]:
+    factories: list[Callable[[], asyncio.AbstractEventLoop]] = [asyncio.new_event_loop]
+    try:
+        import uvloop
+    except ImportError:  # the `fast` extra: what the roles run on when it is installed
+        return factories
+    return [*factories, uvloop.new_event_loop]
+
+
+@pytest.mark.parametrize("loop_factory", loop_factories(), ids=lambda f: f.__module__)
+def test_reading_goes_on_after_each_batch_window(
+    broker: Mosquitto, loop_factory: Callable[[], asyncio.AbstractEventLoop]
+) -> None:
+    """The socket's reader is put back after every window, on each event loop the roles
+    run on (uvloop's `remove_reader` answers differently from asyncio's)."""
+
+    async def scenario() -> list[list[bytes]]:
+        subs = [("chargebridge/t/windows", 1)]
+        async with (
+            MqttClient(settings(broker, client_id="t-windows-pub")) as pub,
+            MqttClient(settings(broker, client_id="t-windows-sub"), subscriptions=subs) as sub,
+        ):
+            await asyncio.gather(pub.wait_connected(), sub.wait_connected())
+            batches = sub.batches(limit=100, every=0.05)
+            got: list[list[bytes]] = []
+            for n in range(4):
+                waiting = asyncio.ensure_future(anext(batches))
+                await pub.publish("chargebridge/t/windows", b"%d" % n)
+                got.append([m.payload for m in await asyncio.wait_for(waiting, 10)])  # type: ignore[misc]
+            return got
+
+    with asyncio.Runner(loop_factory=loop_factory) as runner:
+        assert runner.run(scenario()) == [[b"0"], [b"1"], [b"2"], [b"3"]]
