@@ -211,46 +211,6 @@ def connection_lost(client: aiomqtt.Client) -> asyncio.Future[None]:
     return client._disconnected
 
 
-def pause_reading(client: aiomqtt.Client) -> Callable[[], None] | None:
-    """Stop watching the connection's socket for reading; returns the function that watches
-    it again and reads at once what arrived meanwhile (None: the socket is not open).
-
-    A consumer that groups what arrives within a window (`MqttClient.batches`) gains nothing
-    from reading each message as it comes: every one cost the process a wakeup (the poll,
-    a `recv`, the reading callback), several per list at 1,000 events/s. The kernel keeps
-    the bytes meanwhile. The reader put back does what aiomqtt's own (`_on_socket_open`)
-    does; aiomqtt removes it when the socket closes, as its own."""
-    inner = client._client
-    sock = inner._sock
-    if sock is None:
-        return None
-    loop = asyncio.get_running_loop()
-    fd = sock.fileno()
-    if fd < 0 or client._disconnected.done():
-        return None
-    loop.remove_reader(fd)  # (uvloop's returns None, not whether there was one)
-
-    def read() -> None:  # aiomqtt's reader callback
-        try:
-            while True:
-                inner.loop_read()
-                pending = getattr(inner._sock, "pending", None)  # TLS: decrypted bytes left
-                if pending is not None and pending() > 0:
-                    continue
-                break
-        except Exception as exc:
-            if not client._disconnected.done():
-                client._disconnected.set_exception(exc)
-
-    def resume() -> None:
-        if inner._sock is not sock or client._disconnected.done():
-            return  # closed meanwhile: no reader for a dead socket
-        loop.add_reader(fd, read)
-        read()
-
-    return resume
-
-
 def received(client: aiomqtt.Client) -> asyncio.Queue[aiomqtt.Message]:
     """aiomqtt's queue of received messages (its `queue_type`, `MqttClient`'s `Received`):
     the connection task moves what is queued there itself instead of through aiomqtt's

@@ -300,9 +300,9 @@ class MqttClient:
 
         With `every` (seconds), a list is not made sooner than `every` after the previous
         one was handed out: under load, what arrives meanwhile joins the next list (group
-        commit); a message arriving after a quiet spell is handed out at once. Meanwhile
-        the socket is not read (`_private.pause_reading`): what arrived, PUBACKs included,
-        is read in one go when the window ends."""
+        commit); a message arriving after a quiet spell is handed out at once. (The socket
+        is read meanwhile: not reading it delays the kernel's ACKs, and a broker writing
+        with Nagle's algorithm, Mosquitto's default, then holds the next messages back.)"""
         loop = asyncio.get_running_loop()
         handed_out = -math.inf
         while True:
@@ -310,15 +310,7 @@ class MqttClient:
             # wakes once per list (at the window's end), not also for the message that
             # opened it; one after a quiet spell longer than `every` is handed out at once.
             if (wait := handed_out + every - loop.time()) > 0:
-                # Nor is the socket read meanwhile: what arrives is read in one go when the
-                # window ends, not one wakeup of the process per message (and PUBACK).
-                client = self._client
-                resume = None if client is None else _private.pause_reading(client)
-                try:
-                    await asyncio.sleep(wait)
-                finally:
-                    if resume is not None:
-                        resume()
+                await asyncio.sleep(wait)
             batch = [await self._next()]
             while len(batch) < limit and not self._incoming.empty():
                 batch.append(self._incoming.get_nowait())

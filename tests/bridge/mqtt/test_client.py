@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import select
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -328,32 +327,6 @@ async def test_a_message_read_while_an_older_one_is_moved_does_not_overtake_it()
         await receiving
 
 
-async def test_the_socket_is_not_read_while_a_batch_window_is_open(broker: Mosquitto) -> None:
-    """Messages arriving within the window wait in the socket (no wakeup per message) and are
-    read in one go when it ends."""
-    subs = [("chargebridge/t/window", 1)]
-    async with (
-        MqttClient(settings(broker, client_id="t-window-pub")) as pub,
-        MqttClient(settings(broker, client_id="t-window-sub"), subscriptions=subs) as sub,
-    ):
-        await asyncio.gather(pub.wait_connected(), sub.wait_connected())
-        batches = sub.batches(limit=100, every=2.0)
-        await pub.publish("chargebridge/t/window", b"first")
-        assert [m.payload for m in await asyncio.wait_for(anext(batches), 10)] == [b"first"]
-        waiting = asyncio.ensure_future(anext(batches))
-        await asyncio.sleep(0)  # the window is open: reading paused
-        await asyncio.gather(*(pub.submit("chargebridge/t/window", b"%d" % i) for i in range(5)))
-        assert sub._client is not None
-        sock = _private.paho_client(sub._client)._sock
-        readable, _, _ = await asyncio.to_thread(select.select, [sock], [], [], 10)
-        assert readable  # the broker has sent them...
-        for _ in range(20):  # loop turns, each polling the sockets
-            await asyncio.sleep(0)
-        assert sub._incoming.empty() and not waiting.done()  # ...and nobody read them yet
-        second = await asyncio.wait_for(waiting, 10)
-        assert [m.payload for m in second] == [b"0", b"1", b"2", b"3", b"4"]
-
-
 def loop_factories() -> list[Callable[[], asyncio.AbstractEventLoop]]:
     factories: list[Callable[[], asyncio.AbstractEventLoop]] = [asyncio.new_event_loop]
     try:
@@ -367,8 +340,7 @@ def loop_factories() -> list[Callable[[], asyncio.AbstractEventLoop]]:
 def test_reading_goes_on_after_each_batch_window(
     broker: Mosquitto, loop_factory: Callable[[], asyncio.AbstractEventLoop]
 ) -> None:
-    """The socket's reader is put back after every window, on each event loop the roles
-    run on (uvloop's `remove_reader` answers differently from asyncio's)."""
+    """Lists keep coming window after window, on each event loop the roles run on."""
 
     async def scenario() -> list[list[bytes]]:
         subs = [("chargebridge/t/windows", 1)]
