@@ -272,7 +272,7 @@ class MqttClient:
         """The next incoming message; raises `MqttClientFailed` once the client is dead.
 
         One future per wait, completed by whoever fills the queue (`_wake`): a `get()` raced
-        against the client's death costed two tasks and an `asyncio.wait` per wait."""
+        against the client's death cost two tasks and an `asyncio.wait` per wait."""
         incoming = self._incoming
         while incoming.empty():
             if self.failure is not None:
