@@ -59,6 +59,9 @@ class FakePublisher:
         self.messages.append(Published(topic, json.loads(payload), retain, critical, key, fut))
         return fut
 
+    def post(self, topic: str, payload: bytes, *, retain: bool = False) -> None:
+        self.submit(topic, payload, retain=retain)
+
     def on(self, topic_end: str) -> list[Published]:
         return [m for m in self.messages if m.topic.endswith(topic_end)]
 
