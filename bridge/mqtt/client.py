@@ -101,9 +101,10 @@ class MqttClient:
         self._empty = asyncio.Event()
         if not len(self.outbox):
             self._empty.set()
-        # Set by the sender of the current connection: schedules one publishing round
-        # (`_sender`), at most one per loop turn.
+        # Set by the sender of the current connection: `_kick` schedules one publishing
+        # round (`_sender`), at most one per loop turn; `_round` runs it now if scheduled.
         self._kick: Callable[[], None] | None = None
+        self._round: Callable[[], None] = _nothing
         self._incoming: asyncio.Queue[aiomqtt.Message] = asyncio.Queue(max_incoming)
         # The connection each message to acknowledge came on: an acknowledgement belongs
         # to it (message ids are per connection), so one from an earlier connection is
@@ -233,6 +234,13 @@ class MqttClient:
                     fut.exception()
         self._empty.clear()
         self._wake()
+
+    def send_queued(self) -> None:
+        """Publish (and write to the socket) now what `submit`/`post` queued this loop turn,
+        instead of in a round at the next turn: for a caller that has queued all it will
+        (the gateway, after each read from a device socket), it saves that turn. Harmless
+        when nothing is queued or the client is offline."""
+        self._round()
 
     def _wake(self) -> None:
         """A publishing round soon, if connected (the next connection's sender starts with
@@ -513,9 +521,10 @@ class MqttClient:
         Straight through paho, not aiomqtt's `publish`: that costs a task, an event, a
         `wait_for` and a scan of every pending call per message, which was a fifth of the
         gateway's CPU at 5,000 events/s. paho's `on_publish` (the PUBACK) completes them.
-        A round is a `call_soon` of `drain` (no task wakeup, at most one per loop turn), made
-        by `submit`/`post` and by a PUBACK while messages wait; it writes what it queued
-        at once (`_private.queued_writer`), not one more loop turn later.
+        A round (`drain`) is scheduled by `submit`/`post` and by a PUBACK while messages
+        wait, as a `call_soon` (no task wakeup; at most one per loop turn), or run at once by
+        `send_queued`; it writes what it queued at once (`_private.queued_writer`), not one
+        more loop turn later.
         """
         inner = _private.paho_client(client)
         pending: dict[int, OutboxMessage] = {}  # by paho message id, this connection only
@@ -537,10 +546,14 @@ class MqttClient:
                     pending[mid] = message
             write()
 
+        def scheduled_round() -> None:
+            if scheduled[0]:
+                drain()
+
         def kick() -> None:
             if not scheduled[0]:
                 scheduled[0] = True
-                loop.call_soon(drain)
+                loop.call_soon(scheduled_round)
 
         def on_publish(c: paho.Client, userdata: Any, mid: int, *rest: Any) -> None:
             message = pending.pop(mid, None)
@@ -558,13 +571,13 @@ class MqttClient:
                 kick()
 
         inner.on_publish = on_publish
-        self._kick = kick
+        self._kick, self._round = kick, scheduled_round
         try:
             drain()
             await loop.create_future()  # until cancelled
         finally:
             if self._kick is kick:
-                self._kick = None
+                self._kick, self._round = None, _nothing
 
     def _publish_now(
         self,
@@ -600,6 +613,10 @@ class MqttClient:
         error = aiomqtt.MqttError(f"could not publish on {message.topic}: {why}")
         self._settle(message.seq, error)
         log.error("could not publish a message on %s: %s", message.topic, why)
+
+
+def _nothing() -> None:
+    """`MqttClient.send_queued` while no connection's sender runs."""
 
 
 def payload_bytes(message: aiomqtt.Message) -> bytes:

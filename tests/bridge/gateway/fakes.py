@@ -62,6 +62,9 @@ class FakePublisher:
     def post(self, topic: str, payload: bytes, *, retain: bool = False) -> None:
         self.submit(topic, payload, retain=retain)
 
+    def send_queued(self) -> None:
+        """Recorded at once already."""
+
     def on(self, topic_end: str) -> list[Published]:
         return [m for m in self.messages if m.topic.endswith(topic_end)]
 

@@ -37,6 +37,8 @@ class Forgetting:
     def post(self, topic: str, payload: bytes, **_: Any) -> None:
         """Acknowledged at once, kept nowhere."""
 
+    def send_queued(self) -> None: ...
+
 
 class Socket:
     """The transport of one charger: what the gateway writes is counted, not kept."""
