@@ -682,6 +682,9 @@ class SoonWriter:
         self._loop = asyncio.get_running_loop()
         self._thread = threading.get_ident()
         self._scheduled = False
+        # While True (`queued_writer`'s caller is queuing packets and calls `now()` after),
+        # no `call_soon` is made for them.
+        self.held = False
         self._disconnecting = paho._ConnectionState.MQTT_CS_DISCONNECTING  # type: ignore[attr-defined]
 
     def __call__(self, c: paho.Client, userdata: object, sock: object) -> None:
@@ -689,7 +692,8 @@ class SoonWriter:
             self._register(c, userdata, sock)
         elif not self._scheduled:
             self._scheduled = True
-            self._loop.call_soon(self.now)
+            if not self.held:
+                self._loop.call_soon(self.now)
 
     def now(self) -> None:
         """Write what paho queued since the last write, if anything (else nothing: the
@@ -722,14 +726,25 @@ class SoonWriter:
             self._loop.add_writer(sock.fileno(), self._on_writable)
 
 
-def queued_writer(client: paho.Client) -> Callable[[], None]:
-    """Writes at once what paho queued (`SoonWriter.now`), for a caller that has queued all
-    it will this loop turn (`MqttClient._sender`): the packets leave one loop turn sooner
-    and that turn is saved. A no-op for a client without `write_soon`."""
+def queued_writer(client: paho.Client) -> Callable[[Callable[[], None]], None]:
+    """Runs `queue` (which queues packets through paho) and writes what it queued at once
+    (`SoonWriter.now`), without the `call_soon` paho's first packet would ask for: for
+    `MqttClient._sender`, whose packets then leave one loop turn sooner, and that turn and
+    its handle are saved. For a client without `write_soon`: just `queue()`."""
     writer = client.on_socket_register_write
-    if isinstance(writer, SoonWriter):
-        return writer.now
-    return lambda: None
+    if not isinstance(writer, SoonWriter):
+        return lambda queue: queue()
+    sooner = writer
+
+    def queue_and_write(queue: Callable[[], None]) -> None:
+        sooner.held = True
+        try:
+            queue()
+        finally:
+            sooner.held = False
+            sooner.now()
+
+    return queue_and_write
 
 
 PUBLISH_QOS1 = PUBLISH | 2

@@ -536,15 +536,18 @@ class MqttClient:
         outbox = self.outbox
         scheduled = [False]
 
-        def drain() -> None:
-            scheduled[0] = False
-            if self._kick is not kick:
-                return  # this connection ended; the next one's sender publishes
+        def publish() -> None:
             while len(pending) < limit and (message := outbox.take()) is not None:
                 mid = self._publish_now(inner, message, quick)
                 if mid is not None:
                     pending[mid] = message
-            write()
+
+        def drain() -> None:
+            scheduled[0] = False
+            if self._kick is not kick:
+                return  # this connection ended; the next one's sender publishes
+            if outbox.has_pending:
+                write(publish)
 
         def scheduled_round() -> None:
             if scheduled[0]:

@@ -41,6 +41,7 @@ class FakePublisher:
         self.messages: list[Published] = []
         self.hold = False
         self.dropped = 0
+        self.sent_at: list[int] = []  # len(messages) at each `send_queued`
 
     def submit(
         self,
@@ -63,7 +64,7 @@ class FakePublisher:
         self.submit(topic, payload, retain=retain)
 
     def send_queued(self) -> None:
-        """Recorded at once already."""
+        self.sent_at.append(len(self.messages))
 
     def on(self, topic_end: str) -> list[Published]:
         return [m for m in self.messages if m.topic.endswith(topic_end)]
