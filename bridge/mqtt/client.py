@@ -124,9 +124,12 @@ class MqttClient:
         self._empty = asyncio.Event()
         if not len(self.outbox):
             self._empty.set()
-        self._wakeup = asyncio.Event()
+        # Set by the sender of the current connection: `_kick` schedules one publishing
+        # round (`_sender`), at most one per loop turn; `_round` runs it now if scheduled.
+        self._kick: Callable[[], None] | None = None
+        self._round: Callable[[], None] = _nothing
         self._incoming: asyncio.Queue[aiomqtt.Message] = asyncio.Queue(max_incoming)
-        # Receivers waiting for `_incoming` to fill (`_next`), woken by `_wake`.
+        # Receivers waiting for `_incoming` to fill (`_next`), woken by `_wake_receivers`.
         self._waiters: list[asyncio.Future[None]] = []
         # True while the connection task moves messages from aiomqtt's queue: the sink then
         # refuses newer ones, which would overtake the message it holds.
@@ -234,8 +237,45 @@ class MqttClient:
                     fut.set_exception(MessageDropped(f"outbox full ({len(self.outbox)})"))
                     fut.exception()  # counted in `dropped`; no "never retrieved" per message
         self._empty.clear()
-        self._wakeup.set()
+        self._wake()
         return future
+
+    def post(self, topic: str, payload: bytes, *, retain: bool = False) -> None:
+        """Queue a QoS 1 message nobody waits for (the gateway's events and states).
+
+        As `submit`, without the future and its callback per message (the gateway posts two
+        per 0x06): a message the broker refuses is logged (`_refused`), one the bounded outbox
+        drops is counted in `dropped`, and after the client died (`MqttClientFailed`, logged
+        then) nothing is queued."""
+        if self.failure is not None:
+            return
+        added = self.outbox.add(topic, payload, qos=1, retain=retain)
+        if added.replaced is not None:
+            # A newer retained state supersedes it: its waiters are settled with this one.
+            replaced = self._futures.pop(added.replaced, None)
+            if replaced:
+                self._futures.setdefault(added.seq, []).extend(replaced)
+        for seq in added.dropped:
+            for fut in self._futures.pop(seq, ()):
+                if not fut.done():
+                    fut.set_exception(MessageDropped(f"outbox full ({len(self.outbox)})"))
+                    fut.exception()
+        self._empty.clear()
+        self._wake()
+
+    def send_queued(self) -> None:
+        """Publish (and write to the socket) now what `submit`/`post` queued this loop turn,
+        instead of in a round at the next turn: for a caller that has queued all it will
+        (the gateway, after each read from a device socket), it saves that turn. Harmless
+        when nothing is queued or the client is offline."""
+        self._round()
+
+    def _wake(self) -> None:
+        """A publishing round soon, if connected (the next connection's sender starts with
+        one)."""
+        kick = self._kick
+        if kick is not None:
+            kick()
 
     async def publish(
         self,
@@ -271,8 +311,8 @@ class MqttClient:
     async def _next(self) -> aiomqtt.Message:
         """The next incoming message; raises `MqttClientFailed` once the client is dead.
 
-        One future per wait, completed by whoever fills the queue (`_wake`): a `get()` raced
-        against the client's death cost two tasks and an `asyncio.wait` per wait."""
+        One future per wait, completed by whoever fills the queue (`_wake_receivers`): a
+        `get()` raced against the client's death cost two tasks and an `asyncio.wait`."""
         incoming = self._incoming
         while incoming.empty():
             if self.failure is not None:
@@ -286,7 +326,7 @@ class MqttClient:
                     self._waiters.remove(waiter)
         return incoming.get_nowait()
 
-    def _wake(self) -> None:
+    def _wake_receivers(self) -> None:
         """Something arrived in `_incoming` (or the client died): wake the receivers."""
         waiters = self._waiters
         if waiters:
@@ -398,7 +438,7 @@ class MqttClient:
     def _fail(self, failure: MqttClientFailed) -> None:
         """Mark the client dead: waiting receivers and publishers get `failure`."""
         self.failure = failure
-        self._wake()
+        self._wake_receivers()
         for seq in list(self._futures):
             for fut in self._futures.pop(seq, ()):
                 if not fut.done():
@@ -495,7 +535,7 @@ class MqttClient:
         if self.settings.manual_ack and message.qos > 0:
             self._came_on[message] = client
         self._incoming.put_nowait(message)
-        self._wake()
+        self._wake_receivers()
         return True
 
     async def _subscribe(self, client: aiomqtt.Client, topics: list[tuple[str, int]]) -> None:
@@ -534,12 +574,11 @@ class MqttClient:
         if self.settings.manual_ack and message.qos > 0:
             self._came_on[message] = client
         await self._incoming.put(message)
-        self._wake()
+        self._wake_receivers()
 
     def _requeue_inflight(self) -> None:
         """Unacknowledged messages go back to the front, in their original order."""
         self.outbox.requeue()
-        self._wakeup.set()
 
     def _settle(self, seq: int, exc: BaseException | None = None) -> None:
         for fut in self._futures.pop(seq, ()):
@@ -553,15 +592,48 @@ class MqttClient:
             self._empty.set()
 
     async def _sender(self, client: aiomqtt.Client) -> None:
-        """Publish from the outbox, at most `max_inflight` unacknowledged at a time.
+        """Publish from the outbox, at most `max_inflight` unacknowledged at a time, until
+        cancelled (the connection ended).
 
         Straight through paho, not aiomqtt's `publish`: that costs a task, an event, a
         `wait_for` and a scan of every pending call per message, which was a fifth of the
         gateway's CPU at 5,000 events/s. paho's `on_publish` (the PUBACK) completes them.
+        A round (`drain`) is scheduled by `submit`/`post` and by a PUBACK while messages
+        wait, as a `call_soon` (no task wakeup; at most one per loop turn), or run at once by
+        `send_queued`; it writes what it queued at once (`_private.queued_writer`), not one
+        more loop turn later.
         """
         inner = _private.paho_client(client)
         pending: dict[int, OutboxMessage] = {}  # by paho message id, this connection only
         chained = inner.on_publish
+        loop = asyncio.get_running_loop()
+        limit = self.settings.max_inflight
+        quick = _private.quick_publish(inner)
+        write = _private.queued_writer(inner)
+        outbox = self.outbox
+        scheduled = [False]
+
+        def publish() -> None:
+            while len(pending) < limit and (message := outbox.take()) is not None:
+                mid = self._publish_now(inner, message, quick)
+                if mid is not None:
+                    pending[mid] = message
+
+        def drain() -> None:
+            scheduled[0] = False
+            if self._kick is not kick:
+                return  # this connection ended; the next one's sender publishes
+            if outbox.has_pending:
+                write(publish)
+
+        def scheduled_round() -> None:
+            if scheduled[0]:
+                drain()
+
+        def kick() -> None:
+            if not scheduled[0]:
+                scheduled[0] = True
+                loop.call_soon(scheduled_round)
 
         def on_publish(c: paho.Client, userdata: Any, mid: int, *rest: Any) -> None:
             message = pending.pop(mid, None)
@@ -573,21 +645,19 @@ class MqttClient:
             if getattr(reason, "is_failure", False):  # MQTT v5: e.g. not authorised (ACL)
                 self._refused(message, f"the broker refused it: {reason}")
             else:
-                self.outbox.acked(message.seq)
+                outbox.acked(message.seq)
                 self._settle(message.seq)
-            if self.outbox.has_pending:  # else the sender has nothing to send: not woken
-                self._wakeup.set()
+            if outbox.has_pending:
+                kick()
 
         inner.on_publish = on_publish
-        limit = self.settings.max_inflight
-        quick = _private.quick_publish(inner)
-        while True:
-            while len(pending) < limit and (message := self.outbox.take()) is not None:
-                mid = self._publish_now(inner, message, quick)
-                if mid is not None:
-                    pending[mid] = message
-            self._wakeup.clear()
-            await self._wakeup.wait()
+        self._kick, self._round = kick, scheduled_round
+        try:
+            drain()
+            await loop.create_future()  # until cancelled
+        finally:
+            if self._kick is kick:
+                self._kick, self._round = None, _nothing
 
     def _publish_now(
         self,
@@ -623,6 +693,10 @@ class MqttClient:
         error = aiomqtt.MqttError(f"could not publish on {message.topic}: {why}")
         self._settle(message.seq, error)
         log.error("could not publish a message on %s: %s", message.topic, why)
+
+
+def _nothing() -> None:
+    """`MqttClient.send_queued` while no connection's sender runs."""
 
 
 def payload_bytes(message: aiomqtt.Message) -> bytes:

@@ -359,3 +359,75 @@ def test_reading_goes_on_after_each_batch_window(
 
     with asyncio.Runner(loop_factory=loop_factory) as runner:
         assert runner.run(scenario()) == [[b"0"], [b"1"], [b"2"], [b"3"]]
+
+
+async def test_posted_messages_are_delivered_in_order_and_a_refused_one_is_logged(
+    broker: Mosquitto, caplog: pytest.LogCaptureFixture
+) -> None:
+    """`post`: no future to wait on; the broker still gets every message in order, and one
+    it refuses (ACL, MQTT v5) is logged and leaves the outbox, not kept in flight."""
+    async with (
+        broker.client() as sub,
+        MqttClient(settings(broker, client_id="t-post")) as mqtt,
+    ):
+        await sub.subscribe("chargebridge/t/#", qos=1)
+        await mqtt.wait_connected()
+        for i in range(5):
+            mqtt.post("chargebridge/t/post", b"%d" % i)
+        mqtt.post("chargebridge/t/state", b"retained", retain=True)
+        messages = await next_messages(sub, 6)
+        assert [m.payload for m in messages] == [b"0", b"1", b"2", b"3", b"4", b"retained"]
+        await mqtt.close()
+        assert mqtt.queued == 0
+    monitor = MqttSettings(url=broker.url_for("monitor"), client_id="t-post-refused")
+    async with MqttClient(monitor) as mqtt:
+        await mqtt.wait_connected()
+        mqtt.post("chargebridge/charging/request/start", b"{}")
+        await mqtt.close(flush_timeout=10)  # returns once the outbox is empty
+        assert mqtt.queued == 0
+    assert "could not publish a message on chargebridge/charging/request/start" in caplog.text
+
+
+async def test_send_queued_writes_what_was_posted_before_the_loop_turn_ends(
+    broker: Mosquitto,
+) -> None:
+    """The gateway calls `send_queued` after each device read: the messages are handed to
+    paho and written to the socket at once, not in a round at the next loop turn."""
+    async with MqttClient(settings(broker, client_id="t-send-queued")) as mqtt:
+        await mqtt.wait_connected()
+        inner = _private.paho_client(mqtt._client)  # type: ignore[arg-type]
+        await mqtt.publish("chargebridge/t/first", b"settled")  # the sender is running
+        mqtt.post("chargebridge/t/a", b"1")
+        mqtt.post("chargebridge/t/b", b"2", retain=True)
+        assert mqtt.outbox.has_pending and not inner._out_packet
+        mqtt.send_queued()  # no await in between: all within this loop turn
+        assert not mqtt.outbox.has_pending  # both taken and in flight
+        assert len(inner._out_messages) == 2
+        assert not inner._out_packet  # and written to the socket
+        mqtt.send_queued()  # nothing queued: harmless
+        await mqtt.close(flush_timeout=10)
+        assert mqtt.queued == 0
+
+
+async def test_send_queued_while_offline_publishes_on_the_next_connection(
+    broker: Mosquitto,
+) -> None:
+    """Offline there is no sender: `send_queued` does nothing and the message waits for the
+    next connection, where the broker acknowledges it."""
+    broker.stop()
+    try:
+        async with MqttClient(settings(broker, client_id="t-send-offline")) as mqtt:
+            mqtt.post("chargebridge/t/offline", b"kept", retain=True)
+            mqtt.send_queued()
+            assert mqtt.outbox.has_pending and mqtt.queued == 1
+            broker.start()
+            await mqtt.wait_connected()
+            await mqtt.close(flush_timeout=10)
+            assert mqtt.queued == 0
+    finally:
+        if broker.proc is None:
+            broker.start()
+    async with broker.client() as sub:  # retained: the broker has it
+        await sub.subscribe("chargebridge/t/offline", qos=1)
+        [msg] = await next_messages(sub, 1)
+        assert msg.payload == b"kept"
