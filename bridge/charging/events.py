@@ -19,6 +19,8 @@ from pydantic import TypeAdapter
 from bridge.charging import jsontext
 from bridge.mqtt.payloads.common import iso_utc
 
+_num, _value = jsontext.number, jsontext.value
+
 
 def slow_iso(ts: float) -> str:
     """`iso` through datetime: the definition `iso` is tested against."""
@@ -85,7 +87,7 @@ class _Event:
         for name in _record_names(type(self)):
             value = getattr(self, name)
             if value is not None:
-                parts.append(f',"{name}":{jsontext.value(value)}')
+                parts.append(f',"{name}":{_num(value)}')
         parts.append("}")
         return "".join(parts)
 
@@ -147,6 +149,26 @@ class PowerReported(_Event):
     voltage_v: float | None = None
     current_a: float | None = None
     temperature_c: float | None = None
+
+    def to_json(self) -> str:
+        """`_Event.to_json` written out for the most frequent entry (a 0x06 every 5 minutes
+        per session): the same text, tested against `json.dumps` of `record()`."""
+        return (
+            f'{{"ts":"{iso(self.ts)}","type":"power","port":{_value(self.port)},'
+            f'"power_w":{_num(self.power_w)},"energy_kwh":{_num(self.energy_kwh)},'
+            f'"duration_s":{_value(self.duration_s)}{_opt(_MAX_POWER, self.max_power_w)}'
+            f"{_opt(_VOLTAGE, self.voltage_v)}{_opt(_CURRENT, self.current_a)}"
+            f"{_opt(_TEMPERATURE, self.temperature_c)}}}"
+        )
+
+
+_MAX_POWER, _VOLTAGE = ',"max_power_w":', ',"voltage_v":'
+_CURRENT, _TEMPERATURE = ',"current_a":', ',"temperature_c":'
+
+
+def _opt(key: str, value: float | None) -> str:
+    """`key` and the value, or nothing for None (a history entry leaves None fields out)."""
+    return "" if value is None else key + _num(value)
 
 
 @dataclass(frozen=True, slots=True)

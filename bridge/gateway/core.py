@@ -145,9 +145,13 @@ class Gateway:
 
     def data_received(self, conn: Connection, data: bytes) -> None:
         self.connections.data_received(conn, data)
+        # What this read made is published and written now, not in a round at the next
+        # loop turn (at ordinary rates a read is one frame: docs/performance.md, p-gw2).
+        self.mqtt.send_queued()
 
     def items_received(self, conn: Connection, items: list[StreamItem], nbytes: int) -> None:
         self.connections.items_received(conn, items, nbytes)
+        self.mqtt.send_queued()
 
     # ------------------------------------------------------------------ MQTT
 

@@ -52,12 +52,17 @@ class Publisher(Protocol):
         key: str | None = None,
     ) -> asyncio.Future[None]: ...
 
+    def post(self, topic: str, payload: bytes, *, retain: bool = False) -> None: ...
+
+    def send_queued(self) -> None: ...
+
     @property
     def dropped(self) -> int: ...
 
 
 class Publishing:
-    """Turns gateway facts into MQTT messages; remembers the last submit to flush at exit."""
+    """Turns gateway facts into MQTT messages; remembers the gateway state's submit, the
+    last message at exit, to flush."""
 
     def __init__(self, mqtt: Publisher, topics: Topics, gateway_id: str) -> None:
         self.mqtt = mqtt
@@ -69,10 +74,10 @@ class Publishing:
         self.submit_json(topic, payload.to_json(), retain=retain)
 
     def submit_json(self, topic: str, data: bytes, *, retain: bool = False) -> None:
-        """`data`: a payload's JSON text (`MqttPayload.to_json()` or `FastJson`)."""
-        fut = self.mqtt.submit(topic, data, qos=1, retain=retain)
-        fut.add_done_callback(log_failure)
-        self._last = fut
+        """`data`: a payload's JSON text (`MqttPayload.to_json()` or `FastJson`). Posted:
+        nobody waits for it, so no future per message (`MqttClient.post`: a refusal is
+        logged there, a drop counted)."""
+        self.mqtt.post(topic, data, retain=retain)
 
     def event(self, dev: Device, kind: str, event: EventBase | bytes) -> None:
         """`event`: the model, or its JSON text already made."""
@@ -117,7 +122,11 @@ class Publishing:
         """This gateway's presence, `{b}/gateways/{gateway_id}/state` (the will's topic)."""
         since = iso_utc() if state == "online" else None
         presence = GatewayState(state=state, gateway_id=self.gateway_id, since=since)
-        self.submit(self.topics.gateway_state(self.gateway_id), presence, retain=True)
+        fut = self.mqtt.submit(
+            self.topics.gateway_state(self.gateway_id), presence.to_json(), qos=1, retain=True
+        )
+        fut.add_done_callback(log_failure)
+        self._last = fut  # `flush`: the last message at exit
 
     def republish(self, registry: Registry) -> None:
         """After every (re)connection: the will may have replaced our `online`, and a broker
@@ -133,7 +142,8 @@ class Publishing:
                 )
 
     async def flush(self, timeout_s: float) -> None:
-        """Wait until the broker has the last message submitted (or give up and say so)."""
+        """Wait until the broker has the last gateway state submitted, at exit the last
+        message (messages go out in order), or give up and say so."""
         last = self._last
         if last is None:
             return

@@ -73,6 +73,7 @@ PAHO_CLIENT_ATTRIBUTES = (
     "_protocol",
     "_last_bytes_received",
     "_state",
+    "_registered_write",
 )
 # in paho.mqtt.client
 PAHO_MODULE_ATTRIBUTES = ("MQTTMessage", "mqtt_ms_wait_for_puback", "_ConnectionState")
@@ -211,11 +212,11 @@ def connection_lost(client: aiomqtt.Client) -> asyncio.Future[None]:
     return client._disconnected
 
 
-def take_received(client: aiomqtt.Client) -> aiomqtt.Message:
-    """The next message aiomqtt has already received (call only while `len(client.messages)`
-    says there is one). Its iterator costs a task and a loop turn per message; taking what has
-    arrived directly lets a consumer see it as one batch."""
-    return client._queue.get_nowait()
+def received(client: aiomqtt.Client) -> asyncio.Queue[aiomqtt.Message]:
+    """aiomqtt's queue of received messages (its `queue_type`, `MqttClient`'s `Received`):
+    the connection task moves what is queued there itself instead of through aiomqtt's
+    iterator, which costs a task and an `asyncio.wait` per wakeup."""
+    return client._queue
 
 
 # --------------------------------------------------------------------------- paho
@@ -321,13 +322,17 @@ def read_everything_available(
     topic that is not UTF-8, a packet not complete yet) goes through paho's own `_packet_read`,
     which reads from the same buffer. Bytes left in the buffer are invisible to the event
     loop's readiness, so when READ_LIMIT stops the reading with some left, the next read is
-    scheduled at once. (`quick_packets=False`: every packet through paho's reader, for
-    bench/mqtt_fixed_costs.py.)
+    scheduled at once. A read shorter than RECV_SIZE found the socket empty, so once its
+    packets are handled no second recv() is made only to be told so (one system call and
+    an exception per readable event; the readiness is level-triggered).
+    (`quick_packets=False`: every packet through paho's reader, for bench/mqtt_fixed_costs.py.)
     """
     original_recv = client._sock_recv
     buffer = bytearray()
     source: list[object] = [None]  # the socket the buffered bytes came from
     failed: list[BaseException | None] = [None]  # a recv error for paho to see
+    # The last fill read less than it asked: the socket had no more at that moment.
+    drained: list[bool] = [False]
     on_puback = _puback_handler(client)
     v5 = client._protocol == paho.MQTTv5
 
@@ -364,6 +369,7 @@ def read_everything_available(
         if not data:
             return True  # paho's read gets b"" from the socket again: the end
         buffer.extend(data)
+        drained[0] = len(data) < RECV_SIZE
         return True
 
     def quick(limit: int) -> tuple[int, MQTTErrorCode]:
@@ -447,6 +453,12 @@ def read_everything_available(
                 if rc > 0:
                     return client._loop_rc_handle(rc)
                 count += done
+                if done and not buffer and drained[0]:
+                    # A short read took all the socket had: what arrives later makes it
+                    # readable again (the event loop's readiness is level-triggered), so
+                    # no second recv() only to learn that it is empty.
+                    drained[0] = False
+                    break
                 if done and (not buffer or count >= READ_LIMIT):
                     continue
             rc = client._packet_read()
@@ -668,44 +680,105 @@ def write_soon(client: aiomqtt.Client) -> None:
     register = inner.on_socket_register_write
     if register is None:
         return
-    loop = asyncio.get_running_loop()
-    thread = threading.get_ident()
-    scheduled: list[bool] = [False]
-    disconnecting = paho._ConnectionState.MQTT_CS_DISCONNECTING  # type: ignore[attr-defined]
+    inner.on_socket_register_write = SoonWriter(client, register)
 
-    def on_writable() -> None:
-        try:
-            inner.loop_write()
-        except Exception as exc:  # as aiomqtt's writer callback: the connection is broken
-            if not client._disconnected.done():
-                client._disconnected.set_exception(exc)
 
-    def wait_writable(sock: Any) -> None:
-        """aiomqtt's `add_writer`, for a socket still open: its own, one loop turn late,
-        could meet a socket closed meanwhile (a DISCONNECT's) and log EBADF's traceback."""
-        if inner._sock is sock and sock is not None:
-            loop.add_writer(sock.fileno(), on_writable)
+class SoonWriter:
+    """paho's `on_socket_register_write` for `write_soon`; `now()` writes at once what a
+    `call_soon` would write at the end of this loop turn (`queued_writer`)."""
 
-    def write_now() -> None:
-        scheduled[0] = False
+    def __init__(self, client: aiomqtt.Client, register: Callable[..., None]) -> None:
+        self._client = client
+        self._inner = client._client
+        self._register = register
+        self._loop = asyncio.get_running_loop()
+        self._thread = threading.get_ident()
+        self._scheduled = False
+        # While True (`queued_writer`'s caller is queuing packets and calls `now()` after),
+        # no `call_soon` is made for them.
+        self.held = False
+        self._watching = False  # a writer for the socket is registered with the loop
+        self._disconnecting = paho._ConnectionState.MQTT_CS_DISCONNECTING  # type: ignore[attr-defined]
+
+    def __call__(self, c: paho.Client, userdata: object, sock: object) -> None:
+        if threading.get_ident() != self._thread:
+            self._register(c, userdata, sock)
+        elif not self._scheduled:
+            self._scheduled = True
+            if not self.held:
+                self._loop.call_soon(self.now)
+
+    def now(self) -> None:
+        """Write what paho queued since the last write, if anything (else nothing: the
+        `call_soon` that follows an early `now()` finds nothing to do)."""
+        if not self._scheduled:
+            return
+        self._scheduled = False
+        inner = self._inner
         sock = inner._sock
         if sock is None:
             return
-        if inner._state == disconnecting:  # its DISCONNECT: through the selector, see above
-            loop.call_soon(wait_writable, sock)
+        if inner._state == self._disconnecting:  # its DISCONNECT: through the selector
+            self._loop.call_soon(self._wait_writable, sock)
             return
-        on_writable()
-        if inner.want_write():
-            wait_writable(inner._sock)  # the rest when the socket is writable
+        if self._watching:
+            self._on_writable()  # paho's `loop_write`, which also stops the watching
+        else:
+            self._write()
+        if inner._out_packet:
+            self._wait_writable(inner._sock)  # the rest when the socket is writable
 
-    def register_write(c: paho.Client, userdata: object, sock: object) -> None:
-        if threading.get_ident() != thread:
-            register(c, userdata, sock)  # type: ignore[arg-type]
-        elif not scheduled[0]:
-            scheduled[0] = True
-            loop.call_soon(write_now)
+    def _write(self) -> None:
+        """paho's `loop_write` without its call to aiomqtt's `remove_writer` (through two
+        locks) for a socket the loop is not watching for writability (about 3% of a 0x06's
+        instructions): paho is told its write request is served."""
+        inner = self._inner
+        try:
+            rc = inner._packet_write()
+            if rc > 0:
+                inner._loop_rc_handle(rc)
+        except Exception as exc:  # as aiomqtt's writer callback: the connection is broken
+            if not self._client._disconnected.done():
+                self._client._disconnected.set_exception(exc)
+        if not inner._out_packet:
+            inner._registered_write = False
 
-    inner.on_socket_register_write = register_write
+    def _on_writable(self) -> None:
+        try:
+            self._inner.loop_write()
+        except Exception as exc:  # as aiomqtt's writer callback: the connection is broken
+            if not self._client._disconnected.done():
+                self._client._disconnected.set_exception(exc)
+        if not self._inner._out_packet:
+            self._watching = False  # `loop_write` had aiomqtt remove the writer
+
+    def _wait_writable(self, sock: Any) -> None:
+        """aiomqtt's `add_writer`, for a socket still open: its own, one loop turn late,
+        could meet a socket closed meanwhile (a DISCONNECT's) and log EBADF's traceback."""
+        if self._inner._sock is sock and sock is not None:
+            self._watching = True
+            self._loop.add_writer(sock.fileno(), self._on_writable)
+
+
+def queued_writer(client: paho.Client) -> Callable[[Callable[[], None]], None]:
+    """Runs `queue` (which queues packets through paho) and writes what it queued at once
+    (`SoonWriter.now`), without the `call_soon` paho's first packet would ask for: for
+    `MqttClient._sender`, whose packets then leave one loop turn sooner, and that turn and
+    its handle are saved. For a client without `write_soon`: just `queue()`."""
+    writer = client.on_socket_register_write
+    if not isinstance(writer, SoonWriter):
+        return lambda queue: queue()
+    sooner = writer
+
+    def queue_and_write(queue: Callable[[], None]) -> None:
+        sooner.held = True
+        try:
+            queue()
+        finally:
+            sooner.held = False
+            sooner.now()
+
+    return queue_and_write
 
 
 PUBLISH_QOS1 = PUBLISH | 2

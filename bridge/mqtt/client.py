@@ -24,7 +24,6 @@ import contextlib
 import logging
 import math
 import ssl
-import weakref
 from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any
 
@@ -71,6 +70,30 @@ Payload = bytes | str
 Message = aiomqtt.Message  # what `messages` and `batches()` hand out, for type annotations
 
 
+class Received(asyncio.Queue[aiomqtt.Message]):
+    """aiomqtt's queue of received messages (its `queue_type`), with a short cut.
+
+    aiomqtt's message iterator costs a task and an `asyncio.wait` for every wakeup, and each
+    message then woke the task moving it to `MqttClient`'s own queue: per message, whether
+    or not the consumer was waiting (the charging service sleeps through its batch window).
+    Once connected, `sink` takes each message straight from the reading callback into that
+    queue, waking the consumer only if it waits; a message it refuses (the consumer's queue
+    full, or older ones still queued here) is queued here as aiomqtt does, and `queued` is
+    completed so that the connection task moves it, in order, with back-pressure."""
+
+    sink: Callable[[aiomqtt.Message], bool] | None = None
+    queued: asyncio.Future[None] | None = None
+
+    def put_nowait(self, item: aiomqtt.Message) -> None:
+        sink = self.sink
+        if sink is not None and self.empty() and sink(item):
+            return
+        super().put_nowait(item)
+        queued = self.queued
+        if queued is not None and not queued.done():
+            queued.set_result(None)
+
+
 class MqttClient:
     """Use as `async with MqttClient(settings, ...) as mqtt:`; see the module docstring."""
 
@@ -101,19 +124,27 @@ class MqttClient:
         self._empty = asyncio.Event()
         if not len(self.outbox):
             self._empty.set()
-        self._wakeup = asyncio.Event()
+        # Set by the sender of the current connection: `_kick` schedules one publishing
+        # round (`_sender`), at most one per loop turn; `_round` runs it now if scheduled.
+        self._kick: Callable[[], None] | None = None
+        self._round: Callable[[], None] = _nothing
         self._incoming: asyncio.Queue[aiomqtt.Message] = asyncio.Queue(max_incoming)
+        # Receivers waiting for `_incoming` to fill (`_next`), woken by `_wake_receivers`.
+        self._waiters: list[asyncio.Future[None]] = []
+        # True while the connection task moves messages from aiomqtt's queue: the sink then
+        # refuses newer ones, which would overtake the message it holds.
+        self._moving = False
         # The connection each message to acknowledge came on: an acknowledgement belongs
         # to it (message ids are per connection), so one from an earlier connection is
-        # not sent; the broker redelivers that message on the new one.
-        self._came_on: weakref.WeakKeyDictionary[aiomqtt.Message, aiomqtt.Client] = (
-            weakref.WeakKeyDictionary()
-        )
+        # not sent; the broker redelivers that message on the new one. A plain dict (a
+        # weak one cost more per message than the rest of `ack`), emptied when the
+        # connection ends; bounded meanwhile by the broker's in-flight limit (the service's
+        # receive maximum): it sends no more until we acknowledge.
+        self._came_on: dict[aiomqtt.Message, aiomqtt.Client] = {}
         self._client: aiomqtt.Client | None = None
         self._task: asyncio.Task[None] | None = None
         # Set when the connection task died of an unexpected error: see `MqttClientFailed`.
         self.failure: MqttClientFailed | None = None
-        self._dead = asyncio.Event()
 
     # --- lifecycle ------------------------------------------------------------------
     async def __aenter__(self) -> MqttClient:
@@ -206,8 +237,45 @@ class MqttClient:
                     fut.set_exception(MessageDropped(f"outbox full ({len(self.outbox)})"))
                     fut.exception()  # counted in `dropped`; no "never retrieved" per message
         self._empty.clear()
-        self._wakeup.set()
+        self._wake()
         return future
+
+    def post(self, topic: str, payload: bytes, *, retain: bool = False) -> None:
+        """Queue a QoS 1 message nobody waits for (the gateway's events and states).
+
+        As `submit`, without the future and its callback per message (the gateway posts two
+        per 0x06): a message the broker refuses is logged (`_refused`), one the bounded outbox
+        drops is counted in `dropped`, and after the client died (`MqttClientFailed`, logged
+        then) nothing is queued."""
+        if self.failure is not None:
+            return
+        added = self.outbox.add(topic, payload, qos=1, retain=retain)
+        if added.replaced is not None:
+            # A newer retained state supersedes it: its waiters are settled with this one.
+            replaced = self._futures.pop(added.replaced, None)
+            if replaced:
+                self._futures.setdefault(added.seq, []).extend(replaced)
+        for seq in added.dropped:
+            for fut in self._futures.pop(seq, ()):
+                if not fut.done():
+                    fut.set_exception(MessageDropped(f"outbox full ({len(self.outbox)})"))
+                    fut.exception()
+        self._empty.clear()
+        self._wake()
+
+    def send_queued(self) -> None:
+        """Publish (and write to the socket) now what `submit`/`post` queued this loop turn,
+        instead of in a round at the next turn: for a caller that has queued all it will
+        (the gateway, after each read from a device socket), it saves that turn. Harmless
+        when nothing is queued or the client is offline."""
+        self._round()
+
+    def _wake(self) -> None:
+        """A publishing round soon, if connected (the next connection's sender starts with
+        one)."""
+        kick = self._kick
+        if kick is not None:
+            kick()
 
     async def publish(
         self,
@@ -241,37 +309,49 @@ class MqttClient:
             yield await self._next()
 
     async def _next(self) -> aiomqtt.Message:
-        """The next incoming message; raises `MqttClientFailed` once the client is dead."""
-        if not self._incoming.empty():
-            return self._incoming.get_nowait()
-        if self.failure is not None:
-            raise self.failure
-        getter = asyncio.ensure_future(self._incoming.get())
-        dead = asyncio.ensure_future(self._dead.wait())
-        try:
-            await asyncio.wait((getter, dead), return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            dead.cancel()
-            if not getter.done():
-                getter.cancel()
-        if getter.done() and not getter.cancelled():
-            return getter.result()
-        assert self.failure is not None
-        raise self.failure
+        """The next incoming message; raises `MqttClientFailed` once the client is dead.
+
+        One future per wait, completed by whoever fills the queue (`_wake_receivers`): a
+        `get()` raced against the client's death cost two tasks and an `asyncio.wait`."""
+        incoming = self._incoming
+        while incoming.empty():
+            if self.failure is not None:
+                raise self.failure
+            waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            self._waiters.append(waiter)
+            try:
+                await waiter
+            finally:
+                if not waiter.done():  # cancelled: no longer waiting
+                    self._waiters.remove(waiter)
+        return incoming.get_nowait()
+
+    def _wake_receivers(self) -> None:
+        """Something arrived in `_incoming` (or the client died): wake the receivers."""
+        waiters = self._waiters
+        if waiters:
+            self._waiters = []
+            for waiter in waiters:
+                if not waiter.done():
+                    waiter.set_result(None)
 
     async def batches(self, limit: int, every: float = 0.0) -> AsyncIterator[list[aiomqtt.Message]]:
         """Incoming messages in lists: all that have arrived, at most `limit`, at least one.
 
         With `every` (seconds), a list is not made sooner than `every` after the previous
         one was handed out: under load, what arrives meanwhile joins the next list (group
-        commit); a message arriving after a quiet spell is handed out at once."""
+        commit); a message arriving after a quiet spell is handed out at once. (The socket
+        is read meanwhile: not reading it delays the kernel's ACKs, and a broker writing
+        with Nagle's algorithm, Mosquitto's default, then holds the next messages back.)"""
         loop = asyncio.get_running_loop()
         handed_out = -math.inf
         while True:
-            first = await self._next()
+            # The window first, then the first message: while messages flow, the consumer
+            # wakes once per list (at the window's end), not also for the message that
+            # opened it; one after a quiet spell longer than `every` is handed out at once.
             if (wait := handed_out + every - loop.time()) > 0:
                 await asyncio.sleep(wait)
-            batch = [first]
+            batch = [await self._next()]
             while len(batch) < limit and not self._incoming.empty():
                 batch.append(self._incoming.get_nowait())
             handed_out = loop.time()
@@ -332,6 +412,7 @@ class MqttClient:
             tls_context=tls_context,
             timeout=10,
             max_inflight_messages=s.max_inflight,
+            queue_type=Received,
             **kwargs,
         )
         inner = _private.speed_up(client)
@@ -357,7 +438,7 @@ class MqttClient:
     def _fail(self, failure: MqttClientFailed) -> None:
         """Mark the client dead: waiting receivers and publishers get `failure`."""
         self.failure = failure
-        self._dead.set()
+        self._wake_receivers()
         for seq in list(self._futures):
             for fut in self._futures.pop(seq, ()):
                 if not fut.done():
@@ -388,6 +469,7 @@ class MqttClient:
                 if lost.done() and not lost.cancelled():
                     lost.exception()  # logged above; retrieved so asyncio does not log it again
                 self._client = None
+                self._came_on.clear()  # their acknowledgements are not sent any more
                 self.connected.clear()
                 self.disconnected.set()
                 self._requeue_inflight()
@@ -411,16 +493,50 @@ class MqttClient:
                 task.result()
             self.disconnected.clear()
             self.connected.set()
-            messages = client.messages
-            async for message in messages:
-                await self._deliver(client, message)
-                # What else has arrived, taken at once: a consumer sees it as one batch.
-                for _ in range(len(messages)):
-                    await self._deliver(client, _private.take_received(client))
+            await self._receive(client)
         finally:
             sender.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await sender
+
+    async def _receive(self, client: aiomqtt.Client) -> None:
+        """Hand incoming messages on until the connection ends (raises aiomqtt.MqttError).
+
+        Straight from the reading callback (`Received.sink`, `_take`); what aiomqtt queued
+        (during `on_connect`, or while the consumer's queue was full) is moved from here,
+        oldest first, the sink refusing newer ones meanwhile."""
+        received = _private.received(client)
+        assert isinstance(received, Received)  # `_make_client`'s queue_type
+        lost = _private.connection_lost(client)
+        loop = asyncio.get_running_loop()
+        received.sink = lambda message: self._take(client, message)
+        try:
+            while True:
+                self._moving = True
+                try:
+                    while not received.empty():
+                        await self._deliver(client, received.get_nowait())
+                finally:
+                    self._moving = False
+                queued = received.queued = loop.create_future()
+                await asyncio.wait((queued, lost), return_when=asyncio.FIRST_COMPLETED)
+                if lost.done():
+                    cause = None if lost.cancelled() else lost.exception()
+                    raise aiomqtt.MqttError("Disconnected during message iteration") from cause
+        finally:
+            received.sink = None
+            received.queued = None
+
+    def _take(self, client: aiomqtt.Client, message: aiomqtt.Message) -> bool:
+        """`Received.sink`: a message just read, into `_incoming` at once if it has room
+        and nothing older is still to be moved; False: aiomqtt's queue keeps it."""
+        if self._moving or self._incoming.full():
+            return False
+        if self.settings.manual_ack and message.qos > 0:
+            self._came_on[message] = client
+        self._incoming.put_nowait(message)
+        self._wake_receivers()
+        return True
 
     async def _subscribe(self, client: aiomqtt.Client, topics: list[tuple[str, int]]) -> None:
         """One SUBSCRIBE for all `topics`: one round trip before messages flow."""
@@ -458,11 +574,11 @@ class MqttClient:
         if self.settings.manual_ack and message.qos > 0:
             self._came_on[message] = client
         await self._incoming.put(message)
+        self._wake_receivers()
 
     def _requeue_inflight(self) -> None:
         """Unacknowledged messages go back to the front, in their original order."""
         self.outbox.requeue()
-        self._wakeup.set()
 
     def _settle(self, seq: int, exc: BaseException | None = None) -> None:
         for fut in self._futures.pop(seq, ()):
@@ -476,15 +592,48 @@ class MqttClient:
             self._empty.set()
 
     async def _sender(self, client: aiomqtt.Client) -> None:
-        """Publish from the outbox, at most `max_inflight` unacknowledged at a time.
+        """Publish from the outbox, at most `max_inflight` unacknowledged at a time, until
+        cancelled (the connection ended).
 
         Straight through paho, not aiomqtt's `publish`: that costs a task, an event, a
         `wait_for` and a scan of every pending call per message, which was a fifth of the
         gateway's CPU at 5,000 events/s. paho's `on_publish` (the PUBACK) completes them.
+        A round (`drain`) is scheduled by `submit`/`post` and by a PUBACK while messages
+        wait, as a `call_soon` (no task wakeup; at most one per loop turn), or run at once by
+        `send_queued`; it writes what it queued at once (`_private.queued_writer`), not one
+        more loop turn later.
         """
         inner = _private.paho_client(client)
         pending: dict[int, OutboxMessage] = {}  # by paho message id, this connection only
         chained = inner.on_publish
+        loop = asyncio.get_running_loop()
+        limit = self.settings.max_inflight
+        quick = _private.quick_publish(inner)
+        write = _private.queued_writer(inner)
+        outbox = self.outbox
+        scheduled = [False]
+
+        def publish() -> None:
+            while len(pending) < limit and (message := outbox.take()) is not None:
+                mid = self._publish_now(inner, message, quick)
+                if mid is not None:
+                    pending[mid] = message
+
+        def drain() -> None:
+            scheduled[0] = False
+            if self._kick is not kick:
+                return  # this connection ended; the next one's sender publishes
+            if outbox.has_pending:
+                write(publish)
+
+        def scheduled_round() -> None:
+            if scheduled[0]:
+                drain()
+
+        def kick() -> None:
+            if not scheduled[0]:
+                scheduled[0] = True
+                loop.call_soon(scheduled_round)
 
         def on_publish(c: paho.Client, userdata: Any, mid: int, *rest: Any) -> None:
             message = pending.pop(mid, None)
@@ -496,20 +645,19 @@ class MqttClient:
             if getattr(reason, "is_failure", False):  # MQTT v5: e.g. not authorised (ACL)
                 self._refused(message, f"the broker refused it: {reason}")
             else:
-                self.outbox.acked(message.seq)
+                outbox.acked(message.seq)
                 self._settle(message.seq)
-            self._wakeup.set()
+            if outbox.has_pending:
+                kick()
 
         inner.on_publish = on_publish
-        limit = self.settings.max_inflight
-        quick = _private.quick_publish(inner)
-        while True:
-            while len(pending) < limit and (message := self.outbox.take()) is not None:
-                mid = self._publish_now(inner, message, quick)
-                if mid is not None:
-                    pending[mid] = message
-            self._wakeup.clear()
-            await self._wakeup.wait()
+        self._kick, self._round = kick, scheduled_round
+        try:
+            drain()
+            await loop.create_future()  # until cancelled
+        finally:
+            if self._kick is kick:
+                self._kick, self._round = None, _nothing
 
     def _publish_now(
         self,
@@ -545,6 +693,10 @@ class MqttClient:
         error = aiomqtt.MqttError(f"could not publish on {message.topic}: {why}")
         self._settle(message.seq, error)
         log.error("could not publish a message on %s: %s", message.topic, why)
+
+
+def _nothing() -> None:
+    """`MqttClient.send_queued` while no connection's sender runs."""
 
 
 def payload_bytes(message: aiomqtt.Message) -> bytes:

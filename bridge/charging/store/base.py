@@ -195,10 +195,7 @@ class SessionTexts:
         texts: list[str] | None = None
         if cached is not None and events:
             old_events, old_texts = cached
-            try:
-                k = old_events.index(events[0])
-            except ValueError:
-                k = len(old_events)
+            k = _start_in(old_events, events[0])
             shared = len(old_events) - k
             if len(events) >= shared and all(map(operator.is_, events, old_events[k:])):
                 texts = [*old_texts[k:], *(e.to_json() for e in events[shared:])]
@@ -210,6 +207,21 @@ class SessionTexts:
     def forget(self, session_id: str) -> None:
         """Drop the cached texts of a session that is gone."""
         self._texts.pop(session_id, None)
+
+
+def _start_in(old_events: tuple[Event, ...], first: Event) -> int:
+    """Where a history's first entry is in the one last serialised: by identity at 0 (an
+    entry appended) or 1 (one dropped too, a full history) without `index`, whose equality
+    test of each entry before it is a Python `__eq__`; its length if it is not there."""
+    if old_events:
+        if old_events[0] is first:
+            return 0
+        if len(old_events) > 1 and old_events[1] is first:
+            return 1
+    try:
+        return old_events.index(first)
+    except ValueError:
+        return len(old_events)
 
 
 class SqlStore(SessionTexts):

@@ -57,6 +57,21 @@ def test_a_value_is_written_as_json_dumps_writes_it(value: Any) -> None:
     assert jsontext.value(value) == dumps(value)
 
 
+@given(st.lists(scalars | st.floats(width=32), max_size=20))
+def test_the_remembered_texts_of_numbers_are_json_dumps_texts(values: list[Any]) -> None:
+    """`number` and `string` (the fast writers) write any value as `json.dumps` does, the
+    first time and again from `number`'s memory, whatever came before (0.0 after -0.0)."""
+    for v in [*values, *values, 0.0, -0.0, 0.0, 1.0, 1, True, -0.0]:
+        assert jsontext.number(v) == dumps(v)
+        assert jsontext.string(v) == dumps(v)
+
+
+def test_the_numbers_remembered_are_bounded() -> None:
+    for k in range(3 * jsontext._MAX_FLOATS):
+        assert jsontext.number(k + 0.5) == repr(k + 0.5)
+    assert 0 < len(jsontext._FLOATS) <= jsontext._MAX_FLOATS
+
+
 def test_what_is_not_a_flat_value_goes_to_json_dumps() -> None:
     for value in ([1, "a", None], {"k": [1.5]}, (1, 2)):
         assert jsontext.value(value) == dumps(value)

@@ -395,3 +395,110 @@ def test_every_change_raises_the_version_and_a_stale_power_report_is_ignored() -
     after, effects = transition(s, newer)
     assert after is not None and after.version == 3 and after.energy_kwh == 0.4
     assert Effect.CHANGED in effects
+
+
+# --- the power report's fast path against its definition (docs/performance.md, p-event) ---
+
+
+def powered_by_definition(
+    session: ChargingSession | None, event: PowerReported, window: float
+) -> ChargingSession:
+    """What a power report makes of a session, as it was written with `_noted`
+    (`dataclasses.replace`), which `_powered` must equal, field for field."""
+    from bridge.charging import model
+
+    base = session or ChargingSession(
+        session_id=event.order_no,
+        device_id=event.device_id,
+        port=event.port,
+        status="charging",
+        start_time=event.ts,
+        last_update=event.ts,
+    )
+    kwh, anchor = model.energy.advance(
+        base.energy_kwh_estimated,
+        base.energy_anchor,
+        model.Sample(event.ts, event.power_w),
+        window,
+        event.ts - event.duration_s,
+    )
+    status = "stopping" if base.status == "stopping" else "charging"
+    return model._noted(
+        base,
+        event,
+        status=status,
+        port=event.port,
+        end_time=None,
+        stop_reason=None if session is None or base.status == "failed" else base.stop_reason,
+        energy_kwh_estimated=kwh,
+        energy_anchor=anchor,
+        power_w=event.power_w,
+        energy_kwh=event.energy_kwh,
+        duration_s=event.duration_s,
+        max_power_w=max(base.max_power_w, event.max_power_w or 0.0, event.power_w),
+        voltage_v=event.voltage_v,
+        current_a=event.current_a,
+        temperature_c=event.temperature_c,
+    )
+
+
+def test_powered_names_every_field_of_a_session() -> None:
+    """`_powered` builds a session field by field: a field added to `ChargingSession` must be
+    added there (and to the definition above), or a power report would reset it."""
+    import inspect
+
+    from bridge.charging import model
+
+    source = inspect.getsource(model._powered)
+    missing = [f.name for f in dataclasses.fields(ChargingSession) if f"{f.name}=" not in source]
+    assert missing == []
+
+
+maybe_floats = st.none() | st.floats(allow_nan=False, allow_infinity=False)
+statuses = st.sampled_from(["starting", "charging", "stopping", "failed", "timeout"])
+
+
+@given(
+    st.lists(
+        st.tuples(
+            st.floats(min_value=0, max_value=4000),  # seconds after the previous report
+            st.integers(min_value=0, max_value=600),  # duration_s added
+            st.floats(min_value=-10, max_value=4000),  # power_w
+            maybe_floats,
+            maybe_floats,
+            st.booleans(),  # `at` set
+        ),
+        min_size=1,
+        max_size=60,
+    ),
+    statuses,
+    st.none() | st.text(max_size=5),
+    st.sampled_from([30.0, 60.0, 300.0]),
+)
+def test_a_power_report_changes_what_noted_would(
+    reports: list[tuple[float, int, float, float | None, float | None, bool]],
+    status: str,
+    reason: str | None,
+    window: float,
+) -> None:
+    session: ChargingSession | None = None
+    ts, duration = T0, 0
+    for k, (gap, more, watts, volts, peak, at) in enumerate(reports):
+        ts, duration = ts + gap, duration + more
+        event = power(
+            ts,
+            energy=duration / 1000,
+            watts=watts,
+            duration_s=duration,
+            voltage_v=volts,
+            max_power_w=peak,
+            at=ts + 0.5 if at else None,
+        )
+        if session is not None and k == 1:  # a state other than `charging`, once
+            session = dataclasses.replace(session, status=status, stop_reason=reason)
+        expected = powered_by_definition(session, event, window)
+        got, effects = transition(session, event, energy_window=window)
+        assert got == expected
+        assert got is not None and got.energy_anchor == expected.energy_anchor
+        assert Effect.POWER_APPLIED in effects
+        session = got

@@ -41,6 +41,7 @@ class FakePublisher:
         self.messages: list[Published] = []
         self.hold = False
         self.dropped = 0
+        self.sent_at: list[int] = []  # len(messages) at each `send_queued`
 
     def submit(
         self,
@@ -58,6 +59,12 @@ class FakePublisher:
             fut.set_result(None)
         self.messages.append(Published(topic, json.loads(payload), retain, critical, key, fut))
         return fut
+
+    def post(self, topic: str, payload: bytes, *, retain: bool = False) -> None:
+        self.submit(topic, payload, retain=retain)
+
+    def send_queued(self) -> None:
+        self.sent_at.append(len(self.messages))
 
     def on(self, topic_end: str) -> list[Published]:
         return [m for m in self.messages if m.topic.endswith(topic_end)]

@@ -34,6 +34,11 @@ class Forgetting:
         fut.set_result(None)
         return fut
 
+    def post(self, topic: str, payload: bytes, **_: Any) -> None:
+        """Acknowledged at once, kept nowhere."""
+
+    def send_queued(self) -> None: ...
+
 
 class Socket:
     """The transport of one charger: what the gateway writes is counted, not kept."""

@@ -64,6 +64,26 @@ async def test_heartbeat_is_answered_published_and_a_resend_only_answered(tmp_pa
     assert len(mqtt.messages) == published and gw.stats.duplicates == 1
 
 
+async def test_what_a_device_read_publishes_is_sent_at_the_end_of_that_read(
+    tmp_path: Path,
+) -> None:
+    """One `send_queued` per read, after everything the read's frames published (0x06: the
+    retained port state and the event), whether the link hands over bytes or decoded items."""
+    gw, mqtt, _ = gateway(tmp_path)
+    link = FakeLink(gw)
+    link.send(0x21, heartbeat())
+    assert mqtt.sent_at == [len(mqtt.messages)]
+    report = p.PortPowerReport(
+        0, 1, 60, 6, 1, 2300, 2500, 2100, 2300, bytes(16), 12, 2600, 2212, 1050, 90, 95,
+        1_700_000_000, 0,
+    )  # fmt: skip
+    raw = b"".join(p.encode_frame(PID, 100 + i, 0x06, report.encode()) for i in range(2))
+    before = len(mqtt.messages)
+    gw.data_received(link.conn, raw)
+    assert len(mqtt.messages) == before + 3  # the state once (unchanged), two events
+    assert mqtt.sent_at[-1] == len(mqtt.messages) and len(mqtt.sent_at) == 2
+
+
 async def test_registration_and_time_use_the_injected_clock(tmp_path: Path) -> None:
     gw, mqtt, clock = gateway(tmp_path)
     link = FakeLink(gw)

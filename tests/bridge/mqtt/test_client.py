@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import sys
+from collections.abc import Callable
 from typing import Any
 
 import aiomqtt
 import pytest
 
 from bridge.mqtt import _private
-from bridge.mqtt.client import MqttClient, MqttSettings
+from bridge.mqtt.client import MqttClient, MqttClientFailed, MqttSettings, Received
 from tests.broker import Mosquitto
 
 
@@ -251,3 +252,182 @@ def acks_sent(mqtt: MqttClient) -> list[int]:
 
     inner._packet_queue = queue  # type: ignore[method-assign]
     return sent
+
+
+async def test_messages_beyond_a_full_incoming_queue_wait_and_keep_their_order(
+    broker: Mosquitto,
+) -> None:
+    """A message read while the consumer's queue is full stays in aiomqtt's queue and is moved
+    later, before any newer one: nothing lost, nothing overtaken."""
+    subs = [("chargebridge/t/full", 1)]
+    async with (
+        MqttClient(settings(broker, client_id="t-full-pub")) as pub,
+        MqttClient(
+            settings(broker, client_id="t-full-sub"), subscriptions=subs, max_incoming=3
+        ) as sub,
+    ):
+        await asyncio.gather(pub.wait_connected(), sub.wait_connected())
+        received = _private.received(sub._client)  # type: ignore[arg-type]
+        overflowed = asyncio.Event()
+        put = received.put_nowait
+
+        def put_and_see(message: aiomqtt.Message) -> None:
+            put(message)
+            if not received.empty():  # the consumer's queue is full: this one waits here
+                overflowed.set()
+
+        received.put_nowait = put_and_see  # type: ignore[method-assign]
+        sent = [b"%d" % i for i in range(40)]
+        await asyncio.gather(*(pub.submit("chargebridge/t/full", p) for p in sent))
+        await asyncio.wait_for(overflowed.wait(), 10)
+        # Newer messages arrive while the older ones are being moved: they queue behind.
+        got: list[bytes] = []
+        async with asyncio.timeout(10):
+            async for message in sub.messages:
+                got.append(message.payload)  # type: ignore[arg-type]
+                if len(got) % 7 == 0 and len(got) <= len(sent) - 3:
+                    sent.append(b"late%d" % len(got))
+                    pub.submit("chargebridge/t/full", sent[-1])
+                if len(got) == len(sent):
+                    break
+        assert got == sent
+
+
+async def test_a_waiting_receiver_learns_that_the_client_died(broker: Mosquitto) -> None:
+    async def broken() -> None:
+        raise RuntimeError("on_connect failed")
+
+    async with MqttClient(settings(broker, client_id="t-dies"), on_connect=broken) as mqtt:
+        with pytest.raises(MqttClientFailed, match="on_connect failed"):
+            await asyncio.wait_for(anext(mqtt.messages), 10)
+
+
+async def test_a_message_read_while_an_older_one_is_moved_does_not_overtake_it() -> None:
+    """The connection task holds a message aiomqtt queued (the consumer's queue was full);
+    the consumer makes room; a message read before that task resumes must queue behind."""
+    mqtt = MqttClient(MqttSettings(url="mqtt://127.0.0.1:1"), max_incoming=1)
+    client = aiomqtt.Client("127.0.0.1", 1, queue_type=Received)  # never connected
+    receiving = asyncio.create_task(mqtt._receive(client))
+    await asyncio.sleep(0)
+    queue = _private.received(client)
+
+    def message(payload: bytes) -> aiomqtt.Message:
+        return aiomqtt.Message("chargebridge/t/o", payload, 1, False, 1, None)
+
+    queue.put_nowait(message(b"a"))  # straight into the consumer's queue, now full
+    queue.put_nowait(message(b"b"))  # refused: kept by aiomqtt's queue, moved by the task
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert queue.empty()  # the task holds b, waiting for room
+    assert (await mqtt._next()).payload == b"a"  # room: the task is woken, not run yet
+    queue.put_nowait(message(b"c"))
+    assert [(await mqtt._next()).payload for _ in range(2)] == [b"b", b"c"]
+    receiving.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await receiving
+
+
+def loop_factories() -> list[Callable[[], asyncio.AbstractEventLoop]]:
+    factories: list[Callable[[], asyncio.AbstractEventLoop]] = [asyncio.new_event_loop]
+    try:
+        import uvloop
+    except ImportError:  # the `fast` extra: what the roles run on when it is installed
+        return factories
+    return [*factories, uvloop.new_event_loop]
+
+
+@pytest.mark.parametrize("loop_factory", loop_factories(), ids=lambda f: f.__module__)
+def test_reading_goes_on_after_each_batch_window(
+    broker: Mosquitto, loop_factory: Callable[[], asyncio.AbstractEventLoop]
+) -> None:
+    """Lists keep coming window after window, on each event loop the roles run on."""
+
+    async def scenario() -> list[list[bytes]]:
+        subs = [("chargebridge/t/windows", 1)]
+        async with (
+            MqttClient(settings(broker, client_id="t-windows-pub")) as pub,
+            MqttClient(settings(broker, client_id="t-windows-sub"), subscriptions=subs) as sub,
+        ):
+            await asyncio.gather(pub.wait_connected(), sub.wait_connected())
+            batches = sub.batches(limit=100, every=0.05)
+            got: list[list[bytes]] = []
+            for n in range(4):
+                waiting = asyncio.ensure_future(anext(batches))
+                await pub.publish("chargebridge/t/windows", b"%d" % n)
+                got.append([m.payload for m in await asyncio.wait_for(waiting, 10)])  # type: ignore[misc]
+            return got
+
+    with asyncio.Runner(loop_factory=loop_factory) as runner:
+        assert runner.run(scenario()) == [[b"0"], [b"1"], [b"2"], [b"3"]]
+
+
+async def test_posted_messages_are_delivered_in_order_and_a_refused_one_is_logged(
+    broker: Mosquitto, caplog: pytest.LogCaptureFixture
+) -> None:
+    """`post`: no future to wait on; the broker still gets every message in order, and one
+    it refuses (ACL, MQTT v5) is logged and leaves the outbox, not kept in flight."""
+    async with (
+        broker.client() as sub,
+        MqttClient(settings(broker, client_id="t-post")) as mqtt,
+    ):
+        await sub.subscribe("chargebridge/t/#", qos=1)
+        await mqtt.wait_connected()
+        for i in range(5):
+            mqtt.post("chargebridge/t/post", b"%d" % i)
+        mqtt.post("chargebridge/t/state", b"retained", retain=True)
+        messages = await next_messages(sub, 6)
+        assert [m.payload for m in messages] == [b"0", b"1", b"2", b"3", b"4", b"retained"]
+        await mqtt.close()
+        assert mqtt.queued == 0
+    monitor = MqttSettings(url=broker.url_for("monitor"), client_id="t-post-refused")
+    async with MqttClient(monitor) as mqtt:
+        await mqtt.wait_connected()
+        mqtt.post("chargebridge/charging/request/start", b"{}")
+        await mqtt.close(flush_timeout=10)  # returns once the outbox is empty
+        assert mqtt.queued == 0
+    assert "could not publish a message on chargebridge/charging/request/start" in caplog.text
+
+
+async def test_send_queued_writes_what_was_posted_before_the_loop_turn_ends(
+    broker: Mosquitto,
+) -> None:
+    """The gateway calls `send_queued` after each device read: the messages are handed to
+    paho and written to the socket at once, not in a round at the next loop turn."""
+    async with MqttClient(settings(broker, client_id="t-send-queued")) as mqtt:
+        await mqtt.wait_connected()
+        inner = _private.paho_client(mqtt._client)  # type: ignore[arg-type]
+        await mqtt.publish("chargebridge/t/first", b"settled")  # the sender is running
+        mqtt.post("chargebridge/t/a", b"1")
+        mqtt.post("chargebridge/t/b", b"2", retain=True)
+        assert mqtt.outbox.has_pending and not inner._out_packet
+        mqtt.send_queued()  # no await in between: all within this loop turn
+        assert not mqtt.outbox.has_pending  # both taken and in flight
+        assert len(inner._out_messages) == 2
+        assert not inner._out_packet  # and written to the socket
+        mqtt.send_queued()  # nothing queued: harmless
+        await mqtt.close(flush_timeout=10)
+        assert mqtt.queued == 0
+
+
+async def test_send_queued_while_offline_publishes_on_the_next_connection(
+    broker: Mosquitto,
+) -> None:
+    """Offline there is no sender: `send_queued` does nothing and the message waits for the
+    next connection, where the broker acknowledges it."""
+    broker.stop()
+    try:
+        async with MqttClient(settings(broker, client_id="t-send-offline")) as mqtt:
+            mqtt.post("chargebridge/t/offline", b"kept", retain=True)
+            mqtt.send_queued()
+            assert mqtt.outbox.has_pending and mqtt.queued == 1
+            broker.start()
+            await mqtt.wait_connected()
+            await mqtt.close(flush_timeout=10)
+            assert mqtt.queued == 0
+    finally:
+        if broker.proc is None:
+            broker.start()
+    async with broker.client() as sub:  # retained: the broker has it
+        await sub.subscribe("chargebridge/t/offline", qos=1)
+        [msg] = await next_messages(sub, 1)
+        assert msg.payload == b"kept"

@@ -266,6 +266,35 @@ async def test_writes_go_out_at_the_end_of_the_loop_turn_and_the_rest_when_writa
         peer.close()
 
 
+async def test_a_queued_writer_writes_within_the_call_and_leaves_paho_ready_for_more() -> None:
+    """`queued_writer` (MqttClient's publishing round): the packets are on the socket when
+    it returns, no loop turn needed, and paho asks again for the next packet."""
+    aio = aiomqtt.Client("127.0.0.1", protocol=V311)
+    inner = _private.paho_client(aio)
+    mine, peer = socket.socketpair()
+    for s in (mine, peer):
+        s.setblocking(False)
+    inner.max_inflight_messages_set(100)
+    inner._sock = mine  # type: ignore[assignment]
+    inner._state = paho._ConnectionState.MQTT_CS_CONNECTED
+    _private.write_in_bulk(inner)
+    _private.write_soon(aio)
+    publish = _private.quick_publish(inner)
+    write = _private.queued_writer(inner)
+    try:
+        write(lambda: [publish("t", b"one", False, None), publish("t", b"two", False, None)])
+        assert peer.recv(1 << 20) == b"\x32\x08\x00\x01t\x00\x01one\x32\x08\x00\x01t\x00\x02two"
+        assert not inner.want_write() and not inner._registered_write
+        publish("t", b"later", False, None)  # outside a round: written at the turn's end
+        assert inner._registered_write
+        await asyncio.sleep(0)
+        assert peer.recv(1 << 20) == b"\x32\x0a\x00\x01t\x00\x03later"
+    finally:
+        inner._sock = None
+        mine.close()
+        peer.close()
+
+
 @pytest.mark.parametrize("qos", [1, 2])
 def test_a_manual_ack_queues_the_packet_paho_does(qos: int) -> None:
     queued = []

@@ -13,6 +13,7 @@ from bridge.charging.model import (
     transition,
 )
 from bridge.charging.store import SqliteStore
+from bridge.charging.store.sqlite import WAL_CHECKPOINT_PAGES, WAL_LIMIT_BYTES
 
 ORDER = "0123456789ABCDEF0123456789ABCDEF"
 T0 = 1_790_000_000.0
@@ -89,3 +90,21 @@ def test_the_cached_json_equals_a_fresh_serialisation(tmp_path: Path) -> None:
         == dataclasses.replace(session, events=()).to_json()
     )
     store.close()
+
+
+def test_the_wal_is_checkpointed_late_and_kept_bounded(tmp_path: Path) -> None:
+    """Fewer checkpoints (a hot page is copied once per checkpoint), and the WAL truncated
+    back to its limit after one, on every connection the store opens."""
+    for _ in range(2):  # a new file, then an existing one
+        store = SqliteStore.in_dir(tmp_path)
+        db = store._db
+        assert db.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == WAL_CHECKPOINT_PAGES
+        assert db.execute("PRAGMA journal_size_limit").fetchone()[0] == WAL_LIMIT_BYTES
+        assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert db.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+        page = db.execute("PRAGMA page_size").fetchone()[0]
+        assert WAL_CHECKPOINT_PAGES * page < WAL_LIMIT_BYTES  # the limit holds a full WAL
+        store.commit(now=T0, sessions=[(ORDER, reported(2).to_json())], seen=["msg:1"])
+        db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        assert (tmp_path / "charging.sqlite3-wal").stat().st_size == 0
+        store.close()
