@@ -35,7 +35,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from bridge.mqtt import _private
-from bridge.mqtt.outbox import Outbox, OutboxMessage
+from bridge.mqtt.outbox import Added, Outbox, OutboxMessage
 from bridge.mqtt.settings import MqttSettings, Will
 
 __all__ = [
@@ -226,18 +226,8 @@ class MqttClient:
             critical=critical,
             key=key,
         )
-        waiting = self._futures.setdefault(added.seq, [])
-        waiting.append(future)
-        if added.replaced is not None:
-            # A newer retained state supersedes it: acknowledged when the newer one is.
-            waiting.extend(self._futures.pop(added.replaced, ()))
-        for seq in added.dropped:
-            for fut in self._futures.pop(seq, ()):
-                if not fut.done():
-                    fut.set_exception(MessageDropped(f"outbox full ({len(self.outbox)})"))
-                    fut.exception()  # counted in `dropped`; no "never retrieved" per message
-        self._empty.clear()
-        self._wake()
+        self._futures.setdefault(added.seq, []).append(future)
+        self._queued(added)
         return future
 
     def post(self, topic: str, payload: bytes, *, retain: bool = False) -> None:
@@ -249,9 +239,14 @@ class MqttClient:
         then) nothing is queued."""
         if self.failure is not None:
             return
-        added = self.outbox.add(topic, payload, qos=1, retain=retain)
+        self._queued(self.outbox.add(topic, payload, qos=1, retain=retain))
+
+    def _queued(self, added: Added) -> None:
+        """After `outbox.add` (`submit`, `post`): the waiters of a message the new one
+        superseded wait for the new one; those of messages the bounded outbox dropped fail
+        with `MessageDropped`; a publishing round soon."""
         if added.replaced is not None:
-            # A newer retained state supersedes it: its waiters are settled with this one.
+            # A newer retained state supersedes it: acknowledged when the newer one is.
             replaced = self._futures.pop(added.replaced, None)
             if replaced:
                 self._futures.setdefault(added.seq, []).extend(replaced)
@@ -259,7 +254,7 @@ class MqttClient:
             for fut in self._futures.pop(seq, ()):
                 if not fut.done():
                     fut.set_exception(MessageDropped(f"outbox full ({len(self.outbox)})"))
-                    fut.exception()
+                    fut.exception()  # counted in `dropped`; no "never retrieved" per message
         self._empty.clear()
         self._wake()
 
