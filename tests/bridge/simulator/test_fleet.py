@@ -240,6 +240,13 @@ async def test_simulate_command_rejects_a_bad_target() -> None:
     assert proc.returncode == 2 and b"HOST:PORT" in err
 
 
+def _interruptible() -> None:
+    """In the child: SIGINT as a terminal's Ctrl-C finds it. A suite run in the background
+    of a non-interactive shell (`bash .ci/run &`) inherits SIGINT ignored, and Python keeps
+    an ignored SIGINT ignored, so the simulator would never see the test's Ctrl-C."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 async def test_ctrl_c_stops_cleanly_and_still_prints_the_summary() -> None:
     async with FakeServer() as server:
         proc = await asyncio.create_subprocess_exec(
@@ -253,6 +260,7 @@ async def test_ctrl_c_stops_cleanly_and_still_prints_the_summary() -> None:
             server.target,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
+            preexec_fn=_interruptible,
         )
         assert proc.stderr is not None
         async with asyncio.timeout(30):
