@@ -120,6 +120,7 @@ class GatewayApp:
             subscriptions=subscriptions(self.topics),
             outbox=outbox,
             retain_as_published=True,  # a retained request is refused when published, too
+            publish_interval_s=settings.publish_interval_s,
         )
         if len(outbox):
             log.info("publishing messages left in the outbox", extra={"queued": len(outbox)})

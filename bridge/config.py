@@ -227,6 +227,15 @@ class GatewaySettings(IntegrationSettings, CommonSettings):
         description="outgoing MQTT messages kept in the durable outbox while the broker is "
         "unreachable; beyond it the oldest non-settlement ones are dropped (events_dropped)",
     )
+    publish_interval_s: float = Field(
+        default=0.002,
+        ge=0,
+        le=1,
+        description="under load, at most one write of queued MQTT messages per this many "
+        "seconds: what devices send meanwhile goes to the broker together (fewer system "
+        "calls and broker wakeups per frame); a message after a quiet spell goes at once; "
+        "0: one write after each device read",
+    )
     # issue 16, gateway half: port events, site power cap, firmware upgrades
     port_status_on_change_only: bool = Field(
         default=False,

@@ -431,3 +431,46 @@ async def test_send_queued_while_offline_publishes_on_the_next_connection(
         await sub.subscribe("chargebridge/t/offline", qos=1)
         [msg] = await next_messages(sub, 1)
         assert msg.payload == b"kept"
+
+
+async def test_a_publish_interval_sends_what_comes_within_it_together_at_its_end(
+    broker: Mosquitto,
+) -> None:
+    """`publish_interval_s` (the gateway's): the first message after a quiet spell goes at
+    once; what is queued within the interval after that round waits for the interval's end,
+    `send_queued` does not run it early, and then it goes out in one round."""
+    interval = 1.0  # long: the checks within one loop turn cannot reach its end
+    taken: list[tuple[float, bytes, int]] = []
+    async with MqttClient(
+        settings(broker, client_id="t-interval"), publish_interval_s=interval
+    ) as mqtt:
+        await mqtt.wait_connected()
+        loop = asyncio.get_running_loop()
+        inner = _private.paho_client(mqtt._client)  # type: ignore[arg-type]
+        take = mqtt.outbox.take
+
+        def recorded() -> Any:
+            message = take()
+            if message is not None:  # with the packets of this round not yet written
+                taken.append((loop.time(), message.payload, len(inner._out_packet)))
+            return message
+
+        mqtt.outbox.take = recorded  # type: ignore[method-assign]
+        first = mqtt.submit("chargebridge/t/interval", b"a")
+        mqtt.send_queued()  # no round yet on this connection: at once
+        assert not mqtt.outbox.has_pending
+        rest = [mqtt.submit("chargebridge/t/interval", p) for p in (b"b", b"c")]
+        mqtt.send_queued()  # within the interval: put off
+        assert mqtt.outbox.has_pending
+        async with asyncio.timeout(30):
+            await asyncio.gather(first, *rest)
+    (at_a, a, _), (at_b, b, unwritten_b), (_, c, unwritten_c) = taken
+    assert (a, b, c) == (b"a", b"b", b"c")
+    assert (unwritten_b, unwritten_c) == (0, 1)  # one round: b not yet written when c is taken
+    assert at_b - at_a >= interval * 0.99  # not before the interval's end (loop clock)
+
+
+def test_a_publish_interval_out_of_range_is_refused(broker: Mosquitto) -> None:
+    for bad in (-0.001, 1.5):
+        with pytest.raises(ValueError, match="publish_interval_s"):
+            MqttClient(settings(broker), publish_interval_s=bad)
