@@ -172,11 +172,17 @@ async def test_monitor_sees_chargers_and_a_live_session_but_cannot_start(
         # The monitor's buttons are disabled: the broker refused its probe publish.
         notice = page.locator("#readonly")
         await notice.filter(has_text="may watch but not command").wait_for(timeout=WAIT_MS)
-        start = page.locator(f'[data-device="{second}"] tr[data-port="1"] [data-action="start"]')
+        button = f'[data-device="{second}"] tr[data-port="1"] [data-action="start"]'
+        start = page.locator(button)
         assert await start.is_disabled()
         # Pressed anyway (the button re-enabled by hand): the broker refuses the request, the
-        # page says so, and the charger receives nothing.
-        await start.evaluate("b => { b.disabled = false; b.click(); }")
+        # page says so, and the charger receives nothing. Found and pressed in one page task:
+        # `start.evaluate` finds the element first, and a re-render in between (the page
+        # redraws a card on every state message) left it detached, the click going nowhere.
+        await page.evaluate(
+            "sel => { const b = document.querySelector(sel); b.disabled = false; b.click(); }",
+            button,
+        )
         result = page.locator(f'[data-device="{second}"] [data-role="result"]')
         await result.filter(has_text="refused by the broker").wait_for(timeout=WAIT_MS)
         assert "not authorized" in await result.inner_text()
