@@ -620,12 +620,11 @@ class MqttClient:
         quick = _private.quick_publish(inner)
         write = _private.queued_writer(inner)
         outbox = self.outbox
-        scheduled = [False]
         every = self.publish_interval_s
-        last = [-math.inf]  # loop time of the last round that wrote (with `every`)
-        # The handle of the scheduled round (`call_soon`, or `call_later` to `last + every`):
-        # cancelled when `send_queued` runs the round first, so it cannot run a second one
-        # within the interval.
+        last = [-math.inf]  # loop time of the last round that wrote
+        # The scheduled round's handle (`call_soon`, or `call_later` to `last + every`), None
+        # when none is scheduled; cancelled when `send_queued` runs the round first, so it
+        # cannot run a second one within the interval.
         timer: list[asyncio.Handle | None] = [None]
 
         def publish() -> None:
@@ -635,30 +634,26 @@ class MqttClient:
                     pending[mid] = message
 
         def drain() -> None:
-            scheduled[0] = False
             if timer[0] is not None:  # run by `due_round` before its handle
                 timer[0].cancel()
                 timer[0] = None
             if self._kick is not kick:
                 return  # this connection ended; the next one's sender publishes
             if outbox.has_pending:
-                if every:
-                    last[0] = loop.time()
+                last[0] = loop.time()
                 write(publish)
 
         def scheduled_round() -> None:
             timer[0] = None
-            if scheduled[0]:
-                drain()
+            drain()
 
         def due_round() -> None:
             """`send_queued`: the scheduled round now, unless the interval puts it off."""
-            if scheduled[0] and (not every or loop.time() >= last[0] + every):
+            if timer[0] is not None and loop.time() >= last[0] + every:
                 drain()
 
         def kick() -> None:
-            if not scheduled[0]:
-                scheduled[0] = True
+            if timer[0] is None:
                 if every and (wait := last[0] + every - loop.time()) > 0:
                     timer[0] = loop.call_later(wait, scheduled_round)
                 else:
