@@ -402,6 +402,30 @@ def test_a_failing_write_keeps_every_pending_change_and_retries_it(
     reopened.close()
 
 
+def test_deletes_alone_are_written_without_the_messages_queued_since(tmp_path: Path) -> None:
+    """Once one message was written (a late PUBACK), a steady flow of messages acknowledged
+    within their tick writes its delete and nothing more: the flow's young messages are not
+    written with it (they were, and their deletes then made the next write, and so on)."""
+    outbox = SqliteOutbox(tmp_path / "o.sqlite3", 100, commit_window_s=3600)
+    outbox.add("e", b"late")
+    late = outbox.take()
+    assert late is not None
+    outbox._tick()
+    outbox._tick()  # outlived a tick unacknowledged: written
+    assert outbox.rows_written == 1
+    outbox.acked(late.seq)
+    for turn in range(20):  # each tick: one message queued, acknowledged before the next
+        outbox.add("e", b"flow %d" % turn)
+        message = outbox.take()
+        assert message is not None
+        outbox._tick()
+        outbox.acked(message.seq)
+    assert on_disk(outbox) == []  # the delete of "late" was written...
+    assert outbox.rows_written == 1  # ...and none of the flow
+    assert outbox.unstored == 0
+    outbox.close()
+
+
 async def test_sqlite_outbox_writes_only_what_outlives_a_tick_unacknowledged(
     tmp_path: Path,
 ) -> None:
