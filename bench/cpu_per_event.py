@@ -13,7 +13,13 @@ publisher, one QoS 1 subscriber, same broker, same rate), its CPU per message. W
 `--baseline DIR` (another checkout, e.g. `git worktree add --detach /tmp/base main`) the same
 is measured for that tree's code, rounds interleaved, so both see the same load.
 
-    .venv/bin/python bench/cpu_per_event.py [--rounds 2] [--baseline DIR] [--quick]
+With `--floors`, each round also measures the floors (bench/_gateway_floor.py in the
+gateway's place in `throughput.py`, bench/_service_floor.py as `service_stage.py`'s `floor:1`):
+the least a hand-written Python gateway and service do with the same parts and guarantees,
+so the output says how far each role is from what its job costs at the least, in the same
+units (and in the issue's, with `--issue-baseline`).
+
+    .venv/bin/python bench/cpu_per_event.py [--rounds 2] [--baseline DIR] [--quick] [--floors]
 
 The goal in issue 18 is absolute (100 µs per event) but was set from figures taken when this
 VM ran ~2-3x faster than some days since (the same code's CPU per event moves with the host).
@@ -78,6 +84,30 @@ def one_round(tree: Path, quick: bool) -> dict[str, float]:
     }
 
 
+def floor_round(quick: bool) -> dict[str, float]:
+    """The floors' CPU per event (they do not depend on the tree measured)."""
+    extra = ["--quick"] if quick else []
+    here = HERE.parent
+    tp = run("throughput.py", here, "--rates", "1000", "--gateway-floor", *extra)["phases"][0]
+    ss = run(
+        "service_stage.py",
+        here,
+        "--rates",
+        "1000",
+        "--configs",
+        "floor:1",
+        "--no-failover",
+        *extra,
+    )
+    stage = ss["configs"]["floor:1"][0]
+    return {
+        "gateway_us": tp["cpu_us_per_frame"]["gateway"],
+        "service_alone_us": stage["service_cpu_us_per_event"]["user"]
+        + stage["service_cpu_us_per_event"]["system"],
+        "reference_paho_us": tp["reference_paho"]["cpu_us_per_msg"],
+    }
+
+
 def summary(rounds: list[dict[str, float]]) -> dict[str, Any]:
     return {
         "rounds": rounds,
@@ -101,6 +131,24 @@ def issue_scaled(this: dict[str, float], issue: dict[str, float]) -> dict[str, A
     return out
 
 
+def floors_out(floors: list[dict[str, float]], medians: dict[str, dict[str, float]]) -> Any:
+    """The floors' medians, each tree's figure as a multiple of its floor, and the floors in
+    the issue's units (with `--issue-baseline`)."""
+    floor = summary(floors)
+    median = floor["median"]
+    out: dict[str, Any] = {**floor, "times_floor": {}}
+    for name, m in medians.items():
+        out["times_floor"][name] = {
+            key: round(m[key] / median[key], 2) for key in ("gateway_us", "service_alone_us")
+        }
+    if "issue" in medians:
+        out["issue_scaled_us"] = {
+            key: round(median[key] / medians["issue"][key] * ISSUE_US[key], 1)
+            for key in ("gateway_us", "service_alone_us")
+        }
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=2)
@@ -109,6 +157,9 @@ def main() -> None:
         "--issue-baseline", type=Path, help="a checkout of d3d6d2e, the code issue 18 measured"
     )
     parser.add_argument("--quick", action="store_true", help="5 s phases instead of 10 s")
+    parser.add_argument(
+        "--floors", action="store_true", help="also measure the gateway's and service's floors"
+    )
     args = parser.parse_args()
     trees = {"this": HERE.parent}
     if args.baseline is not None:
@@ -116,10 +167,14 @@ def main() -> None:
     if args.issue_baseline is not None:
         trees = {"issue": args.issue_baseline.resolve(), **trees}
     results: dict[str, list[dict[str, float]]] = {name: [] for name in trees}
+    floors: list[dict[str, float]] = []
     for i in range(args.rounds):
         for name, tree in trees.items():
             print(f"round {i + 1}: {name}", file=sys.stderr, flush=True)
             results[name].append(one_round(tree, args.quick))
+        if args.floors:
+            print(f"round {i + 1}: floors", file=sys.stderr, flush=True)
+            floors.append(floor_round(args.quick))
     medians = {name: summary(r)["median"] for name, r in results.items()}
     scaled = {}
     if "issue" in medians:
@@ -139,6 +194,7 @@ def main() -> None:
                 name: {"path": str(trees[name]), **summary(r)} for name, r in results.items()
             },
             **({"issue_scaled": scaled} if scaled else {}),
+            **({"floors": floors_out(floors, medians)} if floors else {}),
         }
     )
 

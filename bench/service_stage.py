@@ -17,6 +17,11 @@ store (`--instance-id`, shared subscriptions: the events are split between them)
 is a private cluster (tests/postgres.py, fsync on); its bytes written are the database
 server's, not the service's, so that column covers SQLite only.
 
+`floor:1` runs `bench/_service_floor.py` instead of the service: the least a hand-written
+Python service does with the same parts and guarantees (paho, SQLite at `synchronous=FULL`,
+acknowledgement after the commit, fingerprints, the retained session state): the floor of
+the service's CPU per event, in the same run.
+
 Failover (`--failover`, on PostgreSQL with two instances): a paced stream of power events
 (`FAILOVER_RATE`/s), one instance killed with SIGKILL in the middle and never restarted, the
 stream going on for `FAILOVER_AFTER_S` more seconds; its reference, in the same run, is the
@@ -58,6 +63,7 @@ from _harness import (
 )
 
 SESSIONS = 1000
+FLOOR = Path(__file__).resolve().with_name("_service_floor.py")
 FAILOVER_RATE = 200  # events/s during the failover run: within what two instances keep up with
 FAILOVER_BEFORE_S = 6.0  # the stream runs so long before the kill
 FAILOVER_AFTER_S = 3.0  # and so long after it
@@ -202,7 +208,11 @@ def run_config(
     """All phases against `instances` service processes on one store, through a fresh broker."""
     with Procs() as procs:
         mqtt_port = procs.mosquitto()
-        services = start_services(procs, mqtt_port, store_args, instances)
+        if store == "floor":
+            floor = [PYTHON, str(FLOOR), "--port", str(mqtt_port), "--state-dir", str(procs.tmp)]
+            services = [procs.spawn(floor, "floor")]
+        else:
+            services = start_services(procs, mqtt_port, store_args, instances)
         states = SessionStates()
         watch = Watch(mqtt_port, "chargebridge/sessions/+", states, qos=1)
         wait_stats(mqtt_port)
@@ -325,6 +335,7 @@ def main() -> None:
         "--configs",
         default="sqlite:1,postgresql:1,postgresql:2",
         help="comma-separated STORE:INSTANCES: sqlite:1 (the default file store), "
+        "floor:1 (bench/_service_floor.py, the CPU floor), "
         "postgresql:N (N instances on a private cluster from tests/postgres.py, fsync on; "
         "needs the postgres extra)",
     )
@@ -349,12 +360,14 @@ def main() -> None:
     failover: dict[str, Any] | None = None
     configs = [c.split(":") for c in args.configs.split(",") if c]
     for store, n in configs:
-        if (store, n) != ("sqlite", "1") and (store != "postgresql" or not n.isdigit()):
-            parser.error(f"unknown configuration {store}:{n} (sqlite:1 or postgresql:N)")
+        if (store, n) not in (("sqlite", "1"), ("floor", "1")) and (
+            store != "postgresql" or not n.isdigit()
+        ):
+            parser.error(f"unknown configuration {store}:{n} (sqlite:1, floor:1 or postgresql:N)")
     cluster = None
     try:
         for store, n in configs:
-            if store == "sqlite":
+            if store in ("sqlite", "floor"):
                 results[f"{store}:{n}"] = run_config(store, [], 1, phases)
                 continue
             if cluster is None:

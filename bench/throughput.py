@@ -24,13 +24,19 @@ spread over both by SO_REUSEPORT; CPU figures add up the supervisor and its work
 each with its own reference, and `summary` sets them side by side (ratio at `max`, latency at
 1,000 frames/s).
 
-    .venv/bin/python bench/throughput.py [--quick] [--workers 1,2]
+`--gateway-floor` runs `bench/_gateway_floor.py` in the gateway's place: the least a
+hand-written Python gateway does with the same parts (uvloop, one connection per charger, the
+two QoS 1 messages of a 0x06 in 2 ms publishing rounds), so its CPU per frame is the floor
+of the gateway's, in the same run (bench/cpu_per_event.py `--floors`).
+
+    .venv/bin/python bench/throughput.py [--quick] [--workers 1,2] [--gateway-floor]
 """
 
 from __future__ import annotations
 
 import argparse
 import subprocess
+from pathlib import Path
 from typing import Any
 
 from _harness import (
@@ -44,6 +50,7 @@ from _harness import (
     machine,
     paho_reference,
     percentile,
+    wait_port,
 )
 
 
@@ -52,6 +59,7 @@ def session_id(index: int) -> str:
 
 
 MEASURED = ("gateway", "service", "mosquitto")
+GATEWAY_FLOOR = Path(__file__).resolve().with_name("_gateway_floor.py")
 
 
 def run_phase(
@@ -133,6 +141,11 @@ def main() -> None:
         default=[1],
         help="gateway --workers, or several to compare side by side (1,2)",
     )
+    parser.add_argument(
+        "--gateway-floor",
+        action="store_true",
+        help="bench/_gateway_floor.py in the gateway's place (its CPU floor)",
+    )
     args = parser.parse_args()
     runs = [{"workers": n, **one_run(args, n)} for n in args.workers]
     out: dict[str, Any] = {
@@ -170,7 +183,12 @@ def one_run(args: argparse.Namespace, workers: int) -> dict[str, Any]:
     with Procs() as procs:
         mqtt_port = procs.mosquitto()
         tcp_port = free_port()
-        procs.gateway(mqtt_port, tcp_port, workers=workers)
+        if args.gateway_floor:
+            floor = [PYTHON, str(GATEWAY_FLOOR), "--tcp-port", str(tcp_port)]
+            procs.spawn([*floor, "--mqtt-port", str(mqtt_port)], "gateway")
+            wait_port(tcp_port)
+        else:
+            procs.gateway(mqtt_port, tcp_port, workers=workers)
         procs.service(mqtt_port)
         sessions = SessionStates()
         events = SessionStates("order_no")
