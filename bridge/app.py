@@ -126,19 +126,28 @@ class GatewayApp:
             log.info("publishing messages left in the outbox", extra={"queued": len(outbox)})
         gateway = self.gateway = Gateway(settings, mqtt, self.topics, pins=pins)
         mqtt.on_connect = gateway.on_mqtt_connect
+        # The listeners before the broker: the gateway's `online` state (published on
+        # connecting) means chargers can connect. Opened after it, a loaded machine let a
+        # client see `online` and be refused (tests/security/test_hostile_input.py did).
+        # What chargers send before the broker is there waits in the outbox.
+        try:
+            for host, port in settings.tcp_listeners:
+                link = TcpLink(
+                    gateway,
+                    host,
+                    port,
+                    max_connections_per_ip=settings.max_connections_per_ip,
+                    max_write_buffer=settings.max_write_buffer,
+                    reuse_port=self.reuse_port,
+                )
+                await link.start()  # OSError (port taken) propagates unwrapped
+                self.tcp_links.append(link)
+        except BaseException:
+            for link in self.tcp_links:
+                link.stop_accepting()
+            raise
         async with mqtt:
             try:
-                for host, port in settings.tcp_listeners:
-                    link = TcpLink(
-                        gateway,
-                        host,
-                        port,
-                        max_connections_per_ip=settings.max_connections_per_ip,
-                        max_write_buffer=settings.max_write_buffer,
-                        reuse_port=self.reuse_port,
-                    )
-                    await link.start()  # OSError (port taken) propagates unwrapped
-                    self.tcp_links.append(link)
                 async with asyncio.TaskGroup() as tg:
                     for url in settings.serial:
                         serial = SerialLink(

@@ -3,9 +3,15 @@ later sees them."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from pathlib import Path
 
+import pytest
+
 import protocol as p
+from bridge.app import GatewayApp
+from bridge.links.tcp import TcpLink
 from bridge.mqtt.payloads import GatewayStatsPayload
 from tests.bridge.gateway.conftest import B
 from tests.bridge.helpers import (
@@ -146,3 +152,32 @@ async def test_two_gateways_on_one_base_topic_keep_their_own_presence_and_stats(
         assert second.retain and second.json()["state"] == "online"
         assert not any(m.topic.startswith(f"{B}/bridge/") for m in mqtt.messages)
         await device.close()
+
+
+async def test_the_gateway_listens_before_it_says_it_is_online(
+    broker: Mosquitto, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`online` means chargers can connect: the listeners open before the broker connection
+    (a slow listener start, as on a loaded machine, let a client see `online` and be refused).
+    Mutation: the listeners opened after `async with mqtt`."""
+    started = asyncio.Event()
+    start = TcpLink.start
+
+    async def slow_start(link: TcpLink) -> None:
+        await asyncio.sleep(1.0)  # time enough for the broker connection and its `online`
+        await start(link)
+        started.set()
+
+    monkeypatch.setattr(TcpLink, "start", slow_start)
+    async with mqtt_collector(broker, f"{B}/gateways/test-gw/state") as mqtt:
+        app = GatewayApp(gateway_settings(broker, tmp_path))
+        task = asyncio.create_task(app.serve())
+        try:
+            await mqtt.wait(f"{B}/gateways/test-gw/state", lambda m: m["state"] == "online")
+            assert started.is_set()
+            _, writer = await asyncio.open_connection("127.0.0.1", tcp_port(app))
+            writer.close()
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
