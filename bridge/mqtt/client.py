@@ -32,6 +32,7 @@ import paho.mqtt.client as paho
 from paho.mqtt.enums import MQTTErrorCode
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from bridge.mqtt import _private
@@ -617,7 +618,6 @@ class MqttClient:
         chained = inner.on_publish
         loop = asyncio.get_running_loop()
         limit = self.settings.max_inflight
-        quick = _private.quick_publish(inner)
         write = _private.queued_writer(inner)
         outbox = self.outbox
         every = self.publish_interval_s
@@ -659,13 +659,7 @@ class MqttClient:
                 else:
                     timer[0] = loop.call_soon(scheduled_round)
 
-        def on_publish(c: paho.Client, userdata: Any, mid: int, *rest: Any) -> None:
-            message = pending.pop(mid, None)
-            if message is None:
-                if chained is not None:
-                    chained(c, userdata, mid, *rest)
-                return
-            reason = rest[0] if rest else None
+        def settle(message: OutboxMessage, reason: Any) -> None:
             if getattr(reason, "is_failure", False):  # MQTT v5: e.g. not authorised (ACL)
                 self._refused(message, f"the broker refused it: {reason}")
             else:
@@ -674,6 +668,22 @@ class MqttClient:
             if outbox.has_pending:
                 kick()
 
+        def on_ack(mid: int, reason: ReasonCode) -> None:
+            """The PUBACK of a message `quick` sent (no paho bookkeeping)."""
+            message = pending.pop(mid, None)
+            if message is not None:
+                settle(message, reason)
+
+        def on_publish(c: paho.Client, userdata: Any, mid: int, *rest: Any) -> None:
+            """paho's: the PUBACK of a message that went through paho's `publish`."""
+            message = pending.pop(mid, None)
+            if message is None:
+                if chained is not None:
+                    chained(c, userdata, mid, *rest)
+                return
+            settle(message, rest[0] if rest else None)
+
+        quick = _private.quick_publish(inner, on_ack)
         inner.on_publish = on_publish
         self._kick, self._round = kick, due_round
         try:

@@ -214,6 +214,52 @@ def test_quick_publish_queues_the_packets_and_bookkeeping_paho_does(protocol: in
     assert clients[0][0] == clients[1][0]
 
 
+@pytest.mark.parametrize("protocol", [paho.MQTTv5, paho.MQTTv311])
+def test_quick_publish_with_on_ack_sends_the_same_packets_without_paho_s_bookkeeping(
+    protocol: int,
+) -> None:
+    """`MqttClient`'s way: the same bytes on the wire as paho's `publish`, the message ids
+    kept in `RawAcks`, nothing in `_out_messages` nor counted in flight by paho; each PUBACK
+    reaches `on_ack` once with its reason code, a refusal included (paho would drop a PUBACK
+    it has no message for), and a duplicate or a stranger's reaches nothing."""
+    cases = [("a/b", b"x", False), ("chargebridge/v1/gw/ports/04AB373B/1", b"s" * 300, True)]
+    reference, _ = connected_client(protocol)
+    for topic, payload, retain in cases:
+        assert reference.publish(topic, payload, 1, retain).rc == 0
+    client, _peer = connected_client(protocol)
+    _private.quick_puback(client)
+    acks: list[tuple[int, str, bool]] = []
+    publish = _private.quick_publish(
+        client,
+        lambda mid, reason: acks.append((mid, str(reason), reason.is_failure)),  # type: ignore[attr-defined]
+    )
+    mids = [publish(topic, payload, retain, None) for topic, payload, retain in cases]
+    assert state(client)[0] == state(reference)[0]  # the packets, byte for byte
+    assert not client._out_messages and client._inflight_messages == 0
+    assert _private.raw_acks(client).mids == set(mids)
+    first, second = mids
+    client._in_packet["packet"] = first.to_bytes(2, "big")  # success
+    client._handle_pubackcomp("PUBACK")
+    client._handle_pubackcomp("PUBACK")  # a duplicate: nothing more
+    client._in_packet["packet"] = second.to_bytes(2, "big") + bytes([0x87])  # not authorised
+    client._handle_pubackcomp("PUBACK")
+    client._in_packet["packet"] = (first + 7).to_bytes(2, "big")  # never sent
+    client._handle_pubackcomp("PUBACK")
+    assert acks == [(first, "Success", False), (second, "Not authorized", True)]
+    assert not _private.raw_acks(client).mids
+
+
+def test_a_raw_message_s_puback_with_an_undefined_reason_is_a_failure() -> None:
+    client, _peer = connected_client(paho.MQTTv5)
+    _private.quick_puback(client)
+    acks: list[bool] = []
+    publish = _private.quick_publish(client, lambda _m, reason: acks.append(reason.is_failure))  # type: ignore[attr-defined]
+    mid = publish("t", b"x", False, None)
+    client._in_packet["packet"] = mid.to_bytes(2, "big") + bytes([0x05])  # not a PUBACK code
+    client._handle_pubackcomp("PUBACK")
+    assert acks == [True]
+
+
 def test_quick_publish_leaves_anything_unusual_to_paho() -> None:
     client, _peer = connected_client(paho.MQTTv311, inflight=2)
     publish = _private.quick_publish(client)
