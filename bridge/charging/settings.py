@@ -55,7 +55,7 @@ class ChargingSettings(WebhookSettings, CommonSettings):
         default=2.0, ge=0, description="pause before the first resend, doubling"
     )
     batch_interval_s: float = Field(
-        default=0.005,
+        default=0.01,
         ge=0,
         le=1,
         description="group commit: under load, at most one store transaction (and one "
