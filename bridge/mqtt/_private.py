@@ -574,6 +574,15 @@ class RawAcks:
         self.mids: set[int] = set()
         self.on_ack: Callable[[int, ReasonCode], None] | None = None
 
+    def ack(self, mid: int, reason: ReasonCode) -> bool:
+        """The PUBACK of `mid` to `on_ack`, once; False if `mid` is not one of ours."""
+        if mid not in self.mids:
+            return False
+        self.mids.discard(mid)
+        if self.on_ack is not None:
+            self.on_ack(mid, reason)
+        return True
+
 
 RAW_ACKS = "_chargebridge_raw_acks"  # the client's RawAcks, set on first use
 
@@ -597,13 +606,9 @@ def _puback_handler(client: paho.Client) -> Callable[[int, int], MQTTErrorCode]:
     out_messages = client._out_messages
     do_on_publish = client._do_on_publish
     raw = raw_acks(client)
-    raw_mids = raw.mids
 
     def on_puback(mid: int, reason: int) -> MQTTErrorCode:
-        if mid in raw_mids:
-            raw_mids.discard(mid)
-            if raw.on_ack is not None:
-                raw.on_ack(mid, reasons[reason])
+        if raw.ack(mid, reasons[reason]):
             return MQTTErrorCode.MQTT_ERR_SUCCESS
         with mutex:
             if mid in out_messages:
@@ -620,15 +625,12 @@ def _raw_puback(raw: RawAcks, packet: bytes | bytearray) -> bool:
     mid = packet[0] << 8 | packet[1]
     if mid not in raw.mids:
         return False
-    raw.mids.discard(mid)
     code = packet[2] if len(packet) > 2 else 0
     try:
         reason = ReasonCode(PacketTypes.PUBACK, identifier=code)
     except (KeyError, ValueError):  # a code MQTT does not define for a PUBACK: a failure
         reason = ReasonCode(PacketTypes.PUBACK, "Unspecified error")
-    if raw.on_ack is not None:
-        raw.on_ack(mid, reason)
-    return True
+    return raw.ack(mid, reason)
 
 
 def quick_puback(client: paho.Client) -> None:

@@ -659,7 +659,7 @@ class MqttClient:
                 else:
                     timer[0] = loop.call_soon(scheduled_round)
 
-        def settle(message: OutboxMessage, reason: Any) -> None:
+        def acknowledged(message: OutboxMessage, reason: Any) -> None:
             if getattr(reason, "is_failure", False):  # MQTT v5: e.g. not authorised (ACL)
                 self._refused(message, f"the broker refused it: {reason}")
             else:
@@ -672,7 +672,7 @@ class MqttClient:
             """The PUBACK of a message `quick` sent (no paho bookkeeping)."""
             message = pending.pop(mid, None)
             if message is not None:
-                settle(message, reason)
+                acknowledged(message, reason)
 
         def on_publish(c: paho.Client, userdata: Any, mid: int, *rest: Any) -> None:
             """paho's: the PUBACK of a message that went through paho's `publish`."""
@@ -681,7 +681,7 @@ class MqttClient:
                 if chained is not None:
                     chained(c, userdata, mid, *rest)
                 return
-            settle(message, rest[0] if rest else None)
+            acknowledged(message, rest[0] if rest else None)
 
         quick = _private.quick_publish(inner, on_ack)
         inner.on_publish = on_publish
